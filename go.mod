@@ -1,0 +1,3 @@
+module github.com/mazu-mesh/mazu-ztunnel
+
+go 1.26.0
