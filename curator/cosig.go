@@ -126,3 +126,49 @@ func cosignatureTime(s note.Signature) (time.Time, error) {
 func GenerateLogKey(origin string) (skey, vkey string, err error) {
 	return note.GenerateKey(nil, origin)
 }
+
+// SignRaw signs an application message that is not a note, such as a
+// witness's request for token signatures. Such messages start with their
+// own context string, so they cannot be mistaken for a cosigned message.
+func (s *CosignatureSigner) SignRaw(msg []byte) ([]byte, error) {
+	return ed25519.Sign(s.key, msg), nil
+}
+
+// VerifyRaw checks a signature made by SignRaw.
+func (v *CosignatureVerifier) VerifyRaw(msg, sig []byte) bool {
+	return ed25519.Verify(v.pub, msg, sig)
+}
+
+// tokenSigAuthMessage is what a witness signs to fetch token signatures.
+func tokenSigAuthMessage(start, end int64, unix int64) []byte {
+	return fmt.Appendf(nil, "mazu-curator/token-signatures/v1\n%d %d\n%d\n", start, end, unix)
+}
+
+// TokenSignatureAuth returns the Mazu-Witness-Auth header value with which
+// a witness fetches the token signatures of entries [start, end): the unix
+// time and a signature by its cosignature key.
+func TokenSignatureAuth(signer *CosignatureSigner, start, end int64, now time.Time) string {
+	sig, _ := signer.SignRaw(tokenSigAuthMessage(start, end, now.Unix()))
+	return fmt.Sprintf("%d %s", now.Unix(), base64.StdEncoding.EncodeToString(sig))
+}
+
+// CheckTokenSignatureAuth reports whether header is a valid
+// TokenSignatureAuth value by one of witnesses, made within a minute of now.
+func CheckTokenSignatureAuth(witnesses []note.Verifier, header string, start, end int64, now time.Time) bool {
+	ts, sig64, ok := strings.Cut(header, " ")
+	unix, err := strconv.ParseInt(ts, 10, 64)
+	sig, err1 := base64.StdEncoding.DecodeString(sig64)
+	if !ok || err != nil || err1 != nil {
+		return false
+	}
+	if d := now.Sub(time.Unix(unix, 0)); d > time.Minute || d < -time.Minute {
+		return false
+	}
+	msg := tokenSigAuthMessage(start, end, unix)
+	for _, w := range witnesses {
+		if v, ok := w.(*CosignatureVerifier); ok && v.VerifyRaw(msg, sig) {
+			return true
+		}
+	}
+	return false
+}

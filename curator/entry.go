@@ -101,6 +101,7 @@ type Entry struct {
 	// State entries.
 	Epoch      uint64    // batch number, starting at 1
 	FirstIndex uint64    // index of the first entry of this batch
+	NumBlocks  uint32    // number of RBE blocks, the size of the PPDigest tree
 	MapRoot    tlog.Hash // root of the ID map after this batch
 	PPDigest   tlog.Hash // root of the tree of RBE block digests after this batch
 
@@ -153,6 +154,7 @@ func (e *Entry) Marshal() ([]byte, error) {
 	case KindState:
 		w.u64(e.Epoch)
 		w.u64(e.FirstIndex)
+		w.u32(e.NumBlocks)
 		w.raw(e.MapRoot[:])
 		w.raw(e.PPDigest[:])
 	case KindCeremony:
@@ -200,6 +202,7 @@ func ParseEntry(b []byte) (*Entry, error) {
 	case KindState:
 		e.Epoch = p.u64()
 		e.FirstIndex = p.u64()
+		e.NumBlocks = p.u32()
 		e.MapRoot = p.hash()
 		e.PPDigest = p.hash()
 	case KindCeremony:
@@ -211,4 +214,14 @@ func ParseEntry(b []byte) (*Entry, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// MarshalText encodes id in hex, for JSON.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText decodes the hex form.
+func (id *ID) UnmarshalText(b []byte) error {
+	v, err := ParseID(string(b))
+	*id = v
+	return err
 }

@@ -49,6 +49,9 @@ type StateConfig struct {
 	// registration's token. Witnesses set it; the curator relies on the
 	// Kubernetes TokenReview before sequencing instead.
 	CheckTokenSignature func(index uint64, e *Entry) error
+	// SkipKeyCheck skips the RBE helper check, the dominant cost. Only the
+	// curator sets it, because it checks each key before sequencing.
+	SkipKeyCheck bool
 }
 
 // A State replays the log under the curator rules (version 1) and keeps
@@ -63,7 +66,9 @@ type State struct {
 	tree       MapTree
 	blocks     []Block
 	blockLeaf  []tlog.Hash
-	nextSlot   uint64
+	ppReader   tlog.HashReaderFunc // stored hashes of blockLeaf; nil when stale
+	used       map[uint64]bool // global slot numbers ever taken
+	slotEnd    uint64          // one past the highest global slot taken
 	epoch      uint64
 	batchStart uint64
 }
@@ -73,7 +78,12 @@ func NewState(cfg StateConfig) *State {
 	if cfg.Audience == "" {
 		cfg.Audience = DefaultAudience
 	}
-	return &State{cfg: cfg, ids: map[ID]*IDState{}}
+	return &State{cfg: cfg, ids: map[ID]*IDState{}, used: map[uint64]bool{}}
+}
+
+// SetTokenSignatureCheck replaces StateConfig.CheckTokenSignature.
+func (s *State) SetTokenSignatureCheck(f func(index uint64, e *Entry) error) {
+	s.cfg.CheckTokenSignature = f
 }
 
 // Size returns the number of entries applied.
@@ -97,12 +107,24 @@ func (s *State) MapRoot() tlog.Hash { return s.tree.Root() }
 // ProveID returns the map proof of id at the current state.
 func (s *State) ProveID(id ID) *MapProof { return s.tree.Prove(id) }
 
-// NextSlot returns the block and slot the next registration must take.
-// Slots are not reused after a revocation, so capacity counts lifetime
-// registrations.
-func (s *State) NextSlot() (block, slot uint32) {
+// MaxBlocks bounds the block number of a registration, so a bad entry
+// cannot make a replayer allocate without limit.
+const MaxBlocks = 1 << 20
+
+// SlotEnd returns one past the highest global slot number taken. A global
+// slot number g is block g/n, slot g%n+1. Slots are never reused after a
+// revocation, so capacity counts lifetime registrations.
+func (s *State) SlotEnd() uint64 { return s.slotEnd }
+
+// SlotUsed reports whether a slot was ever taken.
+func (s *State) SlotUsed(block, slot uint32) bool {
+	return s.used[uint64(block)*uint64(s.cfg.Scheme.BlockSize())+uint64(slot)-1]
+}
+
+// GlobalSlot splits a global slot number into block and slot.
+func (s *State) GlobalSlot(g uint64) (block, slot uint32) {
 	n := uint64(s.cfg.Scheme.BlockSize())
-	return uint32(s.nextSlot / n), uint32(s.nextSlot%n) + 1
+	return uint32(g / n), uint32(g%n) + 1
 }
 
 // Block returns block k, or nil.
@@ -119,7 +141,7 @@ func (s *State) LastTimestamp() uint64 { return s.lastMS }
 // NextState returns the state entry that closes the open batch at time ms.
 func (s *State) NextState(ms uint64) *Entry {
 	return &Entry{Kind: KindState, TimestampMS: max(ms, s.lastMS), Epoch: s.epoch + 1,
-		FirstIndex: s.batchStart, MapRoot: s.tree.Root(), PPDigest: s.PPDigest()}
+		FirstIndex: s.batchStart, NumBlocks: uint32(len(s.blocks)), MapRoot: s.tree.Root(), PPDigest: s.PPDigest()}
 }
 
 // Check reports whether e may be appended next, without changing s.
@@ -174,6 +196,8 @@ func (s *State) check(e *Entry) error {
 			return fmt.Errorf("epoch %d, want %d", e.Epoch, s.epoch+1)
 		case e.FirstIndex != s.batchStart:
 			return fmt.Errorf("first index %d, want %d", e.FirstIndex, s.batchStart)
+		case int(e.NumBlocks) != len(s.blocks):
+			return fmt.Errorf("%d blocks, recomputed %d", e.NumBlocks, len(s.blocks))
 		case e.MapRoot != s.tree.Root():
 			return fmt.Errorf("map root %v, recomputed %v", e.MapRoot, s.tree.Root())
 		case e.PPDigest != s.PPDigest():
@@ -181,7 +205,7 @@ func (s *State) check(e *Entry) error {
 		}
 		return nil
 	case KindCeremony:
-		if s.nextSlot != 0 {
+		if len(s.used) != 0 {
 			return errors.New("ceremony contribution after the first registration")
 		}
 		return nil
@@ -193,12 +217,13 @@ func (s *State) checkRegistration(e *Entry) error {
 	if _, ok := s.ids[e.ID]; ok {
 		return ErrReRegistration
 	}
-	block, slot := s.NextSlot()
 	switch {
 	case e.PrevIndex != NoPrev || e.PrevLeafHash != (tlog.Hash{}):
 		return errors.New("registration names a previous entry")
-	case e.Block != block || e.Slot != slot:
-		return fmt.Errorf("block %d slot %d, want the next free block %d slot %d", e.Block, e.Slot, block, slot)
+	case e.Slot < 1 || int(e.Slot) > s.cfg.Scheme.BlockSize() || e.Block >= MaxBlocks:
+		return fmt.Errorf("block %d slot %d out of range", e.Block, e.Slot)
+	case s.SlotUsed(e.Block, e.Slot):
+		return fmt.Errorf("block %d slot %d was already taken", e.Block, e.Slot)
 	case len(e.OldKeySig) != 0:
 		return errors.New("registration carries an old-key signature")
 	}
@@ -214,8 +239,14 @@ func (s *State) checkRegistration(e *Entry) error {
 			return fmt.Errorf("check token: %w", err)
 		}
 	}
-	if err := s.cfg.Scheme.CheckKey(int(e.Slot), e.RBEKey, e.RBEHelpers); err != nil {
-		return fmt.Errorf("check RBE key: %w", err)
+	return s.checkKeys(e)
+}
+
+func (s *State) checkKeys(e *Entry) error {
+	if !s.cfg.SkipKeyCheck {
+		if err := s.cfg.Scheme.CheckKey(int(e.Slot), e.RBEKey, e.RBEHelpers); err != nil {
+			return fmt.Errorf("check RBE key: %w", err)
+		}
 	}
 	if err := VerifyPoP(e.TLSKey, PoPMessage(e), e.PoPSig); err != nil {
 		return fmt.Errorf("check proof of possession: %w", err)
@@ -246,13 +277,7 @@ func (s *State) checkChange(e *Entry) error {
 		}
 		return nil
 	}
-	if err := s.cfg.Scheme.CheckKey(int(e.Slot), e.RBEKey, e.RBEHelpers); err != nil {
-		return fmt.Errorf("check RBE key: %w", err)
-	}
-	if err := VerifyPoP(e.TLSKey, PoPMessage(e), e.PoPSig); err != nil {
-		return fmt.Errorf("check proof of possession: %w", err)
-	}
-	return nil
+	return s.checkKeys(e)
 }
 
 func (s *State) commit(e *Entry, leaf tlog.Hash) error {
@@ -265,7 +290,9 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 		if err := s.blocks[e.Block].Register(int(e.Slot), e.RBEKey, e.RBEHelpers); err != nil {
 			return fmt.Errorf("register in block %d: %w", e.Block, err)
 		}
-		s.nextSlot++
+		g := uint64(e.Block)*uint64(s.cfg.Scheme.BlockSize()) + uint64(e.Slot) - 1
+		s.used[g] = true
+		s.slotEnd = max(s.slotEnd, g+1)
 	case KindRotation, KindRevocation:
 		b := s.blocks[e.Block]
 		if err := b.Remove(int(e.Slot)); err != nil {
@@ -287,6 +314,7 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 		TLSKey: e.TLSKey, RBEKey: e.RBEKey}
 	s.tree.Set(e.ID, leaf)
 	s.blockLeaf[e.Block] = blockLeafHash(e.Block, s.blocks[e.Block])
+	s.ppReader = nil
 	return nil
 }
 
@@ -312,8 +340,21 @@ func BlockRecord(k uint32, version uint64, digest []byte) []byte {
 // PPDigest returns the RFC 6962 root over the block leaves: a commitment to
 // every block digest and version.
 func (s *State) PPDigest() tlog.Hash {
-	h, _ := merkleRoot(s.blockLeaf)
+	h, _ := tlog.TreeHash(int64(len(s.blockLeaf)), s.ppHashes())
 	return h
+}
+
+// ppHashes returns the stored hashes of the block tree, rebuilding them at
+// most once per change, so block proofs cost O(log B) between changes.
+func (s *State) ppHashes() tlog.HashReaderFunc {
+	if s.ppReader == nil {
+		r, err := memHashes(s.blockLeaf)
+		if err != nil {
+			panic("curator: block tree: " + err.Error())
+		}
+		s.ppReader = r
+	}
+	return s.ppReader
 }
 
 // ProveBlock returns the inclusion proof of block k in PPDigest.
@@ -321,7 +362,7 @@ func (s *State) ProveBlock(k uint32) (tlog.RecordProof, error) {
 	if int(k) >= len(s.blockLeaf) {
 		return nil, fmt.Errorf("block %d not found", k)
 	}
-	return merkleProof(s.blockLeaf, int64(k))
+	return tlog.ProveRecord(int64(len(s.blockLeaf)), int64(k), s.ppHashes())
 }
 
 // NumBlocks returns the number of blocks.
@@ -350,18 +391,3 @@ func memHashes(leaves []tlog.Hash) (tlog.HashReaderFunc, error) {
 	return r, nil
 }
 
-func merkleRoot(leaves []tlog.Hash) (tlog.Hash, error) {
-	r, err := memHashes(leaves)
-	if err != nil {
-		return tlog.Hash{}, err
-	}
-	return tlog.TreeHash(int64(len(leaves)), r)
-}
-
-func merkleProof(leaves []tlog.Hash, i int64) (tlog.RecordProof, error) {
-	r, err := memHashes(leaves)
-	if err != nil {
-		return nil, err
-	}
-	return tlog.ProveRecord(int64(len(leaves)), i, r)
-}

@@ -1,0 +1,361 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/store"
+)
+
+// An Appender makes a batch durable. The single-node appender writes the
+// bbolt store directly; the raft appender replicates the batch first.
+type Appender interface {
+	Append(ctx context.Context, b *store.Batch) (tlog.Tree, error)
+}
+
+type storeAppender struct{ s *store.Store }
+
+func (a storeAppender) Append(_ context.Context, b *store.Batch) (tlog.Tree, error) {
+	return a.s.Append(b)
+}
+
+// Config configures a Log. Zero values select the documented defaults.
+type Config struct {
+	Origin   string      // checkpoint origin, such as "kc.cluster.local/registrations"
+	Signer   note.Signer // the log's Ed25519 checkpoint key, named Origin
+	// VerifierKey is the vkey of Signer, as note.GenerateKey returns it.
+	VerifierKey string
+	Store    *store.Store
+	Appender Appender // nil means append to Store directly
+	Scheme   curator.Scheme
+	Reviewer TokenReviewer
+	Audience string // token audience; default curator.DefaultAudience
+
+	Witnesses      []Witness     // cosigners asked for every checkpoint
+	Quorum         int           // cosignatures required; default ⌊2n/3⌋+1
+	WitnessTimeout time.Duration // per cosignature round; default 10s
+
+	BatchInterval time.Duration // longest a request waits for its batch; default 20ms
+	MaxBatch      int           // key entries per batch; default 1024
+	ReserveTTL    time.Duration // how long a reserved slot stays reserved; default 2m
+
+	Logger   *slog.Logger          // default discards
+	Registry prometheus.Registerer // nil means no metrics are registered
+	Now      func() time.Time      // default time.Now
+}
+
+// A Log is the curator: it sequences key entries into batches, appends
+// them with a state entry, signs a checkpoint and collects cosignatures.
+type Log struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+
+	reqs chan *pending
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu         sync.RWMutex
+	state      *curator.State // guarded by mu
+	tree       tlog.Tree      // guarded by mu
+	checkpoint []byte         // latest signed and cosigned note, guarded by mu
+	nextSlot   uint64         // next global slot to reserve, guarded by mu
+	reserved   map[curator.ID]reservation
+	witnessAt  map[string]int64 // each witness's last known size, guarded by mu
+}
+
+type reservation struct {
+	global  uint64
+	expires time.Time
+}
+
+type pending struct {
+	entry    *curator.Entry
+	tokenSig []byte
+	done     chan result
+}
+
+type result struct {
+	index uint64
+	err   error
+}
+
+// ErrConflict means the request conflicts with the log: the ID is already
+// registered, or the previous entry is not the ID's current entry.
+var ErrConflict = errors.New("conflict with the log")
+
+// New opens the log in cfg.Store, replays it to rebuild the state, and
+// starts the sequencer. Call Close to stop it.
+func New(cfg Config) (*Log, error) {
+	if cfg.Origin == "" || cfg.Signer == nil || cfg.Store == nil || cfg.Scheme == nil {
+		return nil, errors.New("new curator log: Origin, Signer, Store and Scheme are required")
+	}
+	if _, err := note.NewVerifier(cfg.VerifierKey); err != nil {
+		return nil, fmt.Errorf("new curator log: parse VerifierKey: %w", err)
+	}
+	if cfg.Signer.Name() != cfg.Origin {
+		return nil, fmt.Errorf("new curator log: signer is named %q, want the origin %q", cfg.Signer.Name(), cfg.Origin)
+	}
+	if cfg.Appender == nil {
+		cfg.Appender = storeAppender{cfg.Store}
+	}
+	if cfg.Audience == "" {
+		cfg.Audience = curator.DefaultAudience
+	}
+	if cfg.Quorum == 0 && len(cfg.Witnesses) > 0 {
+		cfg.Quorum = curator.DefaultQuorum(len(cfg.Witnesses))
+	}
+	if cfg.WitnessTimeout == 0 {
+		cfg.WitnessTimeout = 10 * time.Second
+	}
+	if cfg.BatchInterval == 0 {
+		cfg.BatchInterval = 20 * time.Millisecond
+	}
+	if cfg.MaxBatch == 0 {
+		cfg.MaxBatch = 1024
+	}
+	if cfg.ReserveTTL == 0 {
+		cfg.ReserveTTL = 2 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	l := &Log{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Registry),
+		reqs: make(chan *pending, 4*cfg.MaxBatch), stop: make(chan struct{}),
+		reserved: map[curator.ID]reservation{}, witnessAt: map[string]int64{}}
+	if err := l.Reload(); err != nil {
+		return nil, err
+	}
+	l.wg.Add(1)
+	go l.sequence()
+	return l, nil
+}
+
+// Close stops the sequencer. Requests in flight fail.
+func (l *Log) Close() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+func (l *Log) newState() *curator.State {
+	return curator.NewState(curator.StateConfig{Scheme: l.cfg.Scheme, Audience: l.cfg.Audience, SkipKeyCheck: true})
+}
+
+// Reload rebuilds the state from the store. A raft follower that becomes
+// leader calls it, because its store advanced without the sequencer.
+func (l *Log) Reload() error {
+	st := l.newState()
+	n, err := l.cfg.Store.Size()
+	if err != nil {
+		return fmt.Errorf("reload log: %w", err)
+	}
+	const chunk = 4096
+	for start := int64(0); start < n; start += chunk {
+		recs, err := l.cfg.Store.Entries(start, min(start+chunk, n))
+		if err != nil {
+			return fmt.Errorf("reload log: %w", err)
+		}
+		for _, r := range recs {
+			if _, err := st.ApplyRecord(r); err != nil {
+				return fmt.Errorf("reload log: stored entry breaks the rules: %w", err)
+			}
+		}
+	}
+	th, err := tlog.TreeHash(n, l.cfg.Store)
+	if err != nil {
+		return fmt.Errorf("reload log: %w", err)
+	}
+	cp, err := l.cfg.Store.Checkpoint()
+	if err != nil {
+		return fmt.Errorf("reload log: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.state, l.tree = st, tlog.Tree{N: n, Hash: th}
+	l.nextSlot = max(l.nextSlot, st.SlotEnd())
+	l.checkpoint = cp
+	if n > 0 && (cp == nil || !l.checkpointMatchesLocked(cp)) {
+		// The process stopped between the append and the checkpoint:
+		// sign and cosign the current tree again.
+		l.checkpoint = nil
+		go l.publish(context.Background(), tlog.Tree{N: n, Hash: th})
+	}
+	l.m.logSize.Set(float64(n))
+	l.log.Info("log loaded", "entries", n, "epoch", st.Epoch())
+	return nil
+}
+
+func (l *Log) checkpointMatchesLocked(cp []byte) bool {
+	n, err := note.Open(cp, note.VerifierList(l.verifier()))
+	if err != nil {
+		return false
+	}
+	_, t, err := curator.ParseCheckpoint(n.Text)
+	return err == nil && t == l.tree
+}
+
+func (l *Log) verifier() note.Verifier {
+	v, err := note.NewVerifier(l.VerifierKey())
+	if err != nil {
+		panic("curator: verifier of own signer: " + err.Error())
+	}
+	return v
+}
+
+// VerifierKey returns the vkey of the log's checkpoint key.
+func (l *Log) VerifierKey() string { return l.cfg.VerifierKey }
+
+// Reserve assigns a fresh slot to id for ReserveTTL, so the registrant can
+// generate its RBE key for that slot. Reserving again returns the same slot.
+func (l *Log) Reserve(id curator.ID) (block, slot uint32, expires time.Time, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.state.Lookup(id); ok {
+		return 0, 0, time.Time{}, fmt.Errorf("reserve slot: %w: %w", ErrConflict, curator.ErrReRegistration)
+	}
+	now := l.cfg.Now()
+	r, ok := l.reserved[id]
+	if !ok || now.After(r.expires) {
+		r = reservation{global: l.nextSlot}
+		l.nextSlot++
+	}
+	r.expires = now.Add(l.cfg.ReserveTTL)
+	l.reserved[id] = r
+	block, slot = l.state.GlobalSlot(r.global)
+	return block, slot, r.expires, nil
+}
+
+// submit queues an entry and waits until it is durable or rejected.
+func (l *Log) submit(ctx context.Context, e *curator.Entry, tokenSig []byte) (uint64, error) {
+	p := &pending{entry: e, tokenSig: tokenSig, done: make(chan result, 1)}
+	select {
+	case l.reqs <- p:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-l.stop:
+		return 0, errors.New("curator is stopping")
+	}
+	select {
+	case r := <-p.done:
+		return r.index, r.err
+	case <-l.stop:
+		return 0, errors.New("curator is stopping")
+	}
+}
+
+func (l *Log) sequence() {
+	defer l.wg.Done()
+	for {
+		var batch []*pending
+		select {
+		case p := <-l.reqs:
+			batch = append(batch, p)
+		case <-l.stop:
+			return
+		}
+		timer := time.NewTimer(l.cfg.BatchInterval)
+	fill:
+		for len(batch) < l.cfg.MaxBatch {
+			select {
+			case p := <-l.reqs:
+				batch = append(batch, p)
+			case <-timer.C:
+				break fill
+			case <-l.stop:
+				timer.Stop()
+				return
+			}
+		}
+		timer.Stop()
+		l.appendBatch(batch)
+	}
+}
+
+// appendBatch applies the batch to the state, appends it with its state
+// entry, and answers each request once the batch is durable.
+func (l *Log) appendBatch(batch []*pending) {
+	ctx := context.Background()
+	start := l.cfg.Now()
+	ms := uint64(start.UnixMilli())
+
+	l.mu.Lock()
+	b := &store.Batch{Start: l.tree.N}
+	var accepted []*pending
+	var indexes []uint64
+	for _, p := range batch {
+		p.entry.TimestampMS = max(ms, l.state.LastTimestamp())
+		data, err := p.entry.Marshal()
+		if err == nil {
+			err = l.state.Apply(p.entry, tlog.RecordHash(data))
+		}
+		if err != nil {
+			if errors.Is(err, curator.ErrReRegistration) || isChainError(err) {
+				err = fmt.Errorf("%w: %w", ErrConflict, err)
+			}
+			p.done <- result{err: err}
+			continue
+		}
+		indexes = append(indexes, l.state.Size()-1)
+		b.Entries = append(b.Entries, data)
+		b.TokenSigs = append(b.TokenSigs, p.tokenSig)
+		accepted = append(accepted, p)
+		if p.entry.Kind == curator.KindRegistration {
+			delete(l.reserved, p.entry.ID)
+		}
+	}
+	if len(accepted) == 0 {
+		l.mu.Unlock()
+		return
+	}
+	st := l.state.NextState(ms)
+	data, err := st.Marshal()
+	if err == nil {
+		err = l.state.Apply(st, tlog.RecordHash(data))
+	}
+	if err != nil {
+		panic("curator: own state entry rejected: " + err.Error())
+	}
+	b.Entries = append(b.Entries, data)
+	b.TokenSigs = append(b.TokenSigs, nil)
+	tree, err := l.cfg.Appender.Append(ctx, b)
+	if err != nil {
+		l.mu.Unlock()
+		l.log.Error("append batch failed", "entries", len(b.Entries), "err", err)
+		for _, p := range accepted {
+			p.done <- result{err: fmt.Errorf("append to log: %w", err)}
+		}
+		// The state already includes the failed batch: rebuild it.
+		if rerr := l.Reload(); rerr != nil {
+			l.log.Error("reload after failed append", "err", rerr)
+		}
+		return
+	}
+	l.tree = tree
+	l.mu.Unlock()
+	l.m.batchSize.Observe(float64(len(accepted)))
+	l.m.appendTime.Observe(time.Since(start).Seconds())
+	l.m.logSize.Set(float64(tree.N))
+
+	// The batch is durable: acknowledge it, then publish the checkpoint.
+	l.publish(ctx, tree)
+	for i, p := range accepted {
+		p.done <- result{index: indexes[i]}
+	}
+}
+
+func isChainError(err error) bool {
+	var re *curator.RuleError
+	return errors.As(err, &re) && (re.Kind == curator.KindRotation || re.Kind == curator.KindRevocation)
+}
