@@ -68,6 +68,16 @@ func Contribute(crs *CRS, rnd io.Reader) (*CRS, *ContributionProof, error) {
 		return nil, nil, fmt.Errorf("contribute to ceremony: random source returned 1: %w", ErrInvalidContribution)
 	}
 
+	next := applyUpdate(crs, s)
+	proof, err := proveContribution(crs, next, s, rnd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("contribute to ceremony: %w", err)
+	}
+	return next, proof, nil
+}
+
+// applyUpdate returns the CRS with P_k ↦ s^k·P_k and Q_k ↦ s^k·Q_k.
+func applyUpdate(crs *CRS, s *bls12381.Scalar) *CRS {
 	n := crs.n
 	next := &CRS{n: n, p: make([]bls12381.G1, 2*n), q: make([]bls12381.G2, n)}
 	var power bls12381.Scalar
@@ -84,12 +94,7 @@ func Contribute(crs *CRS, rnd io.Reader) (*CRS, *ContributionProof, error) {
 	}
 	power = bls12381.Scalar{}
 	next.finish()
-
-	proof, err := proveContribution(crs, next, s, rnd)
-	if err != nil {
-		return nil, nil, fmt.Errorf("contribute to ceremony: %w", err)
-	}
-	return next, proof, nil
+	return next
 }
 
 func proveContribution(prev, next *CRS, s *bls12381.Scalar, rnd io.Reader) (*ContributionProof, error) {
