@@ -64,8 +64,14 @@ func (c *CRS) Encap(digest Digest, slot int, rnd io.Reader) (ct []byte, key []by
 	if err != nil {
 		return nil, nil, fmt.Errorf("encapsulate to slot %d: %w", slot, err)
 	}
+	defer func() { *r = bls12381.Scalar{} }()
+	return c.encap(digest, slot, r)
+}
+
+// encap is Encap with the randomness r given; known-answer tests call it.
+func (c *CRS) encap(digest Digest, slot int, r *bls12381.Scalar) (ct []byte, key []byte, err error) {
 	rBytes, _ := r.MarshalBinary()
-	defer func() { *r = bls12381.Scalar{}; clear(rBytes) }()
+	defer clear(rBytes)
 
 	var rc bls12381.G1
 	rc.ScalarMult(r, digest.point())
