@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -32,7 +33,12 @@ func runMain(m *testing.M, opts Options) int {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
+	flag.Parse()
 	switch {
+	case isFuzzing():
+		// A fuzz run exercises a parser; starting a control plane for it
+		// would only slow every iteration's worker start-up.
+		sharedReason = "fuzzing runs without the testbed"
 	case os.Geteuid() != 0:
 		sharedReason = "the testbed needs root for network namespaces and cgroups"
 	case os.Getenv(EnvTestbed) != "":
@@ -70,6 +76,11 @@ func runMain(m *testing.M, opts Options) int {
 		code = 1
 	}
 	return code
+}
+
+func isFuzzing() bool {
+	f := flag.Lookup("test.fuzz")
+	return f != nil && f.Value.String() != ""
 }
 
 // stopOnSignal tears the testbed down when the test binary is interrupted,

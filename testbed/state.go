@@ -1,15 +1,19 @@
 package testbed
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -130,4 +134,36 @@ func validateName(name string) error {
 		return fmt.Errorf("invalid testbed name %q: use 1 to 8 lowercase letters or digits", name)
 	}
 	return nil
+}
+
+// ComponentStatus reports whether one recorded component still runs.
+type ComponentStatus struct {
+	Name    string
+	PID     int
+	Running bool
+}
+
+// Status reports the components recorded in a run folder and whether the
+// API server answers /readyz.
+func Status(ctx context.Context, dir string) ([]ComponentStatus, error) {
+	st, err := ReadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []ComponentStatus
+	for _, p := range st.Processes {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
+		running := err == nil && strings.TrimSuffix(link, " (deleted)") == p.Exe
+		out = append(out, ComponentStatus{Name: p.Name, PID: p.PID, Running: running})
+	}
+	pool, err := certPool(filepath.Join(st.Dir, "ca.crt"))
+	if err != nil {
+		return out, err
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", st.Ports.APIServer)
+	if err := httpGet(ctx, client, url, st.AdminToken); err != nil {
+		return out, fmt.Errorf("kube-apiserver not ready: %w", err)
+	}
+	return out, nil
 }
