@@ -4,9 +4,10 @@
 # that folder. A binary already in the cache is reused. Builds run one at a
 # time because each one already keeps both cores busy.
 #
-# Usage: build.sh [all|core]
+# Usage: build.sh [all|core|dir]
 #   core: etcd, kube-apiserver, kube-controller-manager
-#   all:  core plus istiod (pilot-discovery)
+#   all:  core plus istiod (pilot-discovery) and the Istio CRDs
+#   dir:  print the cache folder without building anything
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +16,10 @@ cache=${MAZU_K8S_CACHE:-$HOME/.cache/mazu-k8s}
 key=$(cat "$here"/kas/go.mod "$here"/kas/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum \
 	"$here"/istio/go.mod "$here"/istio/go.sum "$here"/ldflags | sha256sum | cut -c1-16)-$(go env GOVERSION)
 bin=$cache/$key
+if [ "$what" = dir ]; then
+	echo "$bin"
+	exit 0
+fi
 mkdir -p "$bin"
 
 # build NAME MODULE_DIR PACKAGE LDFLAGS
@@ -50,6 +55,11 @@ build kube-apiserver kas k8s.io/kubernetes/cmd/kube-apiserver "$(cat "$here/ldfl
 build kube-controller-manager kas k8s.io/kubernetes/cmd/kube-controller-manager "$(cat "$here/ldflags")"
 if [ "$what" = all ]; then
 	build pilot-discovery istio istio.io/istio/pilot/cmd/pilot-discovery \
-		"-s -w -X istio.io/istio/pkg/version.buildVersion=1.29-eed52ebb66ad"
+		"-s -w -X istio.io/istio/pkg/version.buildVersion=0.0.0-20260827124520-eed52ebb66ad"
+	if [ ! -f "$bin/istio-crds.yaml" ]; then
+		mod=$(cd "$here/istio" && go list -m -f '{{.Dir}}' istio.io/istio)
+		cp "$mod/manifests/charts/base/files/crd-all.gen.yaml" "$bin/istio-crds.yaml.tmp"
+		mv "$bin/istio-crds.yaml.tmp" "$bin/istio-crds.yaml"
+	fi
 fi
 echo "$bin"

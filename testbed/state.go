@@ -1,0 +1,169 @@
+package testbed
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// EnvTestbed names the run folder of a testbed started with `mazu-testbed up`.
+// When it is set, Main attaches to that testbed instead of starting one.
+const EnvTestbed = "MAZU_TESTBED"
+
+// State is what a run folder records about its testbed, so that another
+// process can attach to it or tear it down.
+type State struct {
+	Name       string         `json:"name"`
+	Dir        string         `json:"dir"`
+	BinDir     string         `json:"binDir"`
+	EtcdData   string         `json:"etcdData"`
+	Ports      Ports          `json:"ports"`
+	AdminToken string         `json:"adminToken"`
+	Processes  []ProcessState `json:"processes"`
+}
+
+// ProcessState identifies a component process by PID and executable, so
+// that a later `down` signals only that process.
+type ProcessState struct {
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	Exe  string `json:"exe"`
+}
+
+func stateFile(dir string) string { return filepath.Join(dir, "state.json") }
+
+func (tb *Testbed) saveState() error {
+	data, err := json.MarshalIndent(tb.state, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode testbed state: %w", err)
+	}
+	tmp := stateFile(tb.dir) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write testbed state: %w", err)
+	}
+	if err := os.Rename(tmp, stateFile(tb.dir)); err != nil {
+		return fmt.Errorf("write testbed state: %w", err)
+	}
+	return nil
+}
+
+// ReadState loads the state recorded in a run folder.
+func ReadState(dir string) (*State, error) {
+	data, err := os.ReadFile(stateFile(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read testbed state in %s: %w (is a testbed running there? start one with `mazu-testbed up`)", dir, err)
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("decode testbed state %s: %w", stateFile(dir), err)
+	}
+	return &st, nil
+}
+
+// Attach connects to a running testbed through its run folder. Stop on an
+// attached testbed removes only the nodes and pods this process created.
+func Attach(dir string, log *slog.Logger) (*Testbed, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st, err := ReadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	tb := &Testbed{
+		log:      log,
+		name:     st.Name + "-" + randomName()[:4],
+		dir:      st.Dir,
+		state:    *st,
+		pods:     map[string]*Pod{},
+		attached: true,
+		pki: &pki{
+			caCert:     filepath.Join(st.Dir, "ca.crt"),
+			adminToken: st.AdminToken,
+		},
+	}
+	if err := tb.loadClient(); err != nil {
+		return nil, err
+	}
+	return tb, nil
+}
+
+// Down ends the components recorded in a run folder and removes their data
+// and the folder. Nodes and pods belong to the processes that created them,
+// which remove them when they stop.
+func Down(dir string) error {
+	st, err := ReadState(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(st.Processes) - 1; i >= 0; i-- {
+		p := st.Processes[i]
+		errs = append(errs, killPID(p.PID, p.Exe, 10*time.Second))
+	}
+	if st.EtcdData != "" {
+		errs = append(errs, os.RemoveAll(st.EtcdData))
+	}
+	errs = append(errs, os.RemoveAll(dir))
+	return errors.Join(errs...)
+}
+
+func randomName() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Names become parts of network namespace names and interface names, which
+// the kernel limits to 15 bytes, so they stay short.
+var namePattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
+
+func validateName(name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("invalid testbed name %q: use 1 to 8 lowercase letters or digits", name)
+	}
+	return nil
+}
+
+// ComponentStatus reports whether one recorded component still runs.
+type ComponentStatus struct {
+	Name    string
+	PID     int
+	Running bool
+}
+
+// Status reports the components recorded in a run folder and whether the
+// API server answers /readyz.
+func Status(ctx context.Context, dir string) ([]ComponentStatus, error) {
+	st, err := ReadState(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []ComponentStatus
+	for _, p := range st.Processes {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
+		running := err == nil && strings.TrimSuffix(link, " (deleted)") == p.Exe
+		out = append(out, ComponentStatus{Name: p.Name, PID: p.PID, Running: running})
+	}
+	pool, err := certPool(filepath.Join(st.Dir, "ca.crt"))
+	if err != nil {
+		return out, err
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", st.Ports.APIServer)
+	if err := httpGet(ctx, client, url, st.AdminToken); err != nil {
+		return out, fmt.Errorf("kube-apiserver not ready: %w", err)
+	}
+	return out, nil
+}
