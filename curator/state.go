@@ -16,7 +16,6 @@ type IDState struct {
 	Block    uint32
 	Slot     uint32
 	TLSKey   []byte
-	RBEKey   []byte
 }
 
 // A RuleError is a log entry that breaks the curator rules. Witnesses
@@ -311,7 +310,7 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 		return nil
 	}
 	s.ids[e.ID] = &IDState{Index: s.size, LeafHash: leaf, Kind: e.Kind, Block: e.Block, Slot: e.Slot,
-		TLSKey: e.TLSKey, RBEKey: e.RBEKey}
+		TLSKey: e.TLSKey}
 	s.tree.Set(e.ID, leaf)
 	s.blockLeaf[e.Block] = blockLeafHash(e.Block, s.blocks[e.Block])
 	s.ppReader = nil
