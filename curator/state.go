@@ -66,8 +66,8 @@ type State struct {
 	blocks     []Block
 	blockLeaf  []tlog.Hash
 	ppReader   tlog.HashReaderFunc // stored hashes of blockLeaf; nil when stale
-	used       map[uint64]bool // global slot numbers ever taken
-	slotEnd    uint64          // one past the highest global slot taken
+	used       map[uint64]bool     // global slot numbers ever taken
+	slotEnd    uint64              // one past the highest global slot taken
 	epoch      uint64
 	batchStart uint64
 }
@@ -389,4 +389,3 @@ func memHashes(leaves []tlog.Hash) (tlog.HashReaderFunc, error) {
 	}
 	return r, nil
 }
-

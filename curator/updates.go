@@ -20,11 +20,11 @@ type UpdatesRequest struct {
 // N. Its size depends on log2 N and on the number of changes to the
 // requested IDs, never on the number of other entries.
 type UpdatesResponse struct {
-	Checkpoint     []byte          `json:"checkpoint"`
-	Consistency    tlog.TreeProof  `json:"consistency"` // Since → N
-	StateEntry     []byte          `json:"state_entry"` // entry N−1
+	Checkpoint     []byte           `json:"checkpoint"`
+	Consistency    tlog.TreeProof   `json:"consistency"` // Since → N
+	StateEntry     []byte           `json:"state_entry"` // entry N−1
 	StateInclusion tlog.RecordProof `json:"state_inclusion"`
-	IDs            []IDUpdate      `json:"ids"`
+	IDs            []IDUpdate       `json:"ids"`
 }
 
 // An IDUpdate is the state of one ID at the checkpoint.

@@ -195,4 +195,3 @@ func (l *Log) addCheckpoint(ctx context.Context, w Witness, old int64, signed []
 	}
 	return body, 0, nil
 }
-

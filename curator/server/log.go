@@ -30,15 +30,15 @@ func (a storeAppender) Append(_ context.Context, b *store.Batch) (tlog.Tree, err
 
 // Config configures a Log. Zero values select the documented defaults.
 type Config struct {
-	Origin   string      // checkpoint origin, such as "kc.cluster.local/registrations"
-	Signer   note.Signer // the log's Ed25519 checkpoint key, named Origin
+	Origin string      // checkpoint origin, such as "kc.cluster.local/registrations"
+	Signer note.Signer // the log's Ed25519 checkpoint key, named Origin
 	// VerifierKey is the vkey of Signer, as note.GenerateKey returns it.
 	VerifierKey string
-	Store    *store.Store
-	Appender Appender // nil means append to Store directly
-	Scheme   curator.Scheme
-	Reviewer TokenReviewer
-	Audience string // token audience; default curator.DefaultAudience
+	Store       *store.Store
+	Appender    Appender // nil means append to Store directly
+	Scheme      curator.Scheme
+	Reviewer    TokenReviewer
+	Audience    string // token audience; default curator.DefaultAudience
 
 	Witnesses      []Witness     // cosigners asked for every checkpoint
 	Quorum         int           // cosignatures required; default ⌊2n/3⌋+1
