@@ -44,6 +44,7 @@ type Options struct {
 	// WitnessKeys reuses the witnesses of another cluster (a fork).
 	WitnessOf *Cluster
 	MaxBatch  int
+	Now       func() time.Time // the curator's clock; nil is time.Now
 }
 
 // A Cluster is a curator with its witnesses, all on loopback.
@@ -142,7 +143,7 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	c.Store = st
 	l, err := server.New(server.Config{Origin: Origin, Signer: signer, VerifierKey: c.Key.VKey, Store: st,
 		Scheme: opts.Scheme, Reviewer: opts.Reviewer, Witnesses: ws, WitnessTimeout: 5 * time.Second, MaxBatch: opts.MaxBatch,
-		Logger: TestLogger(tb)})
+		Logger: TestLogger(tb), Now: opts.Now})
 	if err != nil {
 		tb.Fatal(err)
 	}
