@@ -85,6 +85,13 @@ func (s *State) SetTokenSignatureCheck(f func(index uint64, e *Entry) error) {
 	s.cfg.CheckTokenSignature = f
 }
 
+// Skip counts a rejected entry without applying it, so an auditor can go
+// on replaying the entries after it.
+func (s *State) Skip() { s.size++ }
+
+// NumIDs returns the number of IDs ever registered.
+func (s *State) NumIDs() int { return len(s.ids) }
+
 // Size returns the number of entries applied.
 func (s *State) Size() uint64 { return s.size }
 
