@@ -51,6 +51,17 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	end := b.Start + int64(len(b.Entries))
 	if n >= end {
+		// Only an identical batch counts as already applied; any other
+		// batch at a stale start is a conflict the sequencer must see.
+		have, err := f.Store.Entries(b.Start, end)
+		if err != nil {
+			return applyResult{err: err}
+		}
+		for i := range have {
+			if !bytes.Equal(have[i], b.Entries[i]) {
+				return applyResult{err: fmt.Errorf("batch at %d, log has %d entries: %w", b.Start, n, store.ErrSizeMismatch)}
+			}
+		}
 		h, err := tlog.TreeHash(end, f.Store)
 		return applyResult{tree: tlog.Tree{N: end, Hash: h}, err: err}
 	}

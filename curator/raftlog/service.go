@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -74,9 +75,16 @@ func (s *Service) watch() {
 func (s *Service) Log() *server.Log { return s.log }
 
 // Handler serves the API on the leader and forwards to it elsewhere.
+// GET /raft/status answers locally with this replica's raft state.
 func (s *Service) Handler() http.Handler {
 	h := s.log.Handler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/raft/status" {
+			addr, id := s.node.Raft.LeaderWithID()
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]string{"state": s.node.Raft.State().String(), "leader_id": string(id), "leader_addr": string(addr)})
+			return
+		}
 		if s.node.Raft.State() == raft.Leader {
 			h.ServeHTTP(w, r)
 			return

@@ -26,13 +26,11 @@ type Witness struct {
 	Client   *http.Client  // default http.DefaultClient
 }
 
-var publishMu sync.Mutex
-
 // publish signs a checkpoint for tree, collects cosignatures and, with a
 // quorum, stores and serves it.
 func (l *Log) publish(ctx context.Context, tree tlog.Tree) {
-	publishMu.Lock()
-	defer publishMu.Unlock()
+	l.publishMu.Lock()
+	defer l.publishMu.Unlock()
 	signed, err := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(l.cfg.Origin, tree))}, l.cfg.Signer)
 	if err != nil {
 		l.log.Error("sign checkpoint", "size", tree.N, "err", err)

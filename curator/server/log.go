@@ -64,6 +64,8 @@ type Log struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	publishMu sync.Mutex // serializes checkpoint publication
+
 	mu         sync.RWMutex
 	state      *curator.State // guarded by mu
 	tree       tlog.Tree      // guarded by mu
@@ -154,8 +156,11 @@ func (l *Log) newState() *curator.State {
 }
 
 // Reload rebuilds the state from the store. A raft follower that becomes
-// leader calls it, because its store advanced without the sequencer.
+// leader calls it, because its store advanced without the sequencer. It
+// holds the lock throughout, so no batch is appended while it reads.
 func (l *Log) Reload() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	st := l.newState()
 	n, err := l.cfg.Store.Size()
 	if err != nil {
@@ -181,8 +186,6 @@ func (l *Log) Reload() error {
 	if err != nil {
 		return fmt.Errorf("reload log: %w", err)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.state, l.tree = st, tlog.Tree{N: n, Hash: th}
 	l.nextSlot = max(l.nextSlot, st.SlotEnd())
 	l.checkpoint = cp
