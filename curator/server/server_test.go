@@ -259,3 +259,9 @@ type acceptAll struct{ is *curatortest.Issuer }
 func (a acceptAll) Review(_ context.Context, token string) (*server.PodIdentity, error) {
 	return &server.PodIdentity{Namespace: "default", PodName: "x", PodUID: "x", PodIPs: []netip.Addr{netip.MustParseAddr("10.1.0.1")}}, nil
 }
+
+func newFuzzEnv(f *testing.F) *env {
+	is := curatortest.NewIssuer(f)
+	c := curatortest.Start(f, curatortest.Options{Scheme: scheme, Reviewer: is, JWKS: is.JWKS()})
+	return &env{is: is, c: c}
+}
