@@ -60,9 +60,10 @@ type Log struct {
 	log *slog.Logger
 	m   *metrics
 
-	reqs chan *pending
-	stop chan struct{}
-	wg   sync.WaitGroup
+	reqs      chan *pending
+	stop      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 
 	publishMu sync.Mutex // serializes checkpoint publication
 
@@ -145,9 +146,10 @@ func New(cfg Config) (*Log, error) {
 	return l, nil
 }
 
-// Close stops the sequencer. Requests in flight fail.
+// Close stops the sequencer. Requests in flight fail. Calling it again
+// does nothing.
 func (l *Log) Close() {
-	close(l.stop)
+	l.closeOnce.Do(func() { close(l.stop) })
 	l.wg.Wait()
 }
 

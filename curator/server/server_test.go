@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"net/netip"
 	"os"
@@ -265,3 +266,5 @@ func newFuzzEnv(f *testing.F) *env {
 	c := curatortest.Start(f, curatortest.Options{Scheme: scheme, Reviewer: is, JWKS: is.JWKS()})
 	return &env{is: is, c: c}
 }
+
+func curatortestB64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
