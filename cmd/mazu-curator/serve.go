@@ -80,7 +80,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var witnesses multiFlag
 	fs.Var(&witnesses, "witness", "witness as URL=VKEY (repeat); the log publishes a checkpoint once a quorum cosigns")
 	quorum := fs.Int("quorum", 0, "cosignatures required; 0 means ⌊2n/3⌋+1 of the n witnesses")
-	batch := fs.Duration("batch-interval", 20*time.Millisecond, "longest a registration waits for its batch")
+	batch := fs.Duration("batch-interval", 0, "how long a batch waits for more requests after its first; 0 takes what queued during the previous write")
 	maxBatch := fs.Int("max-batch", 1024, "most key entries per batch")
 	raftFlags := registerRaftFlags(fs)
 	if err := fs.Parse(args); err != nil {
