@@ -30,3 +30,13 @@ type Block interface {
 	// Opening returns the encoded opening of slot at the current version.
 	Opening(slot int) ([]byte, error)
 }
+
+// A CeremonyVerifier is a Scheme that can check CRS ceremony
+// contributions, so the ceremony transcript can be sequenced into the log
+// and replayed by witnesses and auditors like everything else.
+type CeremonyVerifier interface {
+	// VerifyContribution checks one contribution against the previous CRS
+	// encoding (nil for the ceremony's public starting point) and returns
+	// the new CRS encoding and its fingerprint.
+	VerifyContribution(prev, contribution []byte) (next []byte, fingerprint [32]byte, err error)
+}

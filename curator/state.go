@@ -70,6 +70,9 @@ type State struct {
 	slotEnd    uint64              // one past the highest global slot taken
 	epoch      uint64
 	batchStart uint64
+
+	ceremonyCRS []byte    // the CRS after the last ceremony entry
+	ceremonyFP  *[32]byte // its fingerprint; nil before any ceremony entry
 }
 
 // NewState returns the state of an empty log.
@@ -214,6 +217,13 @@ func (s *State) check(e *Entry) error {
 		if len(s.used) != 0 {
 			return errors.New("ceremony contribution after the first registration")
 		}
+		cv, ok := s.cfg.Scheme.(CeremonyVerifier)
+		if !ok {
+			return errors.New("the scheme cannot verify ceremony contributions")
+		}
+		if _, _, err := cv.VerifyContribution(s.ceremonyCRS, e.Ceremony); err != nil {
+			return fmt.Errorf("invalid ceremony contribution: %w", err)
+		}
 		return nil
 	}
 	return fmt.Errorf("unknown kind %d", e.Kind)
@@ -226,6 +236,8 @@ func (s *State) checkRegistration(e *Entry) error {
 	switch {
 	case e.PrevIndex != NoPrev || e.PrevLeafHash != (tlog.Hash{}):
 		return errors.New("registration names a previous entry")
+	case s.ceremonyFP != nil && *s.ceremonyFP != s.cfg.Scheme.Fingerprint():
+		return fmt.Errorf("the curator's CRS %x is not the ceremony's result %x", s.cfg.Scheme.Fingerprint(), *s.ceremonyFP)
 	case e.Slot < 1 || int(e.Slot) > s.cfg.Scheme.BlockSize() || e.Block >= MaxBlocks:
 		return fmt.Errorf("block %d slot %d out of range", e.Block, e.Slot)
 	case s.SlotUsed(e.Block, e.Slot):
@@ -312,6 +324,13 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 	case KindState:
 		s.epoch++
 		s.batchStart = s.size + 1
+		return nil
+	case KindCeremony:
+		next, fp, err := s.cfg.Scheme.(CeremonyVerifier).VerifyContribution(s.ceremonyCRS, e.Ceremony)
+		if err != nil {
+			return err
+		}
+		s.ceremonyCRS, s.ceremonyFP = next, &fp
 		return nil
 	default:
 		return nil

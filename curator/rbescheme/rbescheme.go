@@ -5,6 +5,8 @@
 package rbescheme
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -83,4 +85,53 @@ func (b *block) Opening(slot int) ([]byte, error) {
 		return nil, err
 	}
 	return o.MarshalBinary()
+}
+
+// EncodeContribution encodes a ceremony contribution for a log entry: the
+// CRS length (uint32, big-endian), the CRS and the contribution proof.
+func EncodeContribution(c rbe.Contribution) ([]byte, error) {
+	crs, err := c.CRS.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	proof, err := c.Proof.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	out := binary.BigEndian.AppendUint32(nil, uint32(len(crs)))
+	out = append(out, crs...)
+	return append(out, proof...), nil
+}
+
+// VerifyContribution implements curator.CeremonyVerifier with
+// rbe.VerifyContribution. The first contribution must start from
+// rbe.NewCeremony for the contribution's block size.
+func (s *Scheme) VerifyContribution(prev, contribution []byte) ([]byte, [32]byte, error) {
+	var none [32]byte
+	if len(contribution) < 4 || uint64(len(contribution)-4) < uint64(binary.BigEndian.Uint32(contribution)) {
+		return nil, none, fmt.Errorf("decode contribution: %w", rbe.ErrInvalidEncoding)
+	}
+	n := binary.BigEndian.Uint32(contribution)
+	crsBytes := contribution[4 : 4+n]
+	next, err := rbe.ParseCRS(bytes.Clone(crsBytes))
+	if err != nil {
+		return nil, none, fmt.Errorf("decode contributed CRS: %w", err)
+	}
+	var proof rbe.ContributionProof
+	if err := proof.UnmarshalBinary(contribution[4+n:]); err != nil {
+		return nil, none, fmt.Errorf("decode contribution proof: %w", err)
+	}
+	var before *rbe.CRS
+	if prev == nil {
+		before, err = rbe.NewCeremony(next.N())
+	} else {
+		before, err = rbe.ParseCRS(bytes.Clone(prev))
+	}
+	if err != nil {
+		return nil, none, err
+	}
+	if err := rbe.VerifyContribution(before, next, &proof); err != nil {
+		return nil, none, err
+	}
+	return bytes.Clone(crsBytes), next.Fingerprint(), nil
 }

@@ -79,6 +79,7 @@ type ReserveResponse struct {
 //	POST /v1/rotate         KeyRequest → KeyResponse
 //	POST /v1/revoke         KeyRequest → KeyResponse
 //	POST /v1/updates        curator.UpdatesRequest → curator.UpdatesResponse
+//	POST /v1/ceremony       binary CRS contribution → KeyResponse (index only)
 //	GET  /v1/bundle/<hex ID>                 binary proof bundle
 //	GET  /v1/token-signatures?start=&end=    witnesses only
 //	GET  /checkpoint                         C2SP tlog-checkpoint
@@ -91,6 +92,7 @@ func (l *Log) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/rotate", l.handleKey(curator.KindRotation))
 	mux.HandleFunc("POST /v1/revoke", l.handleKey(curator.KindRevocation))
 	mux.HandleFunc("POST /v1/updates", l.handleUpdates)
+	mux.HandleFunc("POST /v1/ceremony", l.handleCeremony)
 	mux.HandleFunc("GET /v1/bundle/{id}", l.handleBundle)
 	mux.HandleFunc("GET /v1/token-signatures", l.handleTokenSigs)
 	mux.HandleFunc("GET /checkpoint", l.handleCheckpoint)
@@ -300,6 +302,23 @@ func (l *Log) checkReservation(e *curator.Entry) error {
 	}
 	l.nextSlot = g + 1
 	return nil
+}
+
+// handleCeremony sequences one CRS ceremony contribution. Contributions
+// are accepted only before the first registration, and each must extend
+// the previous one; the rule engine checks both.
+func (l *Log) handleCeremony(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, curator.MaxEntrySize+1))
+	if err != nil || len(body) > curator.MaxEntrySize-16 {
+		httpError(w, fmt.Errorf("contribution missing or over %d bytes: %w", curator.MaxEntrySize-16, errBadRequest))
+		return
+	}
+	index, err := l.submit(r.Context(), &curator.Entry{Kind: curator.KindCeremony, Ceremony: body}, nil)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	writeJSON(w, KeyResponse{Index: index})
 }
 
 func (l *Log) handleUpdates(w http.ResponseWriter, r *http.Request) {

@@ -326,8 +326,11 @@ func (l *Log) appendBatch(batch []*pending) {
 			err = l.state.Apply(p.entry, tlog.RecordHash(data))
 		}
 		if err != nil {
-			if errors.Is(err, curator.ErrReRegistration) || isChainError(err) {
+			switch {
+			case errors.Is(err, curator.ErrReRegistration) || isChainError(err):
 				err = fmt.Errorf("%w: %w", ErrConflict, err)
+			default:
+				err = fmt.Errorf("%w: %w", errBadRequest, err)
 			}
 			p.done <- result{err: err}
 			continue
