@@ -5,10 +5,10 @@
 // witnesses (package witness) and the auditors (package audit) all build on
 // it, so they compute the same state from the same log.
 //
-// The curator holds no secret that protects anyone: every value it
-// publishes is a deterministic function of the log, the log is append-only
-// under RFC 6962 hashing, and a client trusts a checkpoint only when a
-// quorum of verifying witnesses cosigned it.
+// The curator holds no secret that protects anyone. Every value it
+// publishes is a deterministic function of the log, and the log is
+// append-only under RFC 6962 hashing. A client trusts a checkpoint only
+// when a quorum of verifying witnesses cosigned it.
 //
 // # Identities
 //

@@ -303,10 +303,11 @@ func percentile(d []time.Duration, p float64) time.Duration {
 var sizes = []int{1_000, 10_000, 100_000}
 
 // BenchmarkAgentUpdates measures one node agent's update query (10 local
-// IDs, last checkpoint 1,000 entries back) as the log grows, answered from
-// the ID index and chains ("indexed"), next to the naive answer that scans
-// every entry since the agent's checkpoint... from the start of the log
-// ("scan"), which grows linearly.
+// IDs, last checkpoint 1,000 entries back) as the log grows, served from
+// the ID map and the per-ID chains ("indexed"), next to a naive query that
+// scans every entry from the start of the log ("scan"), which grows
+// linearly. "verify" is the agent's VerifyUpdates on one response, and
+// "bundle" fetches and verifies proof bundles.
 func BenchmarkAgentUpdates(b *testing.B) {
 	for _, n := range sizes {
 		key := curatortest.NewLogKey(b)

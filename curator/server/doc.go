@@ -2,8 +2,9 @@
 // pod-bound token through the Kubernetes TokenReview API, the RBE helper
 // values, the proof of possession and the uniqueness of the ID),
 // sequences them into batches, appends each batch and its state entry to
-// the log (fsynced, or committed through raft), asks the witnesses to
-// cosign the new checkpoint, and answers once the entry is durable.
+// the log (fsynced, or committed through raft), requests cosignatures of
+// the new checkpoint from the witnesses, and replies once the entry is
+// durable.
 //
 // It also serves the read side: the checkpoint, C2SP tlog-tiles tiles and
 // entry bundles, proof bundles, node-agent updates, and the token

@@ -8,7 +8,7 @@ import (
 )
 
 // FuzzAPIDecoders sends arbitrary bodies to every JSON endpoint: none may
-// panic or answer 5xx for a malformed body.
+// panic or return 5xx for a malformed body.
 func FuzzAPIDecoders(f *testing.F) {
 	is := newFuzzEnv(f)
 	h := is.c.Log.Handler()

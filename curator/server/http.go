@@ -32,7 +32,7 @@ var (
 	errBadRequest  = errors.New("invalid request")
 )
 
-// A KeyRequest asks the curator to append a registration, rotation or
+// A KeyRequest is a request to append a registration, rotation or
 // revocation.
 type KeyRequest struct {
 	// Token is the pod-bound service-account token, with audience
@@ -52,7 +52,8 @@ type KeyRequest struct {
 	OldKeySig  []byte `json:"old_key_sig,omitempty"`
 }
 
-// A KeyResponse answers a KeyRequest once the entry is durable.
+// A KeyResponse is the reply to a KeyRequest, sent once the entry is
+// durable.
 type KeyResponse struct {
 	ID    curator.ID `json:"id"`
 	Index uint64     `json:"index"`
@@ -285,7 +286,7 @@ func containsAddr(l []netip.Addr, a netip.Addr) bool {
 }
 
 // checkReservation requires the slot reserved for the ID, or a fresh slot
-// nobody reserved.
+// that no other ID reserved.
 func (l *Log) checkReservation(e *curator.Entry) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -309,7 +309,7 @@ func (l *Log) sequence() {
 }
 
 // appendBatch applies the batch to the state, appends it with its state
-// entry, and answers each request once the batch is durable.
+// entry, and replies to each request once the batch is durable.
 func (l *Log) appendBatch(batch []*pending) {
 	ctx := context.Background()
 	start := l.cfg.Now()
