@@ -59,6 +59,12 @@ type KeyResponse struct {
 	Index uint64     `json:"index"`
 	Block uint32     `json:"block"`
 	Slot  uint32     `json:"slot"`
+	// Opening is the slot's opening at BlockVersion, with the block
+	// digest; later registrations in the block change both, and the node
+	// agent fetches them from /v1/updates.
+	Opening      []byte `json:"opening,omitempty"`
+	BlockDigest  []byte `json:"block_digest,omitempty"`
+	BlockVersion uint64 `json:"block_version,omitempty"`
 	// Bundle is the proof bundle at the checkpoint that first includes the
 	// entry; empty when witnesses have not cosigned yet (fetch it later
 	// from /v1/bundle/<id>).
@@ -217,6 +223,12 @@ func (l *Log) Submit(ctx context.Context, kind curator.Kind, req *KeyRequest) (*
 	}
 	resp := &KeyResponse{ID: e.ID, Index: index, Block: e.Block, Slot: e.Slot}
 	if kind != curator.KindRevocation {
+		l.mu.RLock()
+		if b := l.state.Block(e.Block); b != nil {
+			resp.Opening, _ = b.Opening(int(e.Slot))
+			resp.BlockDigest, resp.BlockVersion = b.Digest(), b.Version()
+		}
+		l.mu.RUnlock()
 		if b, err := l.Bundle(e.ID); err == nil {
 			resp.Bundle = b
 		}

@@ -59,6 +59,9 @@ func TestRegisterAndVerifyBundle(t *testing.T) {
 		if len(r.Bundle) == 0 {
 			t.Fatalf("registration %d: response has no bundle", i)
 		}
+		if len(r.Opening) == 0 || len(r.BlockDigest) == 0 || r.BlockVersion == 0 {
+			t.Errorf("registration %d: response lacks the opening, digest or version", i)
+		}
 		reg, err := curator.VerifyBundle(r.Bundle, e.c.Policy, r.ID, time.Now())
 		if err != nil {
 			t.Fatalf("VerifyBundle(registration %d) = %v", i, err)
