@@ -224,6 +224,9 @@ func (l *Log) verifier() note.Verifier {
 // VerifierKey returns the vkey of the log's checkpoint key.
 func (l *Log) VerifierKey() string { return l.cfg.VerifierKey }
 
+// maxReservations bounds the open slot reservations.
+const maxReservations = 1 << 16
+
 // Reserve assigns a fresh slot to id for ReserveTTL, so the registrant can
 // generate its RBE key for that slot. Reserving again returns the same slot.
 func (l *Log) Reserve(id curator.ID) (block, slot uint32, expires time.Time, err error) {
@@ -233,6 +236,18 @@ func (l *Log) Reserve(id curator.ID) (block, slot uint32, expires time.Time, err
 		return 0, 0, time.Time{}, fmt.Errorf("reserve slot: %w: %w", ErrConflict, curator.ErrReRegistration)
 	}
 	now := l.cfg.Now()
+	if len(l.reserved) >= maxReservations {
+		// Each reservation needed a valid token, so this only runs under
+		// heavy churn: drop the expired ones.
+		for k, r := range l.reserved {
+			if now.After(r.expires) {
+				delete(l.reserved, k)
+			}
+		}
+		if len(l.reserved) >= maxReservations {
+			return 0, 0, time.Time{}, fmt.Errorf("reserve slot: %d open reservations: %w", len(l.reserved), errUnavailable)
+		}
+	}
 	r, ok := l.reserved[id]
 	if !ok || now.After(r.expires) {
 		r = reservation{global: l.nextSlot}

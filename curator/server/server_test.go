@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net/netip"
 	"os"
 	"strings"
@@ -91,7 +93,10 @@ func sha(b []byte) [32]byte {
 }
 
 func TestReRegistrationRejected(t *testing.T) {
-	e := newEnv(t, 0)
+	is := curatortest.NewIssuer(t)
+	reg := prometheus.NewRegistry()
+	e := &env{is: is, ctx: t.Context(),
+		c: curatortest.Start(t, curatortest.Options{Scheme: scheme, Reviewer: is, JWKS: is.JWKS(), Registry: reg})}
 	w := e.workload(t, "pod", 1)
 	if _, err := e.c.Register(e.ctx, w, fakeKey); err != nil {
 		t.Fatal(err)
@@ -101,6 +106,37 @@ func TestReRegistrationRejected(t *testing.T) {
 	if !errors.As(err, &he) || he.Code != 409 || !strings.Contains(he.Body, "already registered") {
 		t.Fatalf("second Register = %v, want HTTP 409 naming the existing registration", err)
 	}
+	for _, c := range []struct {
+		kind, result string
+		want         float64
+	}{{"registration", "ok", 1}} {
+		if got := testutil.ToFloat64(counter(t, reg, "mazu_curator_requests_total", c.kind, c.result)); got != c.want {
+			t.Errorf("mazu_curator_requests_total{kind=%s,result=%s} = %v, want %v", c.kind, c.result, got, c.want)
+		}
+	}
+	if got := testutil.CollectAndCount(reg, "mazu_curator_log_entries"); got != 1 {
+		t.Errorf("mazu_curator_log_entries series = %d, want 1", got)
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) == 2 && m.GetLabel()[0].GetValue() == labels[0] && m.GetLabel()[1].GetValue() == labels[1] {
+				return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x"}, func() float64 { return m.GetCounter().GetValue() })
+			}
+		}
+	}
+	t.Fatalf("metric %s%v not found", name, labels)
+	return nil
 }
 
 func TestTokenRejections(t *testing.T) {

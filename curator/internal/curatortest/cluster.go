@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
@@ -45,6 +46,7 @@ type Options struct {
 	WitnessOf *Cluster
 	MaxBatch  int
 	Now       func() time.Time // the curator's clock; nil is time.Now
+	Registry  prometheus.Registerer
 }
 
 // A Cluster is a curator with its witnesses, all on loopback.
@@ -143,7 +145,7 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	c.Store = st
 	l, err := server.New(server.Config{Origin: Origin, Signer: signer, VerifierKey: c.Key.VKey, Store: st,
 		Scheme: opts.Scheme, Reviewer: opts.Reviewer, Witnesses: ws, WitnessTimeout: 5 * time.Second, MaxBatch: opts.MaxBatch,
-		Logger: TestLogger(tb), Now: opts.Now})
+		Logger: TestLogger(tb), Now: opts.Now, Registry: opts.Registry})
 	if err != nil {
 		tb.Fatal(err)
 	}
