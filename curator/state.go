@@ -324,6 +324,9 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 	case KindState:
 		s.epoch++
 		s.batchStart = s.size + 1
+		// Build the block tree now, under the caller's write lock, so
+		// readers holding a read lock never build it.
+		s.ppHashes()
 		return nil
 	case KindCeremony:
 		next, fp, err := s.cfg.Scheme.(CeremonyVerifier).VerifyContribution(s.ceremonyCRS, e.Ceremony)

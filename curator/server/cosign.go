@@ -27,32 +27,33 @@ type Witness struct {
 }
 
 // publish signs a checkpoint for tree, collects cosignatures and, with a
-// quorum, stores and serves it.
-func (l *Log) publish(ctx context.Context, tree tlog.Tree) {
+// quorum, stores and serves it. It returns the published note, or nil.
+func (l *Log) publish(ctx context.Context, tree tlog.Tree) []byte {
 	l.publishMu.Lock()
 	defer l.publishMu.Unlock()
 	signed, err := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(l.cfg.Origin, tree))}, l.cfg.Signer)
 	if err != nil {
 		l.log.Error("sign checkpoint", "size", tree.N, "err", err)
-		return
+		return nil
 	}
 	cp := signed
 	if len(l.cfg.Witnesses) > 0 {
 		cp, err = l.cosign(ctx, signed, tree)
 		if err != nil {
 			l.log.Warn("checkpoint not published", "size", tree.N, "err", err)
-			return
+			return nil
 		}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if tree.N < l.currentSizeLocked() {
-		return
+		return nil
 	}
 	if err := l.cfg.Store.SetCheckpoint(cp); err != nil {
 		l.log.Error("store checkpoint", "size", tree.N, "err", err)
 	}
 	l.checkpoint = cp
+	return cp
 }
 
 func (l *Log) currentSizeLocked() int64 {

@@ -217,23 +217,11 @@ func (l *Log) Submit(ctx context.Context, kind curator.Kind, req *KeyRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	index, err := l.submit(ctx, e, sig)
+	r, err := l.submit(ctx, e, sig)
 	if err != nil {
 		return nil, err
 	}
-	resp := &KeyResponse{ID: e.ID, Index: index, Block: e.Block, Slot: e.Slot}
-	if kind != curator.KindRevocation {
-		l.mu.RLock()
-		if b := l.state.Block(e.Block); b != nil {
-			resp.Opening, _ = b.Opening(int(e.Slot))
-			resp.BlockDigest, resp.BlockVersion = b.Digest(), b.Version()
-		}
-		l.mu.RUnlock()
-		if b, err := l.Bundle(e.ID); err == nil {
-			resp.Bundle = b
-		}
-	}
-	return resp, nil
+	return r.reply, nil
 }
 
 func (l *Log) buildEntry(ctx context.Context, kind curator.Kind, req *KeyRequest) (*curator.Entry, []byte, error) {
@@ -326,12 +314,12 @@ func (l *Log) handleCeremony(w http.ResponseWriter, r *http.Request) {
 		httpError(w, fmt.Errorf("contribution missing or over %d bytes: %w", curator.MaxEntrySize-16, errBadRequest))
 		return
 	}
-	index, err := l.submit(r.Context(), &curator.Entry{Kind: curator.KindCeremony, Ceremony: body}, nil)
+	res, err := l.submit(r.Context(), &curator.Entry{Kind: curator.KindCeremony, Ceremony: body}, nil)
 	if err != nil {
 		httpError(w, err)
 		return
 	}
-	writeJSON(w, KeyResponse{Index: index})
+	writeJSON(w, KeyResponse{Index: res.index})
 }
 
 func (l *Log) handleUpdates(w http.ResponseWriter, r *http.Request) {

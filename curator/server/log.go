@@ -95,6 +95,7 @@ type pending struct {
 type result struct {
 	index uint64
 	err   error
+	reply *KeyResponse // opening and bundle, built before the state moves on
 }
 
 // ErrConflict means the request conflicts with the log: the ID is already
@@ -260,20 +261,20 @@ func (l *Log) Reserve(id curator.ID) (block, slot uint32, expires time.Time, err
 }
 
 // submit queues an entry and waits until it is durable or rejected.
-func (l *Log) submit(ctx context.Context, e *curator.Entry, tokenSig []byte) (uint64, error) {
+func (l *Log) submit(ctx context.Context, e *curator.Entry, tokenSig []byte) (result, error) {
 	p := &pending{entry: e, tokenSig: tokenSig, done: make(chan result, 1)}
 	select {
 	case l.reqs <- p:
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return result{}, ctx.Err()
 	case <-l.stop:
-		return 0, errors.New("curator is stopping")
+		return result{}, errors.New("curator is stopping")
 	}
 	select {
 	case r := <-p.done:
-		return r.index, r.err
+		return r, r.err
 	case <-l.stop:
-		return 0, errors.New("curator is stopping")
+		return result{}, errors.New("curator is stopping")
 	}
 }
 
@@ -391,11 +392,39 @@ func (l *Log) appendBatch(batch []*pending) {
 	l.m.appendTime.Observe(time.Since(start).Seconds())
 	l.m.logSize.Set(float64(tree.N))
 
-	// The batch is durable: acknowledge it, then publish the checkpoint.
-	l.publish(ctx, tree)
+	// The batch is durable. Publish its checkpoint, then reply with what
+	// the state shows now, before the next batch changes it.
+	cp := l.publish(ctx, tree)
 	for i, p := range accepted {
-		p.done <- result{index: indexes[i]}
+		p.done <- result{index: indexes[i], reply: l.reply(p.entry, indexes[i], cp, tree)}
 	}
+}
+
+// reply builds the opening and, when the checkpoint cp of tree was
+// published, the proof bundle of a durable key entry. Only the sequencer
+// changes the state, and it is calling, so the state is at tree unless a
+// raft election reloaded it meanwhile.
+func (l *Log) reply(e *curator.Entry, index uint64, cp []byte, tree tlog.Tree) *KeyResponse {
+	r := &KeyResponse{ID: e.ID, Index: index, Block: e.Block, Slot: e.Slot}
+	if e.Kind == curator.KindRevocation || e.Kind == curator.KindCeremony {
+		return r
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	cur, ok := l.state.Lookup(e.ID)
+	if l.tree != tree || !ok || cur.Index != index {
+		return r
+	}
+	if b := l.state.Block(e.Block); b != nil {
+		r.Opening, _ = b.Opening(int(e.Slot))
+		r.BlockDigest, r.BlockVersion = b.Digest(), b.Version()
+	}
+	if cp != nil {
+		if b, err := l.bundleAt(cp, tree, index, l.state.ProveID(e.ID)); err == nil {
+			r.Bundle, _ = b.Marshal()
+		}
+	}
+	return r
 }
 
 func isChainError(err error) bool {
