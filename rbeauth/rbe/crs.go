@@ -56,7 +56,8 @@ type CRS struct {
 
 // kemTables holds fixed-base tables for Encap, built on first use.
 type kemTables struct {
-	g2 *group.Comb[bls12381.G2, *bls12381.G2]
+	g2 *group.Comb[bls12381.G2, *bls12381.G2]  // for ct2 = r·g2
+	z  *group.Comb[group.GtElem, *group.GtElem] // for K = Z^r
 }
 
 // N returns the block size n.
@@ -336,7 +337,10 @@ func (c *CRS) keyGenTables() []*group.Comb[bls12381.G1, *bls12381.G1] {
 // kemTables returns the fixed-base tables for Encap, building them on first use.
 func (c *CRS) kemTables() *kemTables {
 	c.kemOnce.Do(func() {
-		c.kem = &kemTables{g2: group.NewComb[bls12381.G2, *bls12381.G2](bls12381.G2Generator(), 6)}
+		c.kem = &kemTables{
+			g2: group.NewComb[bls12381.G2, *bls12381.G2](bls12381.G2Generator(), combTeeth),
+			z:  group.NewComb[group.GtElem, *group.GtElem]((*group.GtElem)(&c.z), combTeeth),
+		}
 	})
 	return c.kem
 }
