@@ -14,8 +14,8 @@ import (
 )
 
 // Block size limits. A block needs n ≥ 2 so that the powers around the
-// missing (n+1)-th power exist; the upper limit bounds the work and memory a
-// CRS decoder spends on untrusted input (about 0.4 MB of encoding at 4096).
+// missing (n+1)-th power exist. The upper limit bounds the work and memory a
+// CRS decoder spends on untrusted input (about 0.79 MB of encoding at 4096).
 const (
 	MinBlockSize = 2
 	MaxBlockSize = 4096
@@ -56,7 +56,7 @@ type CRS struct {
 
 // kemTables holds fixed-base tables for Encap, built on first use.
 type kemTables struct {
-	g2 *group.Comb[bls12381.G2, *bls12381.G2]  // for ct2 = r·g2
+	g2 *group.Comb[bls12381.G2, *bls12381.G2]   // for ct2 = r·g2
 	z  *group.Comb[group.GtElem, *group.GtElem] // for K = Z^r
 }
 

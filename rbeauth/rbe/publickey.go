@@ -130,6 +130,7 @@ func (c *CRS) VerifyHelpers(pk *PublicKey, rnd io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
 	}
+
 	qs := make([]bls12381.G2, n-1)
 	for idx := range qs {
 		qs[idx] = c.q[n-helperSlot(i, idx)] // Q_(n+1−j)
@@ -142,6 +143,7 @@ func (c *CRS) VerifyHelpers(pk *PublicKey, rnd io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
 	}
+
 	if !group.PairingProductIsOne(
 		[]*bls12381.G1{&pk.PK, &a},
 		[]*bls12381.G2{&b, bls12381.G2Generator()},
@@ -240,6 +242,7 @@ func (pk *PublicKey) UnmarshalBinary(b []byte) error {
 	if len(b) != want {
 		return fmt.Errorf("decode public key of %d bytes with %d helper values, want %d bytes: %w", len(b), count, want, ErrInvalidEncoding)
 	}
+
 	off := publicKeyHeader
 	key, err := decodeG1(b[off:off+G1Size], false)
 	if err != nil {
