@@ -233,6 +233,9 @@ func (c *CRS) Validate() error { return c.validate(rand.Reader) }
 
 func (c *CRS) validate(rnd io.Reader) error {
 	n := c.n
+	if !c.isInitialised() {
+		return fmt.Errorf("validate CRS: not initialised, build it with ParseCRS or a ceremony: %w", ErrInvalidCRS)
+	}
 	if c.p[0].IsIdentity() || c.q[0].IsIdentity() {
 		return fmt.Errorf("validate CRS: first power is the identity: %w", ErrInvalidCRS)
 	}
@@ -343,6 +346,11 @@ func (c *CRS) kemTables() *kemTables {
 		}
 	})
 	return c.kem
+}
+
+// isInitialised reports whether c has the point slices of its block size.
+func (c *CRS) isInitialised() bool {
+	return c.n >= MinBlockSize && len(c.p) == 2*c.n && len(c.q) == c.n
 }
 
 // checkSlot returns an error unless 1 ≤ slot ≤ n.

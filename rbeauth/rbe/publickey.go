@@ -29,6 +29,9 @@ type PublicKey struct {
 
 // Helper returns ξ_(i→j), the helper value for slot j ≠ Slot.
 func (pk *PublicKey) Helper(j int) (*bls12381.G1, error) {
+	if pk.Slot < 1 || pk.Slot > len(pk.Helpers)+1 {
+		return nil, fmt.Errorf("get helper value of a key for slot %d with %d helper values: %w", pk.Slot, len(pk.Helpers), ErrInvalidSlot)
+	}
 	if j < 1 || j > len(pk.Helpers)+1 || j == pk.Slot {
 		return nil, fmt.Errorf("get helper value for slot %d of a key for slot %d: %w", j, pk.Slot, ErrInvalidSlot)
 	}

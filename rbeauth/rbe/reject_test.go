@@ -202,3 +202,26 @@ func TestBlockSlotStateRejected(t *testing.T) {
 	_, _, err = c.Encap(NewBlock(c).Digest(), 1, rand.Reader)
 	wantErr(t, "Encap(empty block)", err, ErrIdentity)
 }
+
+func TestZeroValuesRejected(t *testing.T) {
+	var c CRS
+	wantErr(t, "Validate(zero CRS)", c.Validate(), ErrInvalidCRS)
+	_, err := c.KeyGen(testKey(t), 1)
+	wantErr(t, "KeyGen(zero CRS)", err, ErrInvalidSlot)
+	var pk PublicKey
+	_, err = pk.Helper(1)
+	wantErr(t, "Helper(zero key)", err, ErrInvalidSlot)
+	real := testCRS(t, 3)
+	wantErr(t, "VerifyContribution(zero CRS)", VerifyContribution(real, &CRS{n: 3}, &ContributionProof{}), ErrInvalidPoint)
+	wantErr(t, "VerifyHelpers(nil)", real.VerifyHelpers(nil, nil), ErrInvalidPoint)
+	_, err = real.Decap(nil, 1, Opening{}, nil)
+	wantErr(t, "Decap(nil key)", err, ErrZeroScalar)
+}
+
+func TestUninitialisedCRSInCeremony(t *testing.T) {
+	start, contribs := ceremony(t, 3, 1)
+	err := VerifyContribution(start, &CRS{n: 3}, contribs[0].Proof)
+	wantErr(t, "VerifyContribution(uninitialised next)", err, ErrInvalidCRS)
+	err = VerifyContribution(&CRS{n: 3}, contribs[0].CRS, contribs[0].Proof)
+	wantErr(t, "VerifyContribution(uninitialised prev)", err, ErrInvalidCRS)
+}
