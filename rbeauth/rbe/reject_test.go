@@ -212,7 +212,7 @@ func TestZeroValuesRejected(t *testing.T) {
 	_, err = pk.Helper(1)
 	wantErr(t, "Helper(zero key)", err, ErrInvalidSlot)
 	real := testCRS(t, 3)
-	wantErr(t, "VerifyContribution(zero CRS)", VerifyContribution(real, &CRS{n: 3}, &ContributionProof{}), ErrInvalidPoint)
+	wantErr(t, "VerifyContribution(zero proof)", VerifyContribution(real, real, &ContributionProof{}), ErrInvalidPoint)
 	wantErr(t, "VerifyHelpers(nil)", real.VerifyHelpers(nil, nil), ErrInvalidPoint)
 	_, err = real.Decap(nil, 1, Opening{}, nil)
 	wantErr(t, "Decap(nil key)", err, ErrZeroScalar)
