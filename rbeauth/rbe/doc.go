@@ -50,7 +50,8 @@
 // Curator state:
 //   - NewBlock(crs) and (*Block).Register(pk), Rotate(delta), Remove(slot),
 //     Digest, Version, Opening(slot) and Key(slot). Register and Rotate run
-//     the helper check themselves.
+//     the helper check themselves; RegisterUnchecked and RotateUnchecked skip
+//     its pairings, for replaying entries this process verified before.
 //   - Digest and Opening are G1 points with binary, text and JSON forms.
 //
 // Membership:
