@@ -79,6 +79,13 @@ func BenchmarkVerifyHelpers(b *testing.B) {
 				}
 			}
 		})
+		b.Run(fmt.Sprintf("n=%d/direct-g2-msm", n), func(b *testing.B) {
+			for b.Loop() {
+				if err := c.verifyHelpersDirect(pk, rand.Reader); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		b.Run(fmt.Sprintf("n=%d/batched", n), func(b *testing.B) {
 			for b.Loop() {
 				if err := c.VerifyHelpers(pk, rand.Reader); err != nil {

@@ -92,7 +92,7 @@ func randomNonzeroScalar(rand io.Reader) (*bls12381.Scalar, error) {
 
 // randomShortScalars draws count scalars of 128 bits for random linear
 // combinations, as 16-byte big-endian strings. Nonzero values are enough: a
-// forgery passes a combination with probability at most 2^-128.
+// forgery passes a combination with probability at most 2^-127.
 func randomShortScalars(rand io.Reader, count int) ([][]byte, error) {
 	buf := make([]byte, 16*count)
 	if _, err := io.ReadFull(rand, buf); err != nil {
