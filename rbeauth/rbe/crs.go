@@ -100,7 +100,8 @@ func EncodedCRSSize(n int) int { return crsHeader + (2*n-1)*G1Size + n*G2Size }
 // UnmarshalBinary parses and validates a CRS. Every point must be a
 // canonical compressed encoding of a non-identity point in its subgroup, and
 // the points must be consecutive powers of one trapdoor with the (n+1)-th
-// power missing (see Validate). The receiver must be a new, unused CRS.
+// power missing (see Validate). It must not run concurrently with other
+// methods on the same CRS.
 func (c *CRS) UnmarshalBinary(b []byte) error {
 	parsed, err := parseCRS(b)
 	if err != nil {
@@ -122,10 +123,15 @@ func ParseCRS(b []byte) (*CRS, error) {
 	return c, nil
 }
 
-// adopt copies the parsed fields of src into c without copying its locks.
+// adopt copies the parsed fields of src into c without copying its locks,
+// and drops any tables c built for its previous points.
 func (c *CRS) adopt(src *CRS) {
 	c.n, c.p, c.q, c.z = src.n, src.p, src.q, src.z
 	c.encoding, c.fingerprint = src.encoding, src.fingerprint
+	c.kemOnce, c.kem = sync.Once{}, nil
+	c.tablesMu.Lock()
+	c.tables = nil
+	c.tablesMu.Unlock()
 }
 
 func parseCRS(b []byte) (*CRS, error) {
