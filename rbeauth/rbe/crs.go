@@ -313,7 +313,7 @@ func (c *CRS) validate(rnd io.Reader) error {
 }
 
 // Precompute builds fixed-base comb tables for every P_k, which made KeyGen
-// 2.1–2.6 times faster in the benchmarks recorded in BENCHMARKS.md. The
+// 2.2–3.1 times faster in the benchmarks recorded in BENCHMARKS.md. The
 // tables take 2^6 points (9.2 kB) per P_k, about 18·n kB in total (4.7 MB at
 // n = 256, 19 MB at n = 1024). Calling it again does nothing.
 func (c *CRS) Precompute() {

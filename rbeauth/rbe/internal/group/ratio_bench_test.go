@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/circl/ecc/bls12381"
+	"github.com/cloudflare/circl/ecc/bls12381/ff"
 )
 
 // BenchmarkRatioMSM runs the bucket method and summed ScalarMult results in
@@ -46,4 +47,73 @@ func BenchmarkRatioMSM(b *testing.B) {
 			b.ReportMetric(float64(bucket)/float64(naive), "bucket/naive")
 		})
 	}
+}
+
+// interleave runs every variant once per iteration, in turn, and reports the
+// mean time of each as "<name>-us" and each variant relative to the first as
+// "<name>/<base>".
+func interleave(b *testing.B, names []string, fns []func()) {
+	b.Helper()
+	total := make([]time.Duration, len(fns))
+	for b.Loop() {
+		for i, fn := range fns {
+			start := time.Now()
+			fn()
+			total[i] += time.Since(start)
+		}
+	}
+	for i, name := range names {
+		b.ReportMetric(float64(total[i].Nanoseconds())/1000/float64(b.N), name+"-us")
+		if i > 0 {
+			b.ReportMetric(float64(total[i])/float64(total[0]), name+"/"+names[0])
+		}
+	}
+}
+
+// BenchmarkRatioFixedBase compares circl's ScalarMult and Gt.Exp with the
+// comb tables and the cyclotomic exponentiation, and the two GT membership
+// tests, within the same iterations.
+func BenchmarkRatioFixedBase(b *testing.B) {
+	s := randScalar(b)
+	k := scalarBytes(s)
+	g1 := randG1(b)
+	g2 := randG2(b)
+	c1 := NewComb[bls12381.G1](&g1, 6)
+	c2 := NewComb[bls12381.G2](&g2, 6)
+	b.Run("G1", func(b *testing.B) {
+		var out bls12381.G1
+		interleave(b, []string{"scalarmult", "comb6"}, []func(){
+			func() { out.ScalarMult(s, &g1) },
+			func() { c1.Mul(k) },
+		})
+	})
+	b.Run("G2", func(b *testing.B) {
+		var out bls12381.G2
+		interleave(b, []string{"scalarmult", "comb6"}, []func(){
+			func() { out.ScalarMult(s, &g2) },
+			func() { c2.Mul(k) },
+		})
+	})
+	z := bls12381.Pair(bls12381.G1Generator(), bls12381.G2Generator())
+	cz := NewComb[GtElem]((*GtElem)(z), 6)
+	b.Run("Gt", func(b *testing.B) {
+		var out bls12381.Gt
+		interleave(b, []string{"circl-exp", "cyclotomic-exp", "comb6", "pair"}, []func(){
+			func() { out.Exp(z, s) },
+			func() { Exp((*GtElem)(z), k) },
+			func() { cz.Mul(k) },
+			func() { bls12381.Pair(&g1, &g2) },
+		})
+	})
+	enc, _ := z.MarshalBinary()
+	var f ff.Fp12
+	if err := f.UnmarshalBinary(enc); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Gt-membership", func(b *testing.B) {
+		interleave(b, []string{"order", "scott"}, []func(){
+			func() { IsInGtByOrder(&f) },
+			func() { IsInGt(&f) },
+		})
+	})
 }
