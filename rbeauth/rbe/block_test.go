@@ -179,3 +179,35 @@ func TestReplayUncheckedMatchesChecked(t *testing.T) {
 	wantErr(t, "RegisterUnchecked(pk = O)", NewBlock(c).RegisterUnchecked(zero), ErrIdentity)
 	wantErr(t, "RegisterUnchecked(occupied)", replayed.RegisterUnchecked(pk), ErrSlotOccupied)
 }
+
+func TestCRSConcurrentUse(t *testing.T) {
+	c := testCRS(t, 4)
+	blk := NewBlock(c)
+	sk := register(t, blk, 1)
+	digest, open := blk.Digest(), mustOpening(t, blk, 1)
+	done := make(chan error, 4)
+	go func() { c.Precompute(); done <- nil }()
+	for range 3 {
+		go func() {
+			if _, err := c.KeyGen(sk, 2); err != nil {
+				done <- err
+				return
+			}
+			ct, key, err := c.Encap(digest, 1, rand.Reader)
+			if err != nil {
+				done <- err
+				return
+			}
+			got, err := c.Decap(sk, 1, open, ct)
+			if err == nil && !bytes.Equal(got, key) {
+				err = ErrDecapsulation
+			}
+			done <- err
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Fatalf("concurrent KeyGen/Encap/Decap = %v", err)
+		}
+	}
+}
