@@ -69,6 +69,22 @@ func (b *Block) Register(pk *PublicKey) error {
 	if err := b.crs.VerifyHelpers(pk, rand.Reader); err != nil {
 		return fmt.Errorf("register key: %w", err)
 	}
+	return b.register(pk)
+}
+
+// RegisterUnchecked is Register without the pairing equations of the helper
+// check. It still checks the CRS fingerprint, the slot, the helper count and
+// pk ≠ O. Use it only to replay registrations that this process verified
+// before, for example from its own log after a restart: a key that never
+// passed VerifyHelpers breaks position binding for its slot.
+func (b *Block) RegisterUnchecked(pk *PublicKey) error {
+	if err := b.crs.checkKeyShape("register key", pk); err != nil {
+		return err
+	}
+	return b.register(pk)
+}
+
+func (b *Block) register(pk *PublicKey) error {
 	if b.keys[pk.Slot-1] != nil {
 		return fmt.Errorf("register key in slot %d: %w", pk.Slot, ErrSlotOccupied)
 	}
@@ -85,6 +101,20 @@ func (b *Block) Rotate(delta *PublicKey) error {
 	if err := b.crs.VerifyHelpers(delta, rand.Reader); err != nil {
 		return fmt.Errorf("rotate key: %w", err)
 	}
+	return b.rotate(delta)
+}
+
+// RotateUnchecked is Rotate without the pairing equations of the helper
+// check, for replaying rotations this process verified before (see
+// RegisterUnchecked).
+func (b *Block) RotateUnchecked(delta *PublicKey) error {
+	if err := b.crs.checkKeyShape("rotate key", delta); err != nil {
+		return err
+	}
+	return b.rotate(delta)
+}
+
+func (b *Block) rotate(delta *PublicKey) error {
 	stored := b.keys[delta.Slot-1]
 	if stored == nil {
 		return fmt.Errorf("rotate key in slot %d: %w", delta.Slot, ErrSlotEmpty)

@@ -143,3 +143,71 @@ func TestBatchMembership(t *testing.T) {
 	bad[1].Slot = 9
 	wantErr(t, "VerifyMemberships(slot out of range)", c.VerifyMemberships(b.Digest(), bad, rand.Reader), ErrInvalidSlot)
 }
+
+func TestReplayUncheckedMatchesChecked(t *testing.T) {
+	c := testCRS(t, 5)
+	sk := testKey(t)
+	pk, _ := c.KeyGen(sk, 2)
+	other, _ := c.KeyGen(testKey(t), 4)
+	delta, _ := c.KeyGenDelta(sk, testKey(t), 2)
+
+	checked, replayed := NewBlock(c), NewBlock(c)
+	for _, step := range []func(*Block) error{
+		func(b *Block) error { return b.Register(pk) },
+		func(b *Block) error { return b.Register(other) },
+		func(b *Block) error { return b.Rotate(delta) },
+	} {
+		if err := step(checked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, err := range []error{replayed.RegisterUnchecked(pk), replayed.RegisterUnchecked(other), replayed.RotateUnchecked(delta)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !checked.Digest().Equal(replayed.Digest()) || checked.Version() != replayed.Version() {
+		t.Fatal("unchecked replay differs from checked registration")
+	}
+	for slot := 1; slot <= 5; slot++ {
+		if !mustOpening(t, checked, slot).Equal(mustOpening(t, replayed, slot)) {
+			t.Fatalf("unchecked replay differs in the opening of slot %d", slot)
+		}
+	}
+	zero := clonePublicKey(pk)
+	zero.PK.SetIdentity()
+	wantErr(t, "RegisterUnchecked(pk = O)", NewBlock(c).RegisterUnchecked(zero), ErrIdentity)
+	wantErr(t, "RegisterUnchecked(occupied)", replayed.RegisterUnchecked(pk), ErrSlotOccupied)
+}
+
+func TestCRSConcurrentUse(t *testing.T) {
+	c := testCRS(t, 4)
+	blk := NewBlock(c)
+	sk := register(t, blk, 1)
+	digest, open := blk.Digest(), mustOpening(t, blk, 1)
+	done := make(chan error, 4)
+	go func() { c.Precompute(); done <- nil }()
+	for range 3 {
+		go func() {
+			if _, err := c.KeyGen(sk, 2); err != nil {
+				done <- err
+				return
+			}
+			ct, key, err := c.Encap(digest, 1, rand.Reader)
+			if err != nil {
+				done <- err
+				return
+			}
+			got, err := c.Decap(sk, 1, open, ct)
+			if err == nil && !bytes.Equal(got, key) {
+				err = ErrDecapsulation
+			}
+			done <- err
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Fatalf("concurrent KeyGen/Encap/Decap = %v", err)
+		}
+	}
+}

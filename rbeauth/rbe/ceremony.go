@@ -136,6 +136,9 @@ func verifyContribution(prev, next *CRS, proof *ContributionProof, rnd io.Reader
 	if next.n != prev.n {
 		return fmt.Errorf("verify contribution: block size %d after %d: %w", next.n, prev.n, ErrCRSMismatch)
 	}
+	if !prev.isInitialised() || !next.isInitialised() {
+		return fmt.Errorf("verify contribution: CRS not initialised, build it with ParseCRS or a ceremony: %w", ErrInvalidCRS)
+	}
 	if !isSetG2(&proof.PotPubKey) || !isSetG1(&proof.R) {
 		return fmt.Errorf("verify contribution: %w", ErrInvalidPoint)
 	}

@@ -191,3 +191,28 @@ func TestTamperedCRSRejected(t *testing.T) {
 		t.Fatal("parsed CRS differs from the original")
 	}
 }
+
+func TestUnmarshalReplacesTables(t *testing.T) {
+	a, b := testCRS(t, 3), testCRS(t, 3)
+	a.Precompute()
+	blk := NewBlock(a)
+	register(t, blk, 1)
+	if _, _, err := a.Encap(blk.Digest(), 1, rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := b.MarshalBinary()
+	if err := a.UnmarshalBinary(enc); err != nil {
+		t.Fatal(err)
+	}
+	// a now is b: keys and ciphertexts must use b's points, not stale tables.
+	blk = NewBlock(a)
+	sk := register(t, blk, 2)
+	ct, key, err := a.Encap(blk.Digest(), 2, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Decap(sk, 2, mustOpening(t, blk, 2), ct)
+	if err != nil || !bytes.Equal(got, key) {
+		t.Fatalf("Decap under the replaced CRS = %v", err)
+	}
+}

@@ -16,7 +16,7 @@ const (
 )
 
 // decodeG1 parses a compressed G1 point. circl's SetBytes checks the flag
-// bits, the coordinate range, the curve equation and subgroup membership; the
+// bits, the coordinate range, the curve equation and subgroup membership. The
 // length check here also rejects the uncompressed form, so that every point
 // has exactly one accepted encoding.
 func decodeG1(b []byte, allowIdentity bool) (bls12381.G1, error) {

@@ -220,3 +220,25 @@ func TestDeriveSecretKey(t *testing.T) {
 	_, err = DeriveSecretKey(nil, []byte("10.0.0.1"), nil)
 	wantErr(t, "DeriveSecretKey(empty token)", err, ErrMissingInput)
 }
+
+// The sentinel messages are part of the API: callers may log or match them.
+func TestSentinelMessages(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{ErrInvalidEncoding, "rbe: invalid encoding"},
+		{ErrIdentity, "rbe: identity element not allowed"},
+		{ErrInvalidSlot, "rbe: slot out of range"},
+		{ErrInvalidCRS, "rbe: invalid CRS"},
+		{ErrInvalidContribution, "rbe: invalid ceremony contribution"},
+		{ErrInvalidHelpers, "rbe: helper values do not match the public key"},
+		{ErrMembership, "rbe: membership check failed"},
+		{ErrDecapsulation, "rbe: decapsulation failed"},
+	}
+	for _, tt := range tests {
+		if got := tt.err.Error(); got != tt.want {
+			t.Errorf("error message = %q, want %q", got, tt.want)
+		}
+	}
+}

@@ -76,8 +76,9 @@ func (c *CRS) encap(digest Digest, slot int, r *bls12381.Scalar) (ct []byte, key
 	var rc bls12381.G1
 	rc.ScalarMult(r, digest.point())
 	ct1 := bls12381.Pair(&rc, &c.q[c.n-slot])
-	ct2 := c.kemTables().g2.Mul(rBytes)
-	k := group.Exp((*group.GtElem)(&c.z), rBytes)
+	tables := c.kemTables()
+	ct2 := tables.g2.Mul(rBytes)
+	k := tables.z.Mul(rBytes)
 
 	parsed := &Ciphertext{Digest: digest, CT1: *ct1, CT2: ct2}
 	th := c.transcriptHash(slot, parsed)

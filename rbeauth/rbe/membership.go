@@ -74,7 +74,7 @@ type MembershipProof struct {
 //
 // one multi-pairing with one pair per distinct slot plus one, and one final
 // exponentiation. If any proof is wrong it fails except with probability at
-// most 2^-128; it does not say which proof is wrong (check them one by one
+// most 2^-127; it does not say which proof is wrong (check them one by one
 // with VerifyMembership to find out).
 func (c *CRS) VerifyMemberships(digest Digest, proofs []MembershipProof, rnd io.Reader) error {
 	if len(proofs) == 0 {

@@ -29,6 +29,9 @@ type PublicKey struct {
 
 // Helper returns ξ_(i→j), the helper value for slot j ≠ Slot.
 func (pk *PublicKey) Helper(j int) (*bls12381.G1, error) {
+	if pk.Slot < 1 || pk.Slot > len(pk.Helpers)+1 {
+		return nil, fmt.Errorf("get helper value of a key for slot %d with %d helper values: %w", pk.Slot, len(pk.Helpers), ErrInvalidSlot)
+	}
 	if j < 1 || j > len(pk.Helpers)+1 || j == pk.Slot {
 		return nil, fmt.Errorf("get helper value for slot %d of a key for slot %d: %w", j, pk.Slot, ErrInvalidSlot)
 	}
@@ -107,17 +110,27 @@ func (c *CRS) keyGen(s *bls12381.Scalar, slot int) *PublicKey {
 	return out
 }
 
-// VerifyHelpers runs the curator's helper check on a registration:
-// e(pk, Q_(n+1−j)) = e(ξ_(i→j), g2) for every j ≠ i. The checks are batched
-// with random 128-bit coefficients ρ_j from rnd (crypto/rand.Reader if nil):
-// with A = Σ ρ_j·ξ_(i→j) and B = Σ ρ_j·Q_(n+1−j), it checks
-// e(pk, B)·e(−A, g2) = 1, which costs one G1 and one G2 multi-scalar
-// multiplication and one product of two pairings. A wrong helper value passes
-// with probability at most 2^-128.
+// VerifyHelpers runs the curator's helper check on a registration: it
+// accepts exactly when e(pk, Q_(n+1−j)) = e(ξ_(i→j), g2) for every j ≠ i.
+//
+// It checks an equivalent chain that needs multi-scalar multiplications in G1
+// only. Sort pk and the helper values by their power of z: pk has power i
+// and ξ_(i→j) has power n+1−j+i, so the powers run through i, i+1, …, n+i
+// without n+1. Each element must be z^d times the one before, where d is 1,
+// or 2 across the missing power:
+//
+//	e(X_b, g2) = e(X_a, Q_d)   for consecutive X_a, X_b.
+//
+// Starting from pk = sk·z^i·g1 these equations fix every helper value to
+// sk·z^(n+1−j+i)·g1, the same condition as the direct check. They are
+// batched with random 128-bit coefficients ρ_b from rnd (crypto/rand.Reader
+// if nil) into two G1 multi-scalar multiplications, one scalar multiplication
+// and one product of three pairings. A wrong helper value passes with
+// probability at most 2^-127.
 //
 // It also rejects pk = O, a key for another CRS, a slot out of range and a
-// helper count other than n−1. Helper values need not be checked against the
-// identity: with pk ≠ O the equations force them to be nonzero.
+// helper count other than n−1. Helper values need no identity check: with
+// pk ≠ O the equations force them to be nonzero.
 func (c *CRS) VerifyHelpers(pk *PublicKey, rnd io.Reader) error {
 	if err := c.checkKeyShape("verify helper values", pk); err != nil {
 		return err
@@ -130,6 +143,68 @@ func (c *CRS) VerifyHelpers(pk *PublicKey, rnd io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
 	}
+
+	// Walk the powers upward. next holds the X_b side (paired with g2), prev1
+	// the X_a side of steps by z (paired with Q_1).
+	next := make([]bls12381.G1, 0, n-1)
+	prev1 := make([]bls12381.G1, 0, n-2)
+	rho1 := make([][]byte, 0, n-2)
+	// gap is ρ·X_a for the step by z² across the missing power. It stays the
+	// identity for slot 1, whose powers end at n+1.
+	var gap bls12381.G1
+	gap.SetIdentity()
+	prev, prevPower := &pk.PK, i
+	for step, power := 0, i+1; power <= n+i; power++ {
+		if power == n+1 {
+			continue
+		}
+		x := &pk.Helpers[helperIndex(i, n+1-power+i)]
+		next = append(next, *x)
+		if power-prevPower == 1 {
+			prev1 = append(prev1, *prev)
+			rho1 = append(rho1, rho[step])
+		} else {
+			var r bls12381.Scalar
+			r.SetBytes(rho[step])
+			gap.ScalarMult(&r, prev)
+		}
+		prev, prevPower = x, power
+		step++
+	}
+
+	lhs, err := group.MSM(next, rho)
+	if err != nil {
+		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
+	}
+	step1, err := group.MSM(prev1, rho1)
+	if err != nil {
+		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
+	}
+
+	if !group.PairingProductIsOne(
+		[]*bls12381.G1{&lhs, &step1, &gap},
+		[]*bls12381.G2{bls12381.G2Generator(), &c.q[0], &c.q[1]},
+		[]int{1, -1, -1},
+	) {
+		return fmt.Errorf("verify helper values for slot %d: %w", i, ErrInvalidHelpers)
+	}
+	return nil
+}
+
+// verifyHelpersDirect is the batched form of the direct check,
+// e(pk, Σ ρ_j·Q_(n+1−j)) = e(Σ ρ_j·ξ_(i→j), g2), which needs a G2
+// multi-scalar multiplication. It is kept to compare against VerifyHelpers in
+// tests and benchmarks.
+func (c *CRS) verifyHelpersDirect(pk *PublicKey, rnd io.Reader) error {
+	if err := c.checkKeyShape("verify helper values", pk); err != nil {
+		return err
+	}
+	n, i := c.n, pk.Slot
+	rho, err := randomShortScalars(rnd, n-1)
+	if err != nil {
+		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
+	}
+
 	qs := make([]bls12381.G2, n-1)
 	for idx := range qs {
 		qs[idx] = c.q[n-helperSlot(i, idx)] // Q_(n+1−j)
@@ -142,6 +217,7 @@ func (c *CRS) VerifyHelpers(pk *PublicKey, rnd io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("verify helper values for slot %d: %w", i, err)
 	}
+
 	if !group.PairingProductIsOne(
 		[]*bls12381.G1{&pk.PK, &a},
 		[]*bls12381.G2{&b, bls12381.G2Generator()},
@@ -240,6 +316,7 @@ func (pk *PublicKey) UnmarshalBinary(b []byte) error {
 	if len(b) != want {
 		return fmt.Errorf("decode public key of %d bytes with %d helper values, want %d bytes: %w", len(b), count, want, ErrInvalidEncoding)
 	}
+
 	off := publicKeyHeader
 	key, err := decodeG1(b[off:off+G1Size], false)
 	if err != nil {

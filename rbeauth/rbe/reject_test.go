@@ -3,6 +3,7 @@ package rbe
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"testing"
 
 	"github.com/cloudflare/circl/ecc/bls12381"
@@ -201,4 +202,60 @@ func TestBlockSlotStateRejected(t *testing.T) {
 	wantErr(t, "KeyGenDelta(same key)", err, ErrZeroScalar)
 	_, _, err = c.Encap(NewBlock(c).Digest(), 1, rand.Reader)
 	wantErr(t, "Encap(empty block)", err, ErrIdentity)
+}
+
+func TestZeroValuesRejected(t *testing.T) {
+	var c CRS
+	wantErr(t, "Validate(zero CRS)", c.Validate(), ErrInvalidCRS)
+	_, err := c.KeyGen(testKey(t), 1)
+	wantErr(t, "KeyGen(zero CRS)", err, ErrInvalidSlot)
+	var pk PublicKey
+	_, err = pk.Helper(1)
+	wantErr(t, "Helper(zero key)", err, ErrInvalidSlot)
+	real := testCRS(t, 3)
+	wantErr(t, "VerifyContribution(zero proof)", VerifyContribution(real, real, &ContributionProof{}), ErrInvalidPoint)
+	wantErr(t, "VerifyHelpers(nil)", real.VerifyHelpers(nil, nil), ErrInvalidPoint)
+	_, err = real.Decap(nil, 1, Opening{}, nil)
+	wantErr(t, "Decap(nil key)", err, ErrZeroScalar)
+}
+
+func TestUninitialisedCRSInCeremony(t *testing.T) {
+	start, contribs := ceremony(t, 3, 1)
+	err := VerifyContribution(start, &CRS{n: 3}, contribs[0].Proof)
+	wantErr(t, "VerifyContribution(uninitialised next)", err, ErrInvalidCRS)
+	err = VerifyContribution(&CRS{n: 3}, contribs[0].CRS, contribs[0].Proof)
+	wantErr(t, "VerifyContribution(uninitialised prev)", err, ErrInvalidCRS)
+}
+
+// Every helper value of every slot is checked, including the step across
+// the missing power and the edge slots 1 and n.
+func TestHelperCheckEverySlotAndHelper(t *testing.T) {
+	for _, n := range []int{2, 3, 5} {
+		c := testCRS(t, n)
+		for slot := 1; slot <= n; slot++ {
+			pk, err := c.KeyGen(testKey(t), slot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.VerifyHelpers(pk, rand.Reader); err != nil {
+				t.Fatalf("n=%d slot %d: VerifyHelpers(honest) = %v", n, slot, err)
+			}
+			if err := c.verifyHelpersDirect(pk, rand.Reader); err != nil {
+				t.Fatalf("n=%d slot %d: verifyHelpersDirect(honest) = %v", n, slot, err)
+			}
+			for idx := range pk.Helpers {
+				bad := clonePublicKey(pk)
+				bad.Helpers[idx].Double()
+				what := fmt.Sprintf("n=%d slot %d helper for slot %d", n, slot, helperSlot(slot, idx))
+				wantErr(t, what+": VerifyHelpers", c.VerifyHelpers(bad, rand.Reader), ErrInvalidHelpers)
+				wantErr(t, what+": verifyHelpersDirect", c.verifyHelpersDirect(bad, rand.Reader), ErrInvalidHelpers)
+				wantErr(t, what+": VerifyHelpersNaive", c.VerifyHelpersNaive(bad), ErrInvalidHelpers)
+			}
+			// Scaling pk and every helper together by 2 is consistent with
+			// sk' = 2·sk, so it passes; scaling pk alone must fail.
+			bad := clonePublicKey(pk)
+			bad.PK.Double()
+			wantErr(t, fmt.Sprintf("n=%d slot %d: VerifyHelpers(pk doubled)", n, slot), c.VerifyHelpers(bad, rand.Reader), ErrInvalidHelpers)
+		}
+	}
 }

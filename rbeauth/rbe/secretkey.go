@@ -36,10 +36,10 @@ func NewSecretKey(rand io.Reader) (*SecretKey, error) {
 // service-account token, pod IP and TLS public key.
 //
 // Each input is prefixed with its length as a 4-byte big-endian integer, so
-// that no two input triples give the same message, and the message is hashed
-// to a scalar with expand_message_xmd (RFC 9380, section 5.3.1) over SHA-256
-// with the tag "MAZU-ZTUNNEL-RBE-V1-SECRET-KEY_XMD:SHA-256". 64 output bytes
-// are reduced mod q, which leaves a bias below 2^-256.
+// that no two input triples give the same message. The message is hashed to a
+// scalar with expand_message_xmd (RFC 9380, section 5.3.1) over SHA-256 with
+// the tag "MAZU-ZTUNNEL-RBE-V1-SECRET-KEY_XMD:SHA-256". 64 output bytes are
+// reduced mod q, which leaves a bias below 2^-256.
 //
 // NOTE: the key is only as secret as the most secret input. The pod IP and the
 // TLS public key are public, so the token must stay unknown to every party
@@ -92,7 +92,7 @@ func randomNonzeroScalar(rand io.Reader) (*bls12381.Scalar, error) {
 
 // randomShortScalars draws count scalars of 128 bits for random linear
 // combinations, as 16-byte big-endian strings. Nonzero values are enough: a
-// forgery passes a combination with probability at most 2^-128.
+// forgery passes a combination with probability at most 2^-127.
 func randomShortScalars(rand io.Reader, count int) ([][]byte, error) {
 	buf := make([]byte, 16*count)
 	if _, err := io.ReadFull(rand, buf); err != nil {

@@ -129,6 +129,10 @@ func TestExpMatchesCircl(t *testing.T) {
 		if !(*bls12381.Gt)(&got).IsEqual(&want) {
 			t.Fatal("Exp over GT differs from bls12381.Gt.Exp")
 		}
+		comb := NewComb[GtElem]((*GtElem)(x), 6).Mul(scalarBytes(s))
+		if !(*bls12381.Gt)(&comb).IsEqual(&want) {
+			t.Fatal("Comb over GT differs from bls12381.Gt.Exp")
+		}
 		g := randG1(t)
 		var wantG bls12381.G1
 		wantG.ScalarMult(s, &g)
