@@ -58,7 +58,7 @@ func NewCertificate(key *ecdsa.PrivateKey, id Identity, token string, notAfter t
 	return der, nil
 }
 
-// certificateFacts are what the verifier reads from a peer certificate.
+// certificateFacts holds the fields the verifier reads from a peer certificate.
 type certificateFacts struct {
 	identity Identity
 	token    string

@@ -38,7 +38,7 @@ func baseConfig() *tls.Config {
 }
 
 // ServerConfig returns the HBONE server configuration. Each connection gets
-// its own configuration so that the verifier knows the client's address and
+// its own configuration so that the verifier has the client's address and
 // the certificate matches the local workload the client dialled.
 func (v *Verifier) ServerConfig(getCert CertificateFunc) *tls.Config {
 	cfg := baseConfig()

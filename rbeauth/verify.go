@@ -14,8 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// RegistrationClaim is what the registration check receives about a peer:
-// the facts a registration must bind, and the stapled proof.
+// RegistrationClaim contains the facts about a peer that its registration
+// must bind, plus the proof bundle it stapled to the handshake.
 type RegistrationClaim struct {
 	// ID is the workload's registered ID, the SHA-256 of its token.
 	ID       [32]byte
@@ -34,11 +34,11 @@ type Checkpoint struct {
 	RootHash [32]byte
 }
 
-// Registry checks a peer's registration against the curator's log: that the
-// bundle's checkpoint carries a witness quorum and is consistent with what
-// this node has seen, that the ID is registered for exactly this IP and TLS
-// key with a valid RBE membership proof, and that no later entry supersedes
-// it. Errors wrap ErrRegistrationMissing, ErrRegistrationKey,
+// Registry checks a peer's registration against the curator's log. The
+// bundle's checkpoint must carry a witness quorum and be consistent with the
+// checkpoints this node has verified. The ID must be registered for exactly
+// this IP and TLS key with a valid RBE membership proof, and no later entry
+// may supersede it. Errors wrap ErrRegistrationMissing, ErrRegistrationKey,
 // ErrRegistrationSuperseded, ErrCheckpointQuorum or ErrLogFork.
 type Registry interface {
 	VerifyRegistration(ctx context.Context, claim RegistrationClaim) (Checkpoint, error)
@@ -109,6 +109,7 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 	if opts.TrustDomain == "" || opts.Audience == "" {
 		return nil, fmt.Errorf("new verifier: trust domain %q and audience %q must both be set", opts.TrustDomain, opts.Audience)
 	}
+
 	ttl := opts.LivenessTTL
 	if ttl == 0 {
 		ttl = DefaultLivenessTTL
@@ -128,6 +129,7 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+
 	v := &Verifier{
 		trustDomain: opts.TrustDomain,
 		audience:    opts.Audience,
@@ -151,10 +153,10 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 	return v, nil
 }
 
-// VerifyPeer checks a completed handshake's peer. expected lists the
-// identities the caller meant to reach, as Kubernetes states them; it is
-// empty on the server side, where any mesh identity may connect and
-// authorization decides later.
+// VerifyPeer checks a completed handshake's peer. The expected list holds
+// the identities the caller meant to reach, as Kubernetes states them. It is
+// empty on the server side, because any mesh identity may connect there and
+// authorization policy decides later.
 func (v *Verifier) VerifyPeer(ctx context.Context, cs tls.ConnectionState, peerIP netip.Addr, expected []Identity) (*Peer, error) {
 	peer, err := v.verifyPeer(ctx, cs, peerIP.Unmap(), expected)
 	result := "accepted"
@@ -279,7 +281,7 @@ func (v *Verifier) forgetKey(key verifiedKey) {
 }
 
 // ForgetPod drops every cached result for a pod. The node agent calls it
-// when its pod watch sees the pod deleted.
+// when its pod watch reports the pod deleted.
 func (v *Verifier) ForgetPod(uid string) {
 	v.live.forgetPod(uid)
 	v.verified.remove(func(_ verifiedKey, p *Peer) bool { return p.PodUID == uid })

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 
 const testAudience = "mazu"
 
-// memoryRegistry stands in for the curator in tests of the Kubernetes
+// memoryRegistry replaces the curator in tests of the Kubernetes
 // checks: it accepts exactly the (token, IP, TLS key) tuples registered in it.
 type memoryRegistry struct {
 	mu      sync.Mutex
@@ -292,8 +292,8 @@ func TestRejectsWrongAudience(t *testing.T) {
 func TestRejectsExpiredToken(t *testing.T) {
 	f := newFixture(t, "expired")
 	serverV := newTestVerifier(t, f.tb, f.registry)
-	// The token lasts an hour and the certificate two; a clock 90 minutes
-	// ahead sees only the token expired.
+	// The token lasts an hour and the certificate two, so a clock 90 minutes
+	// ahead finds only the token expired.
 	serverV.now = func() time.Time { return time.Now().Add(90 * time.Minute) }
 	_, serverErr := handshake(t, newTestVerifier(t, f.tb, f.registry), serverV, f.client, f.client.pod, f.server, nil)
 	if !errors.Is(serverErr, ErrTokenExpired) {
@@ -338,4 +338,3 @@ func forgeToken(t *testing.T, real string) string {
 	s.FillBytes(sig[32:])
 	return parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
-
