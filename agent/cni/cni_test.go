@@ -176,4 +176,3 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 	})
 }
-
