@@ -57,7 +57,8 @@ func (e StreamResetError) Error() string { return "hbone stream reset by peer: "
 
 // h2conn is one HTTP/2 connection over TLS, client or server side.
 type h2conn struct {
-	nc       net.Conn
+	nc       net.Conn // the TLS connection
+	bc       *bufConn // the socket under nc, when it is buffered
 	isClient bool
 	fr       *http2.Framer
 
@@ -612,4 +613,19 @@ func (c *h2conn) openStream(r *ConnectRequest, done <-chan struct{}) (*Stream, *
 	case <-c.done:
 		return nil, nil, c.closeErr
 	}
+}
+
+// writeFrame writes one encoded frame; the caller holds wmu. Frames larger
+// than one TLS record are gathered into a single socket write.
+func (c *h2conn) writeFrame(frame []byte) error {
+	if c.bc == nil || len(frame) <= 16<<10 {
+		_, err := c.nc.Write(frame)
+		return err
+	}
+	c.bc.startBatch()
+	_, err := c.nc.Write(frame)
+	if ferr := c.bc.endBatch(); err == nil {
+		err = ferr
+	}
+	return err
 }

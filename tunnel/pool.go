@@ -196,7 +196,8 @@ func (p *Pool) dial(ctx context.Context, key PoolKey) (*h2conn, error) {
 	conf := base.Clone()
 	conf.MinVersion, conf.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
 	conf.NextProtos = []string{http2.NextProtoTLS}
-	tc := tls.Client(nc, conf)
+	bc := newBufConn(nc)
+	tc := tls.Client(bc, conf)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("hbone tls handshake with %s: %w", key.Addr, err)
@@ -206,6 +207,7 @@ func (p *Pool) dial(ctx context.Context, key PoolKey) (*h2conn, error) {
 		return nil, fmt.Errorf("hbone tls handshake with %s: %w", key.Addr, err)
 	}
 	c := newH2Conn(tc, true)
+	c.bc = bc
 	if err := c.start(); err != nil {
 		return nil, fmt.Errorf("start hbone connection to %s: %w", key.Addr, err)
 	}

@@ -156,7 +156,8 @@ func (srv *Server) ServeConn(nc net.Conn) {
 	conf := base.Clone()
 	conf.MinVersion, conf.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
 	conf.NextProtos = []string{http2.NextProtoTLS}
-	tc := tls.Server(nc, conf)
+	bc := newBufConn(nc)
+	tc := tls.Server(bc, conf)
 	timeout := srv.cfg.HandshakeTimeout
 	if timeout == 0 {
 		timeout = connectTimeout
@@ -173,6 +174,7 @@ func (srv *Server) ServeConn(nc net.Conn) {
 		return
 	}
 	c := newH2Conn(tc, false)
+	c.bc = bc
 	state := tc.ConnectionState()
 	c.onStream = func(s *Stream, req *Request, err error) { srv.handleStream(c, &state, s, req, err) }
 	srv.mu.Lock()

@@ -297,7 +297,7 @@ func (s *Stream) sendFrames(buf []byte, off, end int) (int, error) {
 		}
 		putFrameHeader(buf[off-frameHeaderLen:off], m, http2.FrameData, 0, s.id)
 		s.c.wmu.Lock()
-		_, err = s.c.nc.Write(buf[off-frameHeaderLen : off+m])
+		err = s.c.writeFrame(buf[off-frameHeaderLen : off+m])
 		s.c.wmu.Unlock()
 		if err != nil {
 			s.c.close(err)

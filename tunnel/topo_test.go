@@ -144,7 +144,9 @@ func newMesh(tb testing.TB, tp *topo, o meshOpts) *mesh {
 	oc := o.outbound
 	oc.Pool = m.pool
 	if oc.DialPassthrough == nil {
-		oc.DialPassthrough = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) { return dialIn(ctx, tp.a, dst.String()) }
+		oc.DialPassthrough = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			return dialIn(ctx, tp.a, dst.String())
+		}
 	}
 	if oc.Resolve == nil {
 		oc.Resolve = func(ctx context.Context, src, dst netip.AddrPort) (Route, error) {
