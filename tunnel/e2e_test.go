@@ -45,6 +45,25 @@ func echoHandler(c *net.TCPConn) {
 	_ = c.CloseWrite()
 }
 
+// slowEcho echoes in 16 KiB steps with a pause, so that both proxies must
+// hold back data for it in each direction.
+func slowEcho(c *net.TCPConn) {
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			time.Sleep(time.Millisecond)
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			_ = c.CloseWrite()
+			return
+		}
+	}
+}
+
 func deadline(tb testing.TB, c net.Conn) {
 	tb.Helper()
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
@@ -60,9 +79,14 @@ func TestMesh_EchoAndLargeTransfer(t *testing.T) {
 		{"small echo over IPv4", "198.18.80.2:0", 1},
 		{"64 MiB over IPv4 keeps every byte", "198.18.80.2:0", 64 << 20},
 		{"1 MiB over IPv6", "[fd00:198:18:80::2]:0", 1 << 20},
+		{"8 MiB to a slow reader and writer keeps every byte", "198.18.80.2:0", 8 << 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			app := startApp(t, tp, tc.app, echoHandler)
+			handler := echoHandler
+			if strings.Contains(tc.name, "slow") {
+				handler = slowEcho
+			}
+			app := startApp(t, tp, tc.app, handler)
 			m := newMesh(t, tp, meshOpts{appAddr: app})
 			c := m.dial(t)
 			deadline(t, c)

@@ -39,3 +39,30 @@ func TestConnect_Loopback_Echo(t *testing.T) {
 	}
 	s.Close()
 }
+
+func TestPool_EvictsIdleConnections(t *testing.T) {
+	ca := newTestCA(t)
+	app := mustListen(t, "127.0.0.1:0")
+	startEcho(t, app)
+	hb := mustListen(t, "127.0.0.1:0")
+	hboneServer(t, ca, hb, InboundConfig{})
+	pool := newTestPool(t, ca, ClientConfig{IdleTimeout: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	key := PoolKey{SrcIdentity: idClient, DstIdentity: idServer, Addr: apOf(hb)}
+	s, err := pool.Connect(ctx, key, &ConnectRequest{Authority: apOf(app).String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.evict(time.Now().Add(2 * time.Hour))
+	if pool.Len() != 1 {
+		t.Fatalf("pool evicted a connection with an open stream: Len = %d", pool.Len())
+	}
+	_ = s.CloseWrite()
+	_, _ = io.ReadAll(s)
+	s.Close()
+	pool.evict(time.Now().Add(2 * time.Hour))
+	if pool.Len() != 0 {
+		t.Fatalf("idle connection kept past IdleTimeout: Len = %d", pool.Len())
+	}
+}

@@ -1,0 +1,106 @@
+package tunnel
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func sockopt(tb testing.TB, ln net.Listener, level, opt int) int {
+	tb.Helper()
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var v int
+	var gerr error
+	_ = rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, opt) })
+	if gerr != nil {
+		tb.Fatal(gerr)
+	}
+	return v
+}
+
+func TestListenIn_PodNamespace(t *testing.T) {
+	tp := newTopo(t)
+	ln := listenIn(t, tp.b, "[::]:0")
+	for _, tc := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_REUSEPORT is set", unix.SOL_SOCKET, unix.SO_REUSEPORT, 1},
+		{"the protocol is plain TCP, not MPTCP", unix.SOL_SOCKET, unix.SO_PROTOCOL, unix.IPPROTO_TCP},
+	} {
+		if got := sockopt(t, ln, tc.level, tc.opt); got != tc.want {
+			t.Errorf("%s: got %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	// The listener lives in B: reachable from A over the veth.
+	port := apOf(ln).Port()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, _ = c.Write([]byte("in B"))
+			c.Close()
+		}
+	}()
+	c, err := dialIn(context.Background(), tp.a, netip.AddrPortFrom(tp.bIP, port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, _ := io.ReadAll(c)
+	if string(got) != "in B" {
+		t.Fatalf("read %q from the listener in B", got)
+	}
+}
+
+// TestMesh_OriginalSource checks the IP_TRANSPARENT path: the application
+// sees the HBONE peer's address as the source. The routing that a capture
+// layer must provide is reproduced with a policy rule that sends the
+// application's replies (by source port) to the local table.
+func TestMesh_OriginalSource(t *testing.T) {
+	tp := newTopo(t)
+	seen := make(chan netip.AddrPort, 1)
+	app := startApp(t, tp, "198.18.80.2:0", func(c *net.TCPConn) {
+		seen <- addrPortOf(c.RemoteAddr())
+		echoHandler(c)
+	})
+	nsName := tp.b.String()[len("/run/netns/"):]
+	run(t, "ip", "-n", nsName, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "180")
+	run(t, "ip", "-n", nsName, "rule", "add", "sport", strconv.Itoa(int(app.Port())), "lookup", "180")
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "-n", nsName, "rule", "del", "sport", strconv.Itoa(int(app.Port())), "lookup", "180").Run()
+	})
+	m := newMesh(t, tp, meshOpts{appAddr: app, inbound: InboundConfig{
+		OriginalSource: true,
+		DialUpstream: func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+			var c net.Conn
+			err := tp.b.Do(func() error {
+				var err error
+				c, err = Dialer(src, true).DialContext(ctx, "tcp", dst.String())
+				return err
+			})
+			return c, err
+		},
+	}})
+	c := m.dial(t)
+	deadline(t, c)
+	roundTrip(t, c, "spoofed")
+	select {
+	case src := <-seen:
+		if src.Addr() != tp.aIP {
+			t.Fatalf("application saw source %s, want the client node's %s", src, tp.aIP)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("application saw no connection")
+	}
+}
