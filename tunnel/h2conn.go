@@ -62,7 +62,8 @@ type h2conn struct {
 	isClient bool
 	fr       *http2.Framer
 
-	// wmu serializes writes to nc. Lock order: wmu before mu, never the reverse.
+	// wmu serializes writes to nc. Lock order: wmu before mu, never the
+	// reverse. Release it with unlockW, which also flushes control frames.
 	wmu  sync.Mutex
 	henc *hpack.Encoder
 	hbuf bytes.Buffer
@@ -84,6 +85,17 @@ type h2conn struct {
 	idleSince      time.Time
 
 	recvUnacked int64 // connection-level bytes consumed, not yet returned; atomic
+
+	// Control frames (WINDOW_UPDATE, PING, RST_STREAM, SETTINGS ACK) are
+	// queued here and written by whoever holds wmu next, so that the frame
+	// reader never waits for a sender blocked on a full socket. Otherwise two
+	// peers sending bulk data both ways could each block their reader behind
+	// their own writer and deadlock.
+	ctrlMu      sync.Mutex
+	ctrlBuf     bytes.Buffer
+	ctrlFr      *http2.Framer // writes into ctrlBuf
+	ctrlOut     []byte        // guarded by wmu
+	ctrlPending atomic.Bool
 
 	lastRead  atomic.Int64 // unix nanoseconds of the last frame read
 	pingOut   atomic.Int64 // unix nanoseconds of an unanswered PING, or 0
@@ -117,6 +129,7 @@ func newH2Conn(nc net.Conn, isClient bool) *h2conn {
 		c.fr.MaxHeaderListSize = serverMaxHeaders
 	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.ctrlFr = http2.NewFramer(&c.ctrlBuf, nil)
 	c.lastRead.Store(time.Now().UnixNano())
 	return c
 }
@@ -140,7 +153,7 @@ func (c *h2conn) start() error {
 	}
 	c.wmu.Lock()
 	err := c.writePrefaceLocked(settings)
-	c.wmu.Unlock()
+	c.unlockW()
 	if err != nil {
 		c.close(err)
 		return fmt.Errorf("write http2 preface: %w", err)
@@ -248,9 +261,8 @@ func (c *h2conn) handleReadError(f http2.Frame, err error) error {
 	}
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
-		c.wmu.Lock()
-		_ = c.fr.WriteGoAway(c.lastPeer(), http2.ErrCode(ce), nil)
-		c.wmu.Unlock()
+		last := c.lastPeer()
+		c.control(func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCode(ce), nil) })
 	}
 	return err
 }
@@ -355,10 +367,8 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
-	c.wmu.Lock()
-	err = c.fr.WriteSettingsAck()
-	c.wmu.Unlock()
-	return err
+	c.control(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+	return nil
 }
 
 func (c *h2conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -400,9 +410,8 @@ func (c *h2conn) handlePing(f *http2.PingFrame) error {
 		c.pingOut.Store(0)
 		return nil
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.fr.WritePing(true, f.Data)
+	c.control(func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) })
+	return nil
 }
 
 func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
@@ -447,22 +456,14 @@ func (c *h2conn) keepalive() {
 				continue
 			}
 			c.pingOut.Store(now.UnixNano())
-			c.wmu.Lock()
-			err := c.fr.WritePing(false, [8]byte{'m', 'a', 'z', 'u'})
-			c.wmu.Unlock()
-			if err != nil {
-				c.close(fmt.Errorf("write PING: %w", err))
-				return
-			}
+			c.control(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{'m', 'a', 'z', 'u'}) })
 		}
 	}
 }
 
 // writeRST sends RST_STREAM; errors surface through the read loop.
 func (c *h2conn) writeRST(id uint32, code http2.ErrCode) {
-	c.wmu.Lock()
-	_ = c.fr.WriteRSTStream(id, code)
-	c.wmu.Unlock()
+	c.control(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
 }
 
 // returnConn credits n consumed bytes to the connection receive window.
@@ -474,9 +475,7 @@ func (c *h2conn) returnConn(n int64) {
 	if v == 0 {
 		return
 	}
-	c.wmu.Lock()
-	_ = c.fr.WriteWindowUpdate(0, uint32(v))
-	c.wmu.Unlock()
+	c.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(v)) })
 }
 
 // noteRecvEnd records END_STREAM from the peer.
@@ -575,7 +574,7 @@ func (c *h2conn) openStream(r *ConnectRequest, done <-chan struct{}) (*Stream, *
 	}
 	if c.closeErr != nil || c.goAwayRecv {
 		c.mu.Unlock()
-		c.wmu.Unlock()
+		c.unlockW()
 		return nil, nil, ErrRefused
 	}
 	id := c.nextID
@@ -589,7 +588,7 @@ func (c *h2conn) openStream(r *ConnectRequest, done <-chan struct{}) (*Stream, *
 	if err == nil {
 		err = c.writeHeaderBlockLocked(id, c.hbuf.Bytes(), false)
 	}
-	c.wmu.Unlock()
+	c.unlockW()
 	if err != nil {
 		c.removeStream(s)
 		return nil, nil, fmt.Errorf("write CONNECT headers: %w", err)
@@ -628,4 +627,43 @@ func (c *h2conn) writeFrame(frame []byte) error {
 		err = ferr
 	}
 	return err
+}
+
+// control queues a control frame and writes it now unless another goroutine
+// holds wmu, in which case that goroutine writes it when it releases wmu.
+func (c *h2conn) control(write func(fr *http2.Framer) error) {
+	c.ctrlMu.Lock()
+	_ = write(c.ctrlFr)
+	c.ctrlPending.Store(true)
+	c.ctrlMu.Unlock()
+	if c.wmu.TryLock() {
+		c.unlockW()
+	}
+}
+
+// unlockW writes queued control frames and releases wmu. The loop closes the
+// race with a control call that queued a frame after the flush but failed
+// TryLock before the Unlock.
+func (c *h2conn) unlockW() {
+	for {
+		c.flushControlLocked()
+		c.wmu.Unlock()
+		if !c.ctrlPending.Load() || !c.wmu.TryLock() {
+			return
+		}
+	}
+}
+
+func (c *h2conn) flushControlLocked() {
+	if !c.ctrlPending.Load() {
+		return
+	}
+	c.ctrlMu.Lock()
+	c.ctrlOut = append(c.ctrlOut[:0], c.ctrlBuf.Bytes()...)
+	c.ctrlBuf.Reset()
+	c.ctrlPending.Store(false)
+	c.ctrlMu.Unlock()
+	if _, err := c.nc.Write(c.ctrlOut); err != nil {
+		go c.close(fmt.Errorf("write hbone control frame: %w", err))
+	}
 }

@@ -376,7 +376,7 @@ func (c *h2conn) goAway(code http2.ErrCode) {
 	c.mu.Lock()
 	if c.goAwaySent || c.closeErr != nil {
 		c.mu.Unlock()
-		c.wmu.Unlock()
+		c.unlockW()
 		return
 	}
 	c.goAwaySent = true
@@ -384,7 +384,7 @@ func (c *h2conn) goAway(code http2.ErrCode) {
 	idle := len(c.streams) == 0
 	c.mu.Unlock()
 	err := c.fr.WriteGoAway(last, code, nil)
-	c.wmu.Unlock()
+	c.unlockW()
 	if err != nil || idle {
 		c.close(errConnClosed)
 	}

@@ -142,9 +142,7 @@ func (s *Stream) returnStream(credit int64) {
 	if credit == 0 {
 		return
 	}
-	s.c.wmu.Lock()
-	_ = s.c.fr.WriteWindowUpdate(s.id, uint32(credit))
-	s.c.wmu.Unlock()
+	s.c.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(s.id, uint32(credit)) })
 }
 
 // writeNonblocking writes as much of p as the socket takes now.
@@ -298,7 +296,7 @@ func (s *Stream) sendFrames(buf []byte, off, end int) (int, error) {
 		putFrameHeader(buf[off-frameHeaderLen:off], m, http2.FrameData, 0, s.id)
 		s.c.wmu.Lock()
 		err = s.c.writeFrame(buf[off-frameHeaderLen : off+m])
-		s.c.wmu.Unlock()
+		s.c.unlockW()
 		if err != nil {
 			s.c.close(err)
 			return sent, fmt.Errorf("write hbone frame: %w", err)
@@ -372,14 +370,14 @@ func (s *Stream) CloseWrite() error {
 	c.mu.Lock()
 	if s.sentEnd || s.sendErr != nil || c.closeErr != nil {
 		c.mu.Unlock()
-		c.wmu.Unlock()
+		c.unlockW()
 		return nil
 	}
 	s.sentEnd = true
 	done := s.recvEndSeen
 	c.mu.Unlock()
 	err := c.fr.WriteData(s.id, true, nil)
-	c.wmu.Unlock()
+	c.unlockW()
 	if done {
 		c.removeStream(s)
 	}
@@ -413,7 +411,7 @@ func (s *Stream) Close() error {
 func (s *Stream) writeHeaders(fields []hpack.HeaderField, end bool) error {
 	c := s.c
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	defer c.unlockW()
 	c.hbuf.Reset()
 	for _, f := range fields {
 		if err := c.henc.WriteField(f); err != nil {
