@@ -30,7 +30,11 @@ func sockopt(tb testing.TB, ln net.Listener, level, opt int) int {
 
 func TestListenIn_PodNamespace(t *testing.T) {
 	tp := newTopo(t)
-	ln := listenIn(t, tp.b, "[::]:0")
+	ln, err := ListenIn(tp.b, "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
 	for _, tc := range []struct {
 		name       string
 		level, opt int
@@ -82,15 +86,7 @@ func TestMesh_OriginalSource(t *testing.T) {
 	})
 	m := newMesh(t, tp, meshOpts{appAddr: app, inbound: InboundConfig{
 		OriginalSource: true,
-		DialUpstream: func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
-			var c net.Conn
-			err := tp.b.Do(func() error {
-				var err error
-				c, err = Dialer(src, true).DialContext(ctx, "tcp", dst.String())
-				return err
-			})
-			return c, err
-		},
+		DialUpstream:   DialIn(tp.b, true),
 	}})
 	c := m.dial(t)
 	deadline(t, c)

@@ -92,6 +92,12 @@ func (o *Outbound) Handle(ctx context.Context, conn net.Conn, origDst netip.Addr
 	defer o.done(conn)
 	setNoDelay(conn)
 	src := addrPortOf(conn.RemoteAddr())
+	if origDst.Addr().IsLoopback() && isIllegalPort(origDst.Port()) {
+		o.log.LogAttrs(ctx, slog.LevelWarn, "outbound connection to a proxy port rejected", slog.String("src.addr", src.String()),
+			slog.String("dst.addr", origDst.String()))
+		_ = conn.Close()
+		return
+	}
 	route, err := o.cfg.Resolve(ctx, src, origDst)
 	if err != nil {
 		o.log.LogAttrs(ctx, slog.LevelWarn, "outbound route failed", slog.String("src.addr", src.String()),

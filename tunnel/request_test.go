@@ -109,6 +109,7 @@ func TestServer_BadConnect(t *testing.T) {
 		{"GET is rejected", hf(":method", "GET", ":scheme", "https", ":path", "/", ":authority", target), 400, "not_connect"},
 		{"CONNECT with a path is rejected", hf(":method", "CONNECT", ":path", "/", ":authority", target), 400, "path_or_scheme"},
 		{"host-name authority is rejected on a workload", hf(":method", "CONNECT", ":authority", "svc.ns.svc.cluster.local:80"), 400, "bad_authority"},
+		{"proxy port target is rejected", hf(":method", "CONNECT", ":authority", "127.0.0.1:15008"), 400, "self_call"},
 		{"foreign IP is rejected", hf(":method", "CONNECT", ":authority", "127.0.0.2:80"), 400, "ip_mismatch"},
 		{"oversized headers are rejected", hf(":method", "CONNECT", ":authority", target,
 			"x-a", strings.Repeat("a", 15<<10), "x-b", strings.Repeat("b", 15<<10), "x-c", strings.Repeat("c", 15<<10),

@@ -234,13 +234,28 @@ func rejectStatus(err error) (int, string) {
 		return 400, "path_or_scheme"
 	case errors.Is(err, errIPMismatch):
 		return 400, "ip_mismatch"
+	case errors.Is(err, errSelfCall):
+		// NOTE: ztunnel rejects these in its destination validation, next to
+		// the IP mismatch; 400 is assumed to match its status for them.
+		return 400, "self_call"
 	case errors.Is(err, errDenied):
 		return 401, "denied"
 	}
 	return 503, "upstream_unavailable"
 }
 
+// isIllegalPort reports whether port is one of ztunnel's own capture
+// ports, which no connection may target.
+func isIllegalPort(port uint16) bool {
+	switch port {
+	case 15001, 15006, 15008, 15080:
+		return true
+	}
+	return false
+}
+
 var (
+	errSelfCall   = errors.New("CONNECT target is a proxy port (15001, 15006, 15008 or 15080)")
 	errIPMismatch = errors.New("CONNECT target IP is not the address the connection arrived at")
 	errDenied     = errors.New("denied by authorization policy")
 )
@@ -257,6 +272,8 @@ func (srv *Server) handleStream(c *h2conn, cs *tls.ConnectionState, s *Stream, r
 			// NOTE: a host-name authority is only meaningful on a gateway
 			// (double HBONE); a workload's inbound proxy cannot resolve it.
 			perr = errBadAuthority
+		} else if isIllegalPort(req.Target.Port()) {
+			perr = errSelfCall
 		} else if !srv.cfg.AnyDestination && req.Target.Addr() != local.Addr() {
 			perr = errIPMismatch
 		}
