@@ -36,8 +36,14 @@ const (
 	serverMaxStreams = 200      // SETTINGS_MAX_CONCURRENT_STREAMS of the server
 	defaultWindow    = 65535    // RFC 9113 initial windows before SETTINGS
 	frameHeaderLen   = 9
-	pingInterval     = 10 * time.Second
-	pingTimeout      = 20 * time.Second
+)
+
+// PING keepalive: a PING after pingInterval without frames from the peer,
+// and a close when it stays unanswered for pingTimeout. Variables so that
+// tests can shorten them.
+var (
+	pingInterval = 10 * time.Second
+	pingTimeout  = 20 * time.Second
 )
 
 var clientPreface = []byte(http2.ClientPreface)
@@ -438,7 +444,8 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 // keepalive sends a PING after pingInterval without frames from the peer and
 // closes the connection when no answer comes within pingTimeout.
 func (c *h2conn) keepalive() {
-	t := time.NewTicker(pingInterval / 2)
+	interval, timeout := pingInterval, pingTimeout
+	t := time.NewTicker(interval / 2)
 	defer t.Stop()
 	for {
 		select {
@@ -446,13 +453,13 @@ func (c *h2conn) keepalive() {
 			return
 		case now := <-t.C:
 			if out := c.pingOut.Load(); out != 0 {
-				if now.UnixNano()-out > int64(pingTimeout) {
-					c.close(errors.New("hbone keepalive: no PING answer within 20s"))
+				if now.UnixNano()-out > int64(timeout) {
+					c.close(fmt.Errorf("hbone keepalive: no PING answer within %s", timeout))
 					return
 				}
 				continue
 			}
-			if now.UnixNano()-c.lastRead.Load() < int64(pingInterval) {
+			if now.UnixNano()-c.lastRead.Load() < int64(interval) {
 				continue
 			}
 			c.pingOut.Store(now.UnixNano())

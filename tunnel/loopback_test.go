@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"io"
+	"strings"
 	"testing"
 	"time"
 )
@@ -64,5 +66,43 @@ func TestPool_EvictsIdleConnections(t *testing.T) {
 	pool.evict(time.Now().Add(2 * time.Hour))
 	if pool.Len() != 0 {
 		t.Fatalf("idle connection kept past IdleTimeout: Len = %d", pool.Len())
+	}
+}
+
+func TestKeepalive_ClosesSilentPeer(t *testing.T) {
+	oldInterval, oldTimeout := pingInterval, pingTimeout
+	pingInterval, pingTimeout = 100*time.Millisecond, 300*time.Millisecond
+	t.Cleanup(func() { pingInterval, pingTimeout = oldInterval, oldTimeout })
+
+	ca := newTestCA(t)
+	srvConf, _ := ca.serverTLS(t, idServer)()
+	srvConf = srvConf.Clone()
+	srvConf.NextProtos = []string{"h2"}
+	ln := mustListen(t, "127.0.0.1:0")
+	go func() {
+		// A peer that completes TLS and then never sends a frame.
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(io.Discard, tls.Server(c, srvConf))
+			}()
+		}
+	}()
+	pool := newTestPool(t, ca, ClientConfig{})
+	c, err := pool.conn(context.Background(), PoolKey{SrcIdentity: idClient, DstIdentity: idServer, Addr: apOf(ln)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.done:
+		if !strings.Contains(c.closeErr.Error(), "keepalive") {
+			t.Fatalf("connection closed with %v, want the keepalive error", c.closeErr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection to a silent peer still open after 5s")
 	}
 }
