@@ -36,7 +36,7 @@ const (
 	rrSize        = 1024
 )
 
-// benchServer serves the two workloads: 'S' discards until EOF and answers
+// benchServer serves the two workloads: 'S' discards until EOF and replies
 // with the byte count, 'E' echoes 1 KiB messages.
 func benchServer(c net.Conn) {
 	defer c.Close()

@@ -11,7 +11,7 @@
 //     GOAWAY, and is closed after ClientConfig.IdleTimeout without streams.
 //   - Outbound proxies connections captured from local workloads. Its
 //     Resolver chooses HBONE to a mesh peer or plain TCP passthrough.
-//   - Server terminates HBONE (port 15008). It answers 200 only after the
+//   - Server terminates HBONE (port 15008). It responds with 200 only after the
 //     Authorizer allowed the request and the connection to the application
 //     succeeded; otherwise 400 (not CONNECT, invalid :authority, target IP
 //     other than the local address), 401 (denied), 431 (header list above

@@ -54,7 +54,7 @@ var errConnClosed = errors.New("hbone connection closed")
 // ErrRefused reports that the peer refused a stream before processing it
 // (RST_STREAM REFUSED_STREAM, or a GOAWAY below the stream's ID). Opening the
 // stream again on another connection is safe.
-var ErrRefused = errors.New("hbone stream refused by peer")
+var ErrRefused = errors.New("hbone stream rejected by the peer before processing; retry on another connection")
 
 // StreamResetError reports that the peer reset a stream.
 type StreamResetError struct{ Code http2.ErrCode }
@@ -93,7 +93,7 @@ type h2conn struct {
 	recvUnacked int64 // connection-level bytes consumed, not yet returned; atomic
 
 	// Control frames (WINDOW_UPDATE, PING, RST_STREAM, SETTINGS ACK) are
-	// queued here and written by whoever holds wmu next, so that the frame
+	// queued here and written by the next goroutine that holds wmu, so that the frame
 	// reader never waits for a sender blocked on a full socket. Otherwise two
 	// peers sending bulk data both ways could each block their reader behind
 	// their own writer and deadlock.
@@ -442,7 +442,7 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 }
 
 // keepalive sends a PING after pingInterval without frames from the peer and
-// closes the connection when no answer comes within pingTimeout.
+// closes the connection when no response comes within pingTimeout.
 func (c *h2conn) keepalive() {
 	interval, timeout := pingInterval, pingTimeout
 	t := time.NewTicker(interval / 2)
@@ -454,7 +454,7 @@ func (c *h2conn) keepalive() {
 		case now := <-t.C:
 			if out := c.pingOut.Load(); out != 0 {
 				if now.UnixNano()-out > int64(timeout) {
-					c.close(fmt.Errorf("hbone keepalive: no PING answer within %s", timeout))
+					c.close(fmt.Errorf("hbone keepalive: no PING response within %s", timeout))
 					return
 				}
 				continue
@@ -496,7 +496,7 @@ func (c *h2conn) noteRecvEnd(s *Stream) {
 	}
 }
 
-// removeStream forgets s. The connection goes idle when it was the last one;
+// removeStream deletes s from the stream table. The connection goes idle when it was the last one;
 // after a GOAWAY in either direction an idle connection is closed.
 func (c *h2conn) removeStream(s *Stream) {
 	c.mu.Lock()

@@ -76,7 +76,7 @@ func NewPool(cfg ClientConfig) (*Pool, error) {
 }
 
 // Connect opens a CONNECT stream to the peer in key and returns it once the
-// peer answered 200. A non-200 answer is a *StatusError. A stream refused
+// peer responded with 200. Any other status is a *StatusError. A stream refused
 // because its connection was going away is retried once on a new connection.
 func (p *Pool) Connect(ctx context.Context, key PoolKey, r *ConnectRequest) (*Stream, error) {
 	var err error
@@ -98,11 +98,11 @@ func (p *Pool) Connect(ctx context.Context, key PoolKey, r *ConnectRequest) (*St
 	return nil, err
 }
 
-// StatusError reports a CONNECT answered with a status other than 200.
+// StatusError reports a CONNECT response with a status other than 200.
 type StatusError struct{ Code int }
 
 func (e *StatusError) Error() string {
-	return "hbone CONNECT answered with status " + strconv.Itoa(e.Code)
+	return "hbone CONNECT failed with response status " + strconv.Itoa(e.Code)
 }
 
 func connectOn(ctx context.Context, c *h2conn, r *ConnectRequest) (*Stream, error) {

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// InboundRequest is what an Authorizer sees of an inbound connection.
+// InboundRequest describes an inbound connection to an Authorizer.
 type InboundRequest struct {
 	// Source is the TCP peer of the HBONE connection, or the client of a
 	// plaintext connection.
@@ -57,9 +57,9 @@ type InboundConfig struct {
 	// upstream connection (IP_TRANSPARENT). The source used is the TCP peer of
 	// the HBONE connection, as in ztunnel. It needs CAP_NET_ADMIN, and the
 	// capture layer must route the application's replies to that address back
-	// to this proxy: mark the proxy's upstream sockets or connections and add
-	// a policy route for the mark to the local table, as istio-cni's in-pod
-	// rules do.
+	// to this proxy. For example, mark the proxy's upstream sockets or
+	// connections and add a policy route for the mark to the local table, as
+	// istio-cni's in-pod rules do.
 	OriginalSource bool
 	// AnyDestination turns off ztunnel's check that the :authority IP equals
 	// the local address the HBONE connection arrived at.

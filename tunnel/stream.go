@@ -89,7 +89,7 @@ func (s *Stream) fail(readErr, sendErr error) {
 
 // deliver runs on the reader loop with the payload of one DATA frame. When a
 // local socket is attached and nothing is queued, the data goes straight to
-// that socket without blocking; what it does not take is queued.
+// that socket without blocking. What the socket does not take is queued.
 func (s *Stream) deliver(data []byte, flowLen int64, end bool) error {
 	s.mu.Lock()
 	s.recvWindow -= flowLen
@@ -285,7 +285,8 @@ func (s *Stream) reserve(n int) (int, error) {
 
 // sendFrames sends buf[off:end] as DATA frames. The frameHeaderLen bytes in
 // front of each frame's payload are overwritten with its header, so that each
-// frame goes out in one TLS write without a copy; buf[off-9:off] must be free.
+// frame goes out in one TLS write without a copy. The caller must leave
+// buf[off-9:off] free.
 func (s *Stream) sendFrames(buf []byte, off, end int) (int, error) {
 	sent := 0
 	for off < end {
