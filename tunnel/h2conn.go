@@ -91,6 +91,7 @@ type h2conn struct {
 	idleSince      time.Time
 
 	recvUnacked int64 // connection-level bytes consumed, not yet returned; atomic
+	recvWindow  int64 // connection-level receive window left to the peer; atomic
 
 	// Control frames (WINDOW_UPDATE, PING, RST_STREAM, SETTINGS ACK) are
 	// queued here and written by the next goroutine that holds wmu, so that the frame
@@ -123,6 +124,7 @@ func newH2Conn(nc net.Conn, isClient bool) *h2conn {
 		peerMaxFrame:   16 << 10,
 		sendWindow:     defaultWindow,
 		idleSince:      time.Now(),
+		recvWindow:     connWindow,
 		done:           make(chan struct{}),
 	}
 	c.cond = sync.NewCond(&c.mu)
@@ -320,6 +322,9 @@ func (c *h2conn) handleData(f *http2.DataFrame) error {
 	flowLen := int64(f.Header().Length)
 	data := f.Data()
 	padding := flowLen - int64(len(data))
+	if atomic.AddInt64(&c.recvWindow, -flowLen) < 0 {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
 	s := c.stream(id)
 	if s == nil {
 		// The stream is gone (reset or closed); return the flow-control credit.
@@ -331,6 +336,7 @@ func (c *h2conn) handleData(f *http2.DataFrame) error {
 		return nil
 	}
 	if err := s.deliver(data, flowLen, f.StreamEnded()); err != nil {
+		c.returnConn(flowLen)
 		c.writeRST(id, http2.ErrCodeFlowControl)
 		s.fail(err, err)
 		c.removeStream(s)
@@ -435,6 +441,7 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 	c.mu.Unlock()
 	for _, s := range refused {
 		s.fail(ErrRefused, ErrRefused)
+		s.detach()
 	}
 	if n == 0 {
 		c.close(errConnClosed)
@@ -482,6 +489,7 @@ func (c *h2conn) returnConn(n int64) {
 	if v == 0 {
 		return
 	}
+	atomic.AddInt64(&c.recvWindow, v)
 	c.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(v)) })
 }
 
@@ -513,6 +521,7 @@ func (c *h2conn) removeStream(s *Stream) {
 	finish := idle && (c.goAwayRecv || c.goAwaySent)
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	s.detach()
 	if finish {
 		c.close(errConnClosed)
 	}

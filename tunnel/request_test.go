@@ -253,3 +253,76 @@ func TestPlaintext_Policy(t *testing.T) {
 		})
 	}
 }
+
+func TestServer_FlowControlViolation(t *testing.T) {
+	ca := newTestCA(t)
+	// An application that accepts and never reads.
+	app := mustListen(t, "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	hb := mustListen(t, "127.0.0.1:0")
+	hboneServer(t, ca, hb, InboundConfig{})
+
+	conf, _ := ca.clientTLS(t)(idClient, idServer)
+	conf.NextProtos = []string{"h2"}
+	tc, err := tls.Dial("tcp", hb.Addr().String(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
+	fr := http2.NewFramer(tc, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	_, _ = tc.Write([]byte(http2.ClientPreface))
+	_ = fr.WriteSettings()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	_ = enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	_ = enc.WriteField(hpack.HeaderField{Name: ":authority", Value: apOf(app).String()})
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true})
+
+	// Ignore every window and send until the server resets the stream.
+	reset := make(chan http2.ErrCode, 1)
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				close(reset)
+				return
+			}
+			if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
+				reset <- rst.ErrCode
+				return
+			}
+		}
+	}()
+	chunk := make([]byte, 16<<10)
+	for sent := 0; sent < 64<<20; sent += len(chunk) {
+		select {
+		case code, ok := <-reset:
+			if !ok || code != http2.ErrCodeFlowControl {
+				t.Fatalf("stream ended with %v (open %v), want RST_STREAM FLOW_CONTROL_ERROR", code, ok)
+			}
+			return
+		default:
+		}
+		if err := fr.WriteData(1, false, chunk); err != nil {
+			break
+		}
+	}
+	select {
+	case code, ok := <-reset:
+		if !ok || code != http2.ErrCodeFlowControl {
+			t.Fatalf("stream ended with %v (open %v), want RST_STREAM FLOW_CONTROL_ERROR", code, ok)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("server accepted data beyond the stream window without a reset")
+	}
+}

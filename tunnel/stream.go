@@ -38,6 +38,7 @@ type Stream struct {
 	sink       syscall.RawConn // local socket the reader loop may write to directly
 	writing    bool            // WriteTo is writing outside mu
 	countDown  func(int64)     // counts bytes handed to the local side; set before WriteTo
+	detached   bool            // removed from the stream table; its buffer is already credited
 
 	resp chan *http2.MetaHeadersFrame // client: the response HEADERS
 	// Request is the parsed CONNECT request (server side).
@@ -92,6 +93,12 @@ func (s *Stream) fail(readErr, sendErr error) {
 // that socket without blocking. What the socket does not take is queued.
 func (s *Stream) deliver(data []byte, flowLen int64, end bool) error {
 	s.mu.Lock()
+	if s.detached {
+		// The stream left the table after the frame reader looked it up.
+		s.mu.Unlock()
+		s.c.returnConn(flowLen)
+		return nil
+	}
 	s.recvWindow -= flowLen
 	if s.recvWindow < 0 {
 		s.mu.Unlock()
@@ -107,9 +114,9 @@ func (s *Stream) deliver(data []byte, flowLen int64, end bool) error {
 	if end {
 		s.recvEnd = true
 	}
-	var credit int64
+	var connCredit, streamCredit int64
 	if direct > 0 {
-		credit = s.consumedLocked(int64(direct))
+		connCredit, streamCredit = s.consumedLocked(int64(direct))
 	}
 	s.mu.Unlock()
 	if direct < len(data) || end {
@@ -119,30 +126,52 @@ func (s *Stream) deliver(data []byte, flowLen int64, end bool) error {
 		if s.countDown != nil {
 			s.countDown(int64(direct))
 		}
-		s.c.returnConn(int64(direct))
-		s.returnStream(credit)
+		s.credit(connCredit, streamCredit)
 	}
 	return nil
 }
 
-// consumedLocked records n consumed bytes and returns the stream window
-// credit due now, if any.
-func (s *Stream) consumedLocked(n int64) int64 {
+// consumedLocked records n consumed bytes and returns the flow-control
+// credit due now to the connection and to the stream. A detached stream's
+// bytes were credited when it left the stream table.
+func (s *Stream) consumedLocked(n int64) (conn, stream int64) {
+	if s.detached {
+		return 0, 0
+	}
 	s.unacked += n
 	if s.unacked < streamWindow/4 || s.recvEnd {
-		return 0
+		return n, 0
 	}
 	v := s.unacked
 	s.unacked = 0
 	s.recvWindow += v
-	return v
+	return n, v
 }
 
-func (s *Stream) returnStream(credit int64) {
-	if credit == 0 {
-		return
+// credit returns consumed bytes to the peer's send windows.
+func (s *Stream) credit(conn, stream int64) {
+	if conn > 0 {
+		s.c.returnConn(conn)
 	}
-	s.c.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(s.id, uint32(credit)) })
+	if stream > 0 {
+		s.c.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(s.id, uint32(stream)) })
+	}
+}
+
+// detach marks s as gone from the stream table and credits the connection
+// with the bytes still buffered, so that streams reset with unread data do
+// not shrink the connection window for good.
+func (s *Stream) detach() {
+	s.mu.Lock()
+	var buffered int64
+	if !s.detached {
+		s.detached = true
+		buffered = int64(len(s.buf) - s.off)
+	}
+	s.mu.Unlock()
+	if buffered > 0 {
+		s.c.returnConn(buffered)
+	}
 }
 
 // writeNonblocking writes as much of p as the socket takes now.
@@ -172,10 +201,9 @@ func (s *Stream) Read(p []byte) (int, error) {
 			n := copy(p, s.buf[s.off:])
 			s.off += n
 			s.compactLocked()
-			credit := s.consumedLocked(int64(n))
+			connCredit, streamCredit := s.consumedLocked(int64(n))
 			s.mu.Unlock()
-			s.c.returnConn(int64(n))
-			s.returnStream(credit)
+			s.credit(connCredit, streamCredit)
 			return n, nil
 		}
 		if err := s.readErr; err != nil {
@@ -191,8 +219,16 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
+// compactLocked drops consumed bytes from the receive buffer, so that it
+// stays within the stream window even when the consumer never catches up
+// completely. The caller must not be writing from s.buf outside the lock.
 func (s *Stream) compactLocked() {
 	if s.off < len(s.buf) {
+		if s.off >= 64<<10 && s.off*2 >= len(s.buf) {
+			n := copy(s.buf, s.buf[s.off:])
+			s.buf = s.buf[:n]
+			s.off = 0
+		}
 		return
 	}
 	s.off = 0
@@ -235,10 +271,9 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			s.writing = false
 			s.off += n
 			s.compactLocked()
-			credit := s.consumedLocked(int64(n))
+			connCredit, streamCredit := s.consumedLocked(int64(n))
 			s.mu.Unlock()
-			s.c.returnConn(int64(n))
-			s.returnStream(credit)
+			s.credit(connCredit, streamCredit)
 			if err != nil {
 				return total, err
 			}
