@@ -329,3 +329,32 @@ func BenchmarkPaired(b *testing.B) {
 		b.Logf("%s per round: %.2f", k, v)
 	}
 }
+
+// BenchmarkCRR measures a new application connection per 1 KiB exchange:
+// connect, one request and response, close. The tls variant makes a TLS
+// handshake per connection; hbone opens a stream on its pooled connection.
+func BenchmarkCRR(b *testing.B) {
+	env := newBenchEnv(b)
+	for _, v := range env.order {
+		b.Run("variant="+v, func(b *testing.B) {
+			buf := make([]byte, rrSize)
+			lat := make([]time.Duration, 0, b.N)
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				c := env.dial(b, v, benchModeEcho)
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				if _, err := c.Write(buf); err != nil {
+					b.Fatalf("%s: write: %v", v, err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatalf("%s: read: %v", v, err)
+				}
+				lat = append(lat, time.Since(start))
+				c.Close()
+			}
+			slices.Sort(lat)
+			b.ReportMetric(pct(lat, 0.5), "p50-µs")
+			b.ReportMetric(pct(lat, 0.9), "p90-µs")
+		})
+	}
+}
