@@ -588,6 +588,10 @@ func (c *h2conn) openStream(r *ConnectRequest, done <-chan struct{}) (*Stream, *
 	if c.reserved > 0 {
 		c.reserved--
 	}
+	if c.nextID > 1<<31-1 {
+		// Stream IDs are exhausted; the pool must open a new connection.
+		c.goAwayRecv = true
+	}
 	if c.closeErr != nil || c.goAwayRecv {
 		c.mu.Unlock()
 		c.unlockW()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,5 +99,27 @@ func TestMesh_OriginalSource(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("application saw no connection")
+	}
+}
+
+func TestWithMark(t *testing.T) {
+	privtest.Require(t) // SO_MARK needs CAP_NET_ADMIN
+	ln := mustListen(t, "127.0.0.1:0")
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+	}()
+	c, err := WithMark(Dialer(netip.Addr{}, false), 0x539).Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, _ := c.(*net.TCPConn).SyscallConn()
+	var mark int
+	_ = rc.Control(func(fd uintptr) { mark, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+	if mark != 0x539 {
+		t.Fatalf("SO_MARK = %#x, want 0x539", mark)
 	}
 }

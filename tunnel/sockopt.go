@@ -69,6 +69,33 @@ func Dialer(src netip.Addr, transparent bool) *net.Dialer {
 	return d
 }
 
+// WithMark makes d set SO_MARK on its sockets, in addition to what d's
+// Control already does. Capture rules use such a mark to exempt the proxy's
+// own connections from redirection (istio-cni uses 0x539). Needs
+// CAP_NET_ADMIN.
+func WithMark(d *net.Dialer, mark uint32) *net.Dialer {
+	prev := d.Control
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		if prev != nil {
+			if err := prev(network, address, c); err != nil {
+				return err
+			}
+		}
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("set SO_MARK %#x for %s: %w", mark, address, err)
+		}
+		return nil
+	}
+	return d
+}
+
 func setTransparent(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
