@@ -123,3 +123,41 @@ func TestWithMark(t *testing.T) {
 		t.Fatalf("SO_MARK = %#x, want 0x539", mark)
 	}
 }
+
+func TestSocketOptions(t *testing.T) {
+	ln := mustListen(t, "127.0.0.1:0")
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := Dialer(netip.Addr{}, false).Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a := <-accepted
+	defer a.Close()
+	for side, conn := range map[string]net.Conn{"dialed": c, "accepted": a} {
+		rc, _ := conn.(*net.TCPConn).SyscallConn()
+		for _, tc := range []struct {
+			name       string
+			level, opt int
+			want       int
+		}{
+			{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 180},
+			{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 180},
+			{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+			{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		} {
+			var got int
+			_ = rc.Control(func(fd uintptr) { got, _ = unix.GetsockoptInt(int(fd), tc.level, tc.opt) })
+			if got != tc.want {
+				t.Errorf("%s socket %s = %d, want %d", side, tc.name, got, tc.want)
+			}
+		}
+	}
+}
