@@ -134,7 +134,11 @@ func newH2Conn(nc net.Conn, isClient bool) *h2conn {
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = clientMaxHeaders
 	if !isClient {
-		c.fr.MaxHeaderListSize = serverMaxHeaders
+		// The decoder accepts four times the advertised limit, and
+		// parseRequest enforces the limit itself. A request just above it
+		// then gets 431 instead of the connection error that the decoder
+		// raises for a single header value above its limit.
+		c.fr.MaxHeaderListSize = 4 * serverMaxHeaders
 	}
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.ctrlFr = http2.NewFramer(&c.ctrlBuf, nil)

@@ -69,7 +69,7 @@ var (
 // parseRequest validates the header block of an inbound CONNECT request
 // (RFC 9113 section 8.5). It never panics on peer input.
 func parseRequest(mh *http2.MetaHeadersFrame) (*Request, error) {
-	if mh.Truncated {
+	if mh.Truncated || headerListSize(mh) > serverMaxHeaders {
 		return nil, errHeadersTooLarge
 	}
 	if mh.PseudoValue("method") != "CONNECT" {
@@ -101,6 +101,16 @@ func parseRequest(mh *http2.MetaHeadersFrame) (*Request, error) {
 		}
 	}
 	return r, nil
+}
+
+// headerListSize is the size of a header list as RFC 9113 section 6.5.2
+// defines it: name and value lengths plus 32 octets per field.
+func headerListSize(mh *http2.MetaHeadersFrame) int {
+	n := 0
+	for _, f := range mh.Fields {
+		n += len(f.Name) + len(f.Value) + 32
+	}
+	return n
 }
 
 // parseAuthority splits an authority of the form ip:port, [v6]:port or

@@ -111,6 +111,7 @@ func TestServer_BadConnect(t *testing.T) {
 		{"host-name authority is rejected on a workload", hf(":method", "CONNECT", ":authority", "svc.ns.svc.cluster.local:80"), 400, "bad_authority"},
 		{"proxy port target is rejected", hf(":method", "CONNECT", ":authority", "127.0.0.1:15008"), 400, "self_call"},
 		{"foreign IP is rejected", hf(":method", "CONNECT", ":authority", "127.0.0.2:80"), 400, "ip_mismatch"},
+		{"one oversized header value is rejected", hf(":method", "CONNECT", ":authority", target, "x-big", strings.Repeat("a", 70<<10)), 431, "headers_too_large"},
 		{"oversized headers are rejected", hf(":method", "CONNECT", ":authority", target,
 			"x-a", strings.Repeat("a", 15<<10), "x-b", strings.Repeat("b", 15<<10), "x-c", strings.Repeat("c", 15<<10),
 			"x-d", strings.Repeat("d", 15<<10), "x-e", strings.Repeat("e", 15<<10)), 431, "headers_too_large"},
