@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // bufConn sits between crypto/tls and the TCP socket. crypto/tls reads about
@@ -16,9 +17,10 @@ type bufConn struct {
 	net.Conn
 	r *bufio.Reader
 
-	// Guarded by the h2conn's wmu.
-	batch bool
-	wbuf  *[]byte
+	// batch is set and cleared under the h2conn's wmu. It is atomic because
+	// tls.Conn.Close may write a close_notify alert without holding wmu.
+	batch atomic.Bool
+	wbuf  *[]byte // guarded by wmu
 }
 
 const bufConnReadSize = 64 << 10
@@ -30,7 +32,7 @@ func newBufConn(c net.Conn) *bufConn {
 func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 func (b *bufConn) Write(p []byte) (int, error) {
-	if !b.batch {
+	if !b.batch.Load() {
 		return b.Conn.Write(p)
 	}
 	*b.wbuf = append(*b.wbuf, p...)
@@ -44,13 +46,13 @@ var batchPool = sync.Pool{New: func() any {
 
 // startBatch gathers writes until endBatch.
 func (b *bufConn) startBatch() {
-	b.batch = true
 	b.wbuf = batchPool.Get().(*[]byte)
+	b.batch.Store(true)
 }
 
 // endBatch writes what was gathered in one call.
 func (b *bufConn) endBatch() error {
-	b.batch = false
+	b.batch.Store(false)
 	_, err := b.Conn.Write(*b.wbuf)
 	*b.wbuf = (*b.wbuf)[:0]
 	batchPool.Put(b.wbuf)
