@@ -39,12 +39,14 @@ const (
 )
 
 // PING keepalive: a PING after pingInterval without frames from the peer,
-// and a close when it stays unanswered for pingTimeout. Variables so that
-// tests can shorten them.
-var (
-	pingInterval = 10 * time.Second
-	pingTimeout  = 20 * time.Second
-)
+// and a close when it stays unanswered for pingTimeout. They are atomic
+// variables so that tests can shorten them while other connections run.
+var pingInterval, pingTimeout atomic.Int64
+
+func init() {
+	pingInterval.Store(int64(10 * time.Second))
+	pingTimeout.Store(int64(20 * time.Second))
+}
 
 var clientPreface = []byte(http2.ClientPreface)
 
@@ -455,7 +457,7 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 // keepalive sends a PING after pingInterval without frames from the peer and
 // closes the connection when no response comes within pingTimeout.
 func (c *h2conn) keepalive() {
-	interval, timeout := pingInterval, pingTimeout
+	interval, timeout := time.Duration(pingInterval.Load()), time.Duration(pingTimeout.Load())
 	t := time.NewTicker(interval / 2)
 	defer t.Stop()
 	for {

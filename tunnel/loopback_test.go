@@ -70,9 +70,13 @@ func TestPool_EvictsIdleConnections(t *testing.T) {
 }
 
 func TestKeepalive_ClosesSilentPeer(t *testing.T) {
-	oldInterval, oldTimeout := pingInterval, pingTimeout
-	pingInterval, pingTimeout = 100*time.Millisecond, 300*time.Millisecond
-	t.Cleanup(func() { pingInterval, pingTimeout = oldInterval, oldTimeout })
+	oldInterval, oldTimeout := pingInterval.Load(), pingTimeout.Load()
+	pingInterval.Store(int64(100 * time.Millisecond))
+	pingTimeout.Store(int64(300 * time.Millisecond))
+	t.Cleanup(func() {
+		pingInterval.Store(oldInterval)
+		pingTimeout.Store(oldTimeout)
+	})
 
 	ca := newTestCA(t)
 	srvConf, _ := ca.serverTLS(t, idServer)()
