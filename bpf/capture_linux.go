@@ -1,0 +1,337 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+const (
+	// DefaultPinDir is where Open pins maps and links when Options.PinDir is
+	// empty.
+	DefaultPinDir = "/sys/fs/bpf/mazu-ztunnel"
+
+	// DefaultMark is the socket mark of the agent's own sockets, which are
+	// never captured. It matches istio-cni's in-pod mark 1337.
+	DefaultMark = 0x539
+
+	// DefaultMarkMask is the part of the socket mark compared with Mark.
+	DefaultMarkMask = 0xfff
+)
+
+// ErrNotFound reports that a pod or an original destination is unknown.
+var ErrNotFound = errors.New("not found")
+
+// Options configures Open. The zero value is valid.
+type Options struct {
+	// PinDir is the bpffs directory for pinned maps and links. When it is not
+	// on bpffs, Open mounts a bpffs instance on it. Empty means
+	// DefaultPinDir. Two agents must not share a PinDir.
+	PinDir string
+
+	// AgentCgroup is the cgroup v2 directory of the agent process, absolute
+	// or relative to the cgroup2 mount. The getsockopt program that answers
+	// SO_ORIGINAL_DST is attached there, and connects from this cgroup are
+	// never captured. Empty means neither: the agent then looks original
+	// destinations up with Capture.OriginalDst.
+	AgentCgroup string
+
+	// Mark and MarkMask identify the agent's own sockets (SO_MARK), which are
+	// never captured. Zero means DefaultMark and DefaultMarkMask.
+	Mark     uint32
+	MarkMask uint32
+
+	// Logger receives lifecycle events. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Capture owns the capture programs and maps of one node agent. Create it
+// once with Open; its methods are safe for concurrent use.
+//
+// Pods stay captured across a Close: links and maps are pinned under
+// PinDir, and the next Open adopts them by swapping in its programs
+// atomically, so no connection bypasses the proxy during an agent restart.
+//
+// It needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns and mount)
+// and Linux 6.6 or later (tcx); see the package documentation.
+type Capture struct {
+	log       *slog.Logger
+	pinDir    string
+	objs      captureObjects
+	agentLink link.Link
+
+	mu   sync.Mutex
+	pods map[string]*podState // guarded by mu; keyed by pod ID
+}
+
+// Open loads the programs, reuses the maps pinned under PinDir or creates
+// them, and adopts every pod enrolled by a previous agent.
+func Open(opts Options) (*Capture, error) {
+	if opts.PinDir == "" {
+		opts.PinDir = DefaultPinDir
+	}
+	if !filepath.IsAbs(opts.PinDir) {
+		return nil, fmt.Errorf("pin directory %q is not absolute: use a path under a bpffs mount such as %s", opts.PinDir, DefaultPinDir)
+	}
+	if opts.Mark == 0 {
+		opts.Mark = DefaultMark
+	}
+	if opts.MarkMask == 0 {
+		opts.MarkMask = DefaultMarkMask
+	}
+	if opts.Mark&opts.MarkMask != opts.Mark {
+		return nil, fmt.Errorf("mark %#x has bits outside mark mask %#x: widen the mask", opts.Mark, opts.MarkMask)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	var agentCgroup string
+	var agentCgroupID uint64
+	if opts.AgentCgroup != "" {
+		p, id, err := resolveCgroup(opts.AgentCgroup)
+		if err != nil {
+			return nil, fmt.Errorf("agent cgroup: %w", err)
+		}
+		agentCgroup, agentCgroupID = p, id
+	}
+
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	if err := ensureBPFFS(opts.PinDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(opts.PinDir, podsDir), 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+
+	c := &Capture{log: log, pinDir: opts.PinDir, pods: make(map[string]*podState)}
+	if err := c.load(opts.Mark, opts.MarkMask, agentCgroupID); err != nil {
+		return nil, err
+	}
+	if err := c.adoptPods(); err != nil {
+		c.closeHandles()
+		return nil, err
+	}
+	if err := c.adoptAgentLink(agentCgroup, agentCgroupID); err != nil {
+		c.closeHandles()
+		return nil, err
+	}
+	log.Info("capture opened", "pin_dir", opts.PinDir, "pods", len(c.pods))
+	return c, nil
+}
+
+func (c *Capture) load(mark, mask uint32, agentCgroupID uint64) error {
+	spec, err := loadCapture()
+	if err != nil {
+		return fmt.Errorf("load capture spec: %w", err)
+	}
+	vars := map[string]any{
+		captureVarMarkValue:     mark,
+		captureVarMarkMask:      mask,
+		captureVarAgentCgroupId: agentCgroupID,
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+
+	err = spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: c.pinDir},
+	})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("load capture programs: maps pinned in %s come from an incompatible version; remove them (Capture.Remove) to start over: %w", c.pinDir, err)
+	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("load capture programs: %+v", verr)
+	}
+	if err != nil {
+		return fmt.Errorf("load capture programs: %w", err)
+	}
+	return nil
+}
+
+const agentLinkPin = "agent_getsockopt"
+
+// adoptAgentLink makes sure the getsockopt program runs on the agent's
+// cgroup. A pinned link from a previous agent gets the new program; when
+// the cgroup changed, the new link is attached before the old one goes.
+func (c *Capture) adoptAgentLink(cgroup string, cgroupID uint64) error {
+	pin := filepath.Join(c.pinDir, agentLinkPin)
+	old, err := loadPinnedLink(pin)
+	if err != nil {
+		return err
+	}
+	if old != nil {
+		info, err := old.Info()
+		sameCgroup := err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgroupID
+		if cgroup == "" || sameCgroup {
+			if err := old.Update(c.objs.MztGetsockopt); err != nil {
+				old.Close()
+				return fmt.Errorf("update getsockopt link: %w", err)
+			}
+			c.agentLink = old
+			return nil
+		}
+	}
+	if cgroup == "" {
+		return nil
+	}
+
+	l, err := link.AttachCgroup(link.CgroupOptions{
+		Path:    cgroup,
+		Attach:  ebpf.AttachCGroupGetsockopt,
+		Program: c.objs.MztGetsockopt,
+	})
+	if err != nil {
+		if old != nil {
+			old.Close()
+		}
+		return fmt.Errorf("attach getsockopt to %s: %w", cgroup, err)
+	}
+	if old != nil {
+		detachLink(old)
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return fmt.Errorf("pin getsockopt link: %w", err)
+	}
+	c.agentLink = l
+	return nil
+}
+
+// Close releases the agent's handles. Pinned links and maps stay, so
+// enrolled pods remain captured (and fail closed while no agent listens)
+// until the next Open adopts them.
+func (c *Capture) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeHandlesLocked()
+	return nil
+}
+
+func (c *Capture) closeHandles() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeHandlesLocked()
+}
+
+func (c *Capture) closeHandlesLocked() {
+	for _, p := range c.pods {
+		p.closeLinks()
+	}
+	c.pods = map[string]*podState{}
+	if c.agentLink != nil {
+		c.agentLink.Close()
+		c.agentLink = nil
+	}
+	c.objs.Close()
+}
+
+// Remove unenrolls every pod, detaches all programs, deletes the pinned maps
+// and the pin directory, and releases the handles. Capture is unusable
+// afterwards.
+func (c *Capture) Remove() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	var errs []error
+	for id := range c.pods {
+		if err := c.unenrollLocked(id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.agentLink != nil {
+		detachLink(c.agentLink)
+		c.agentLink = nil
+	}
+	maps := []*ebpf.Map{
+		c.objs.MztPods, c.objs.MztPodIds, c.objs.MztExclCidr, c.objs.MztExclPort,
+		c.objs.MztTuples, c.objs.MztOrig, c.objs.MztStats, c.objs.MztPodAddrs,
+	}
+	for _, m := range maps {
+		if m == nil {
+			continue
+		}
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin map: %w", err))
+		}
+	}
+	c.closeHandlesLocked()
+
+	if err := os.RemoveAll(filepath.Join(c.pinDir, podsDir)); err != nil {
+		errs = append(errs, fmt.Errorf("remove pod pins: %w", err))
+	}
+	if err := removePinDir(c.pinDir); err != nil {
+		errs = append(errs, err)
+	}
+	c.log.Info("capture removed", "pin_dir", c.pinDir)
+	return errors.Join(errs...)
+}
+
+// loadPinnedLink returns the link pinned at path, or nil when there is none.
+func loadPinnedLink(path string) (link.Link, error) {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// detachLink removes a link from its hook even when another process still
+// holds it, then drops the pin and the handle.
+func detachLink(l link.Link) {
+	_ = l.Detach()
+	_ = l.Unpin()
+	_ = l.Close()
+}
+
+// Stats are counters summed over all CPUs since the maps were created.
+type Stats struct {
+	ConnectSeen         uint64 // TCP connects in enrolled pods
+	ConnectRedirected   uint64 // connects sent to the outbound listener
+	ConnectExcluded     uint64 // connects to excluded CIDRs or ports
+	StorageFailed       uint64 // original destinations that could not be stored
+	TupleStored         uint64 // redirected connections published to the tuple map
+	SockoptAnswered     uint64 // SO_ORIGINAL_DST answers
+	PeernameRewritten   uint64 // getpeername calls shown the original destination
+	InboundAssigned     uint64 // inbound SYNs assigned to a listener
+	InboundNoListener   uint64 // inbound SYNs dropped because the listener is missing
+	InboundProbe        uint64 // inbound SYNs from the probe address, passed
+	InboundAssignFailed uint64 // inbound SYNs dropped because bpf_sk_assign failed
+	InboundUnknownDst   uint64 // inbound SYNs dropped because the destination is no enrolled pod address
+}
+
+// Stats reads the counters.
+func (c *Capture) Stats() (Stats, error) {
+	var s Stats
+	fields := []*uint64{
+		&s.ConnectSeen, &s.ConnectRedirected, &s.ConnectExcluded, &s.StorageFailed,
+		&s.TupleStored, &s.SockoptAnswered, &s.PeernameRewritten, &s.InboundAssigned,
+		&s.InboundNoListener, &s.InboundProbe, &s.InboundAssignFailed, &s.InboundUnknownDst,
+	}
+	for i, f := range fields {
+		var per []uint64
+		if err := c.objs.MztStats.Lookup(uint32(i), &per); err != nil {
+			return Stats{}, fmt.Errorf("read counter %d: %w", i, err)
+		}
+		for _, v := range per {
+			*f += v
+		}
+	}
+	return s, nil
+}

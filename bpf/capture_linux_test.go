@@ -1,0 +1,286 @@
+package bpf
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fixture is a topology with a Capture, the pod enrolled, the in-pod
+// listeners of the agent and applications on both sides.
+type fixture struct {
+	*topo
+	cur              atomic.Pointer[Capture]
+	out4, out6       *server // outbound listeners (15001)
+	inbound, hbone   *server // inbound listeners (15006, 15008)
+	podApp, nodeApp  *server // applications: in the pod on 8080, on the node
+	nodeExcl, nodeV6 *server
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{topo: newTopo(t)}
+	joinCgroup(t, f.agentCg)
+
+	c := f.open()
+	t.Cleanup(func() {
+		if c := f.cur.Load(); c != nil {
+			if err := c.Remove(); err != nil {
+				t.Errorf("Remove: %v", err)
+			}
+		}
+	})
+	f.cur.Store(c)
+	if err := c.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+
+	f.out4 = serve(t, listen(t, f.pod, "tcp4", "127.0.0.1:15001"), f.outboundReply)
+	f.out6 = serve(t, listen(t, f.pod, "tcp6", "[::1]:15001"), f.outboundReply)
+	f.inbound = serve(t, listen(t, f.pod, "tcp", ":15006"), func(c net.Conn) string {
+		return fmt.Sprintf("in %s %s", c.RemoteAddr(), c.LocalAddr())
+	})
+	f.hbone = serve(t, listen(t, f.pod, "tcp", ":15008"), func(c net.Conn) string {
+		return fmt.Sprintf("hbone %s %s", c.RemoteAddr(), c.LocalAddr())
+	})
+	f.podApp = serve(t, listen(t, f.pod, "tcp", fmt.Sprintf(":%d", appPort)), func(c net.Conn) string {
+		return fmt.Sprintf("app %s", c.RemoteAddr())
+	})
+	nodeReply := func(c net.Conn) string { return fmt.Sprintf("node %s", c.RemoteAddr()) }
+	f.nodeApp = serve(t, listen(t, f.node, "tcp4", fmt.Sprintf("%s:%d", nodeIP4, appPort)), nodeReply)
+	f.nodeExcl = serve(t, listen(t, f.node, "tcp4", fmt.Sprintf(":%d", exclPort)), nodeReply)
+	f.nodeV6 = serve(t, listen(t, f.node, "tcp6", netip.AddrPortFrom(nodeIP6, appPort).String()), nodeReply)
+	serve(t, listen(t, f.node, "tcp4", netip.AddrPortFrom(exclIP4, appPort).String()), nodeReply)
+	return f
+}
+
+// outboundReply reports the original destination found by map lookup and
+// by SO_ORIGINAL_DST.
+func (f *fixture) outboundReply(conn net.Conn) string {
+	byMap := "none"
+	if c := f.cur.Load(); c != nil {
+		if d, err := c.OriginalDst(conn); err == nil {
+			byMap = d.String()
+		} else {
+			byMap = "error"
+		}
+	}
+	bySockopt := "error"
+	if d, err := SockoptOriginalDst(conn.(syscall.Conn)); err == nil {
+		bySockopt = d.String()
+	}
+	return fmt.Sprintf("out %s %s", byMap, bySockopt)
+}
+
+func wantReply(t *testing.T, what string, got []attempt, want string) {
+	t.Helper()
+	if len(got) == 0 {
+		t.Fatalf("%s: no attempts", what)
+	}
+	for i, a := range got {
+		if a.Err != "" || a.Reply != want {
+			t.Errorf("%s attempt %d: reply %q, error %q; want reply %q", what, i, a.Reply, a.Err, want)
+		}
+	}
+}
+
+func TestOutboundCapture(t *testing.T) {
+	f := newFixture(t)
+	for _, dst := range []netip.AddrPort{
+		netip.AddrPortFrom(nodeIP4, appPort),
+		netip.AddrPortFrom(nodeIP6, appPort),
+	} {
+		t.Run(dst.String(), func(t *testing.T) {
+			got := f.runApp(helperSpec{Network: "tcp", Addr: dst.String(), Count: 20})
+			wantReply(t, "captured connect", got, fmt.Sprintf("out %s %s", dst, dst))
+			for i, a := range got {
+				if a.Peer != dst.String() {
+					t.Errorf("attempt %d: getpeername = %s, want %s", i, a.Peer, dst)
+				}
+			}
+		})
+	}
+	if n := f.nodeApp.accepted() + f.nodeV6.accepted(); n != 0 {
+		t.Errorf("node applications accepted %d connections, want 0: capture was bypassed", n)
+	}
+	st, err := f.cur.Load().Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ConnectRedirected < 40 || st.TupleStored < 40 || st.SockoptAnswered < 40 || st.PeernameRewritten < 40 {
+		t.Errorf("Stats() = %+v, want at least 40 redirected, stored, answered and rewritten", st)
+	}
+}
+
+func TestOutboundNotCaptured(t *testing.T) {
+	f := newFixture(t)
+	nodeFrom := fmt.Sprintf("node %s:", podIP4)
+
+	cases := []struct {
+		name string
+		spec helperSpec
+		want string
+	}{
+		{"agent mark", helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, appPort).String(), Mark: DefaultMark}, nodeFrom},
+		{"excluded CIDR", helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(exclIP4, appPort).String()}, nodeFrom},
+		{"excluded port", helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, exclPort).String()}, nodeFrom},
+		{"own pod address", helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(podIP4, appPort).String()}, fmt.Sprintf("app %s:", podIP4)},
+		{"loopback", helperSpec{Network: "tcp4", Addr: fmt.Sprintf("127.0.0.1:%d", appPort)}, "app 127.0.0.1:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := f.runApp(tc.spec)
+			if len(got) != 1 || got[0].Err != "" || !strings.HasPrefix(got[0].Reply, tc.want) {
+				t.Fatalf("attempts = %+v, want reply starting %q", got, tc.want)
+			}
+		})
+	}
+
+	// The agent dials from inside the pod's namespace but from its own
+	// cgroup, as the proxy's upstream connections do.
+	reply, err := dialIn(t, f.pod, "tcp4", "", netip.AddrPortFrom(nodeIP4, appPort).String(), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, nodeFrom) {
+		t.Fatalf("agent dial: reply %q, error %v; want reply starting %q", reply, err, nodeFrom)
+	}
+}
+
+func TestInboundCapture(t *testing.T) {
+	f := newFixture(t)
+	cases := []struct {
+		name, network, laddr, raddr, want string
+	}{
+		{"application port", "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), fmt.Sprintf("in %s:", nodeIP4)},
+		{"port without listener", "tcp4", "", fmt.Sprintf("%s:%d", podIP4, noAppPort), fmt.Sprintf("in %s:", nodeIP4)},
+		{"IPv6", "tcp6", "", netip.AddrPortFrom(podIP6, appPort).String(), fmt.Sprintf("in [%s]:", nodeIP6)},
+		{"HBONE", "tcp4", "", fmt.Sprintf("%s:15008", podIP4), fmt.Sprintf("hbone %s:", nodeIP4)},
+		{"probe", "tcp4", probeIP4.String() + ":0", fmt.Sprintf("%s:%d", podIP4, appPort), fmt.Sprintf("app %s:", probeIP4)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			reply, err := dialIn(t, f.node, tc.network, tc.laddr, tc.raddr, 2*time.Second)
+			if err != nil || !strings.HasPrefix(reply, tc.want) {
+				t.Fatalf("dial %s: reply %q, error %v; want reply starting %q", tc.raddr, reply, err, tc.want)
+			}
+			// The listener's local address is the original destination.
+			if strings.HasPrefix(tc.want, "in ") && !strings.HasSuffix(reply, " "+tc.raddr) {
+				t.Errorf("dial %s: reply %q does not end with the original destination", tc.raddr, reply)
+			}
+		})
+	}
+	if n := f.podApp.accepted(); n != 1 {
+		t.Errorf("pod application accepted %d connections, want 1 (the probe)", n)
+	}
+}
+
+func TestFailClosed(t *testing.T) {
+	f := newFixture(t)
+
+	f.inbound.ln.Close()
+	_, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 500*time.Millisecond)
+	if err == nil {
+		t.Fatal("inbound dial with the inbound listener closed succeeded, want it dropped")
+	}
+	if n := f.podApp.accepted(); n != 0 {
+		t.Errorf("pod application accepted %d connections without the proxy, want 0", n)
+	}
+	st, _ := f.cur.Load().Stats()
+	if st.InboundNoListener == 0 {
+		t.Errorf("Stats().InboundNoListener = 0, want > 0")
+	}
+
+	f.out4.ln.Close()
+	got := f.runApp(helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, appPort).String()})
+	if len(got) != 1 || !strings.Contains(got[0].Err, "connection refused") {
+		t.Errorf("outbound dial with the outbound listener closed: %+v, want connection refused", got)
+	}
+	if n := f.nodeApp.accepted(); n != 0 {
+		t.Errorf("node application accepted %d connections without the proxy, want 0", n)
+	}
+}
+
+func TestUnenroll(t *testing.T) {
+	f := newFixture(t)
+	c := f.cur.Load()
+	f.runApp(helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, appPort).String()})
+
+	pods, err := c.Pods()
+	if err != nil || len(pods) != 1 || pods[0].ID != f.pod1().ID {
+		t.Fatalf("Pods() = %+v, %v; want pod %s", pods, err, f.pod1().ID)
+	}
+	s := pods[0].Settings
+	if s.ProbeIPv4 != probeIP4 || len(s.ExcludeCIDRs) != 1 || s.ExcludeCIDRs[0] != exclCIDR4 || len(s.ExcludePorts) != 1 {
+		t.Errorf("Pods()[0].Settings = %+v, want the enrolled settings", s)
+	}
+	cookie := pods[0].NetnsCookie
+	if n := mapEntriesOf(t, c, cookie); n < 5 {
+		t.Fatalf("enrolled pod has %d map entries, want at least 5 (config, ID, CIDRs, ports, addresses, tuple)", n)
+	}
+
+	if err := c.Unenroll(f.pod1().ID); err != nil {
+		t.Fatalf("Unenroll: %v", err)
+	}
+	if n := mapEntriesOf(t, c, cookie); n != 0 {
+		t.Errorf("%d map entries of the departed pod remain, want 0", n)
+	}
+	got := f.runApp(helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, appPort).String()})
+	if len(got) != 1 || !strings.HasPrefix(got[0].Reply, "node ") {
+		t.Errorf("outbound after Unenroll: %+v, want a direct connection", got)
+	}
+	reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, "app ") {
+		t.Errorf("inbound after Unenroll: reply %q, error %v; want the application", reply, err)
+	}
+	if err := c.Unenroll(f.pod1().ID); err == nil {
+		t.Error("second Unenroll succeeded, want ErrNotFound")
+	}
+}
+
+// mapEntriesOf counts the entries of every keyed map that belong to netns.
+func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
+	t.Helper()
+	n := 0
+	var cfg capturePodConfig
+	if c.objs.MztPods.Lookup(netns, &cfg) == nil {
+		n++
+	}
+	var id capturePodId
+	var meta capturePodMeta
+	for it := c.objs.MztPodIds.Iterate(); it.Next(&id, &meta); {
+		if meta.Netns == netns {
+			n++
+		}
+	}
+	var ck captureCidrKey
+	var v uint8
+	for it := c.objs.MztExclCidr.Iterate(); it.Next(&ck, &v); {
+		if ns, _ := cidrFromKey(ck); ns == netns {
+			n++
+		}
+	}
+	var pk capturePortKey
+	for it := c.objs.MztExclPort.Iterate(); it.Next(&pk, &v); {
+		if pk.Netns == netns {
+			n++
+		}
+	}
+	var pa capturePodAddr
+	var paNetns uint64
+	for it := c.objs.MztPodAddrs.Iterate(); it.Next(&pa, &paNetns); {
+		if paNetns == netns {
+			n++
+		}
+	}
+	var tk captureTupleKey
+	var od captureOrigDst
+	for it := c.objs.MztTuples.Iterate(); it.Next(&tk, &od); {
+		if tk.Netns == netns {
+			n++
+		}
+	}
+	return n
+}

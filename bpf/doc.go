@@ -1,0 +1,53 @@
+// Package bpf captures pod traffic for mazu-ztunnel with eBPF, in place of
+// istio-cni's in-pod iptables rules.
+//
+// # Outbound
+//
+// cgroup/connect4 and cgroup/connect6 programs on the pod's cgroup rewrite
+// TCP connects to the in-pod outbound listener (127.0.0.1:15001, [::1]:15001;
+// ::ffff:127.0.0.1 for IPv4 on dual-stack sockets) and keep the original
+// destination in socket storage. The listener must live in the pod's network
+// namespace, because the rewritten connect is routed there. A sockops
+// program publishes the original destination under the connection's
+// namespace cookie and 4-tuple when the connection is established, which
+// happens before the proxy's accept returns. The proxy reads it with
+// Capture.OriginalDst, or with getsockopt(SO_ORIGINAL_DST) through
+// SockoptOriginalDst when Options.AgentCgroup is set. getpeername4 and
+// getpeername6 programs show the application its real peer.
+//
+// Never captured: sockets carrying the agent's mark (SO_MARK 0x539/0xfff by
+// default), connects from the agent's cgroup, loopback and the pod's own
+// addresses, and the excluded CIDRs and ports of the pod's Settings.
+//
+// # Inbound
+//
+// A tcx ingress program on the pod's interface assigns every new TCP
+// connection to the inbound listener (15006), and connections to port 15008
+// to the HBONE listener, with bpf_sk_assign. Packets are not rewritten, so
+// the listener sees the client's address as the peer and the original
+// destination as its local address. When the listener is missing, the SYN
+// is dropped: an enrolled pod fails closed. Connections from the kubelet
+// probe address (169.254.7.127 and its IPv6 counterpart by default) reach
+// the application directly.
+//
+// # Lifecycle and pinning
+//
+// Open loads the programs once per agent. Maps and per-pod links are pinned
+// under Options.PinDir (default /sys/fs/bpf/mazu-ztunnel); when that
+// directory is not on bpffs, Open mounts a bpffs instance on it. For pins to
+// outlive the agent's container, mount the host's /sys/fs/bpf into it.
+// Close leaves the pins, so capture continues (failing closed while no
+// listener exists); the next Open reuses the pinned maps and swaps its
+// programs into the pinned links with an atomic link update. Remove deletes
+// everything. Cgroup paths are absolute or relative to the cgroup v2 mount,
+// which Cgroup2Root finds in /proc/self/mountinfo (/sys/fs/cgroup, or
+// /sys/fs/cgroup/unified on hybrid hosts).
+//
+// # Requirements
+//
+// Linux 6.6 or later (tcx; bpf_get_netns_cookie in tc programs), cgroup v2,
+// and root: CAP_BPF, CAP_NET_ADMIN, and CAP_SYS_ADMIN for setns and mounting
+// bpffs. The generated capture_bpfel.go and capture_bpfel.o are committed;
+// regenerating them (go generate) needs Debian 12's clang 14, llvm,
+// libbpf-dev and gcc-multilib.
+package bpf

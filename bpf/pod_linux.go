@@ -1,0 +1,671 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+const podsDir = "pods"
+
+const (
+	dirOutbound = 0
+	dirInbound  = 1
+
+	exclConfigured = 1 // an ExcludeCIDRs entry
+	exclOwnAddress = 2 // one of the pod's own addresses
+)
+
+// Pod describes a pod to enroll.
+type Pod struct {
+	// ID names the pod, for example its UID. It must be 1 to 63 letters,
+	// digits, '.', '_' or '-', because it also names the pin directory.
+	ID string
+
+	// Netns is an open handle of the pod's network namespace, such as the fd
+	// that istio-cni sends. When nil, NetnsPath is opened instead.
+	Netns *os.File
+
+	// NetnsPath is the path of the pod's network namespace, such as
+	// /proc/<pid>/ns/net or /var/run/netns/<name>.
+	NetnsPath string
+
+	// Cgroup is the pod's cgroup v2 directory, absolute or relative to the
+	// cgroup2 mount. The outbound programs attach there and apply to every
+	// process in it and below it.
+	Cgroup string
+
+	// Settings are the pod's capture settings.
+	Settings Settings
+}
+
+// EnrolledPod describes an enrolled pod, as Pods reports it.
+type EnrolledPod struct {
+	ID          string
+	NetnsCookie uint64
+	CgroupID    uint64
+	Ifindex     int
+	// Settings as stored in the maps. Interface is empty for pods adopted
+	// from a previous agent.
+	Settings Settings
+}
+
+// podState is what Capture keeps per enrolled pod.
+type podState struct {
+	id       string
+	meta     capturePodMeta
+	iface    string
+	links    map[string]link.Link // keyed by pin name
+	pinDir   string
+	attached bool
+}
+
+func (p *podState) closeLinks() {
+	for _, l := range p.links {
+		l.Close()
+	}
+	p.links = map[string]link.Link{}
+}
+
+// cgroupHook is one cgroup program of a pod.
+type cgroupHook struct {
+	pin    string
+	attach ebpf.AttachType
+	prog   func(*captureObjects) *ebpf.Program
+}
+
+var cgroupHooks = []cgroupHook{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *captureObjects) *ebpf.Program { return o.MztConnect4 }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *captureObjects) *ebpf.Program { return o.MztConnect6 }},
+	{"sockops", ebpf.AttachCGroupSockOps, func(o *captureObjects) *ebpf.Program { return o.MztSockops }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *captureObjects) *ebpf.Program { return o.MztGetpeer4 }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *captureObjects) *ebpf.Program { return o.MztGetpeer6 }},
+}
+
+const tcxPin = "tcx_ingress"
+
+// programFor returns the program behind a pin name.
+func (c *Capture) programFor(pin string) *ebpf.Program {
+	if pin == tcxPin {
+		return c.objs.MztTcIngress
+	}
+	for _, h := range cgroupHooks {
+		if h.pin == pin {
+			return h.prog(&c.objs)
+		}
+	}
+	return nil
+}
+
+// netnsInfo is what Enroll learns inside the pod's namespace.
+type netnsInfo struct {
+	cookie  uint64
+	ifindex int
+	own     []netip.Addr
+}
+
+func readNetns(nsFD int, iface string) (netnsInfo, error) {
+	var info netnsInfo
+	err := inNetns(nsFD, func() error {
+		var err error
+		if info.cookie, err = netnsCookie(); err != nil {
+			return err
+		}
+		ifc, err := net.InterfaceByName(iface)
+		if err != nil {
+			return fmt.Errorf("find interface %s in pod network namespace: %w", iface, err)
+		}
+		info.ifindex = ifc.Index
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return fmt.Errorf("list pod addresses: %w", err)
+		}
+		for _, a := range addrs {
+			n, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(n.IP)
+			if ok && !ip.Unmap().IsLoopback() {
+				info.own = append(info.own, ip.Unmap())
+			}
+		}
+		return nil
+	})
+	return info, err
+}
+
+// Enroll captures a pod's traffic: outbound connects from its cgroup and
+// inbound connections on its interface. Enrolling an enrolled pod again
+// applies new settings and re-attaches missing links; it is how an agent
+// confirms pods after a restart.
+//
+// Inbound connections are dropped until the pod's inbound listeners exist,
+// and outbound connects are refused until its outbound listener exists.
+func (c *Capture) Enroll(p Pod) error {
+	if err := validatePodID(p.ID); err != nil {
+		return err
+	}
+	s := p.Settings.withDefaults()
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("enroll pod %s: %w", p.ID, err)
+	}
+	cgPath, cgID, err := resolveCgroup(p.Cgroup)
+	if err != nil {
+		return fmt.Errorf("enroll pod %s: %w", p.ID, err)
+	}
+	ns := p.Netns
+	if ns == nil {
+		if p.NetnsPath == "" {
+			return fmt.Errorf("enroll pod %s: no network namespace: set Netns or NetnsPath", p.ID)
+		}
+		if ns, err = os.Open(p.NetnsPath); err != nil {
+			return fmt.Errorf("enroll pod %s: open network namespace: %w", p.ID, err)
+		}
+		defer ns.Close()
+	}
+	info, err := readNetns(int(ns.Fd()), s.Interface)
+	if err != nil {
+		return fmt.Errorf("enroll pod %s: %w", p.ID, err)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, err := c.podForEnrollLocked(p.ID, info.cookie)
+	if err != nil {
+		return err
+	}
+	st.meta = capturePodMeta{Netns: info.cookie, CgroupId: cgID, Ifindex: uint32(info.ifindex)}
+	st.iface = s.Interface
+
+	if err := c.applyLocked(st, ns, cgPath, s, info); err != nil {
+		if !st.attached {
+			_ = c.unenrollLocked(p.ID)
+		}
+		return fmt.Errorf("enroll pod %s: %w", p.ID, err)
+	}
+	st.attached = true
+	c.log.Info("pod enrolled", "pod", p.ID, "netns_cookie", info.cookie, "cgroup", cgPath, "ifindex", info.ifindex)
+	return nil
+}
+
+func (c *Capture) podForEnrollLocked(id string, cookie uint64) (*podState, error) {
+	for otherID, o := range c.pods {
+		if otherID != id && o.meta.Netns == cookie {
+			return nil, fmt.Errorf("enroll pod %s: its network namespace is already enrolled as pod %s", id, otherID)
+		}
+	}
+	if st, ok := c.pods[id]; ok {
+		if st.meta.Netns != cookie {
+			return nil, fmt.Errorf("enroll pod %s: already enrolled with another network namespace (cookie %d, now %d): unenroll it first", id, st.meta.Netns, cookie)
+		}
+		return st, nil
+	}
+	st := &podState{
+		id:     id,
+		links:  map[string]link.Link{},
+		pinDir: filepath.Join(c.pinDir, podsDir, id),
+	}
+	c.pods[id] = st
+	return st, nil
+}
+
+// applyLocked writes the pod's maps, then attaches its links. Maps come
+// first so that the programs never see a half-configured pod.
+func (c *Capture) applyLocked(st *podState, ns *os.File, cgPath string, s Settings, info netnsInfo) error {
+	key := podIDKey(st.id)
+	if err := c.objs.MztPodIds.Put(&key, &st.meta); err != nil {
+		return fmt.Errorf("store pod ID: %w", err)
+	}
+	if err := c.syncExclusions(info.cookie, s, info.own); err != nil {
+		return err
+	}
+	if err := c.syncPodAddrs(info.cookie, info.own); err != nil {
+		return err
+	}
+	cfg := capturePodConfig{
+		OutboundPort: s.OutboundPort,
+		InboundPort:  s.InboundPort,
+		HbonePort:    s.HBONEPort,
+		Probe4:       addrWords(s.ProbeIPv4)[3],
+		Probe6:       addrWords(s.ProbeIPv6),
+	}
+	if err := c.objs.MztPods.Put(info.cookie, &cfg); err != nil {
+		return fmt.Errorf("store pod config: %w", err)
+	}
+
+	if err := os.MkdirAll(st.pinDir, 0o700); err != nil {
+		return fmt.Errorf("create pod pin directory: %w", err)
+	}
+	for _, h := range cgroupHooks {
+		if err := c.ensureCgroupLink(st, h, cgPath); err != nil {
+			return err
+		}
+	}
+	return c.ensureTCXLink(st, ns, info.ifindex)
+}
+
+// ensureCgroupLink attaches h to cgPath unless the pod already has that
+// link on that cgroup. A link on another cgroup is replaced after the new
+// one is in place.
+func (c *Capture) ensureCgroupLink(st *podState, h cgroupHook, cgPath string) error {
+	old := st.links[h.pin]
+	if old != nil {
+		if info, err := old.Info(); err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == st.meta.CgroupId {
+			return nil
+		}
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgPath, Attach: h.attach, Program: h.prog(&c.objs)})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", h.pin, cgPath, err)
+	}
+	return c.replaceLink(st, h.pin, old, l)
+}
+
+func (c *Capture) ensureTCXLink(st *podState, ns *os.File, ifindex int) error {
+	old := st.links[tcxPin]
+	if old != nil {
+		if info, err := old.Info(); err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			return nil
+		}
+	}
+	var l link.Link
+	// The ifindex is resolved in the calling thread's namespace.
+	err := inNetns(int(ns.Fd()), func() error {
+		var err error
+		l, err = link.AttachTCX(link.TCXOptions{
+			Interface: ifindex,
+			Program:   c.objs.MztTcIngress,
+			Attach:    ebpf.AttachTCXIngress,
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("attach tcx ingress to ifindex %d: %w", ifindex, err)
+	}
+	return c.replaceLink(st, tcxPin, old, l)
+}
+
+func (c *Capture) replaceLink(st *podState, pin string, old, l link.Link) error {
+	path := filepath.Join(st.pinDir, pin)
+	if old != nil {
+		detachLink(old)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		delete(st.links, pin)
+		return fmt.Errorf("pin %s link: %w", pin, err)
+	}
+	st.links[pin] = l
+	return nil
+}
+
+// syncExclusions adds the wanted exclusion entries of a namespace, then
+// deletes the stale ones, so an update never drops a wanted entry.
+func (c *Capture) syncExclusions(netns uint64, s Settings, own []netip.Addr) error {
+	cidrs := map[captureCidrKey]uint8{}
+	for _, p := range s.ExcludeCIDRs {
+		cidrs[cidrKey(netns, p)] = exclConfigured
+	}
+	for _, a := range own {
+		k := cidrKey(netns, netip.PrefixFrom(a, a.BitLen()))
+		if _, ok := cidrs[k]; !ok {
+			cidrs[k] = exclOwnAddress
+		}
+	}
+	ports := map[capturePortKey]uint8{}
+	for _, p := range s.ExcludePorts {
+		ports[capturePortKey{Netns: netns, Port: p, Dir: dirOutbound}] = 1
+	}
+	for _, p := range s.ExcludeInboundPorts {
+		ports[capturePortKey{Netns: netns, Port: p, Dir: dirInbound}] = 1
+	}
+
+	for k, v := range cidrs {
+		if err := c.objs.MztExclCidr.Put(&k, &v); err != nil {
+			return fmt.Errorf("store excluded CIDR: %w", err)
+		}
+	}
+	for k, v := range ports {
+		if err := c.objs.MztExclPort.Put(&k, &v); err != nil {
+			return fmt.Errorf("store excluded port %d: %w", k.Port, err)
+		}
+	}
+	return c.deleteNetnsEntries(netns, func(k captureCidrKey) bool { _, ok := cidrs[k]; return !ok },
+		func(k capturePortKey) bool { _, ok := ports[k]; return !ok })
+}
+
+// syncPodAddrs points the pod's addresses at its namespace, for the tc
+// program, and drops addresses the pod no longer has.
+func (c *Capture) syncPodAddrs(netns uint64, own []netip.Addr) error {
+	want := map[capturePodAddr]bool{}
+	for _, a := range own {
+		k := capturePodAddr{Addr: addrWords(a)}
+		want[k] = true
+		if err := c.objs.MztPodAddrs.Put(&k, netns); err != nil {
+			return fmt.Errorf("store pod address %s: %w", a, err)
+		}
+	}
+	return c.deletePodAddrs(netns, want)
+}
+
+// deletePodAddrs deletes the address entries of netns that are not in keep.
+func (c *Capture) deletePodAddrs(netns uint64, keep map[capturePodAddr]bool) error {
+	var stale []capturePodAddr
+	var k capturePodAddr
+	var v uint64
+	it := c.objs.MztPodAddrs.Iterate()
+	for it.Next(&k, &v) {
+		if v == netns && !keep[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list pod addresses: %w", err)
+	}
+	for _, k := range stale {
+		if err := c.objs.MztPodAddrs.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete pod address: %w", err)
+		}
+	}
+	return nil
+}
+
+// deleteNetnsEntries deletes the exclusion entries of netns that the
+// filters select.
+func (c *Capture) deleteNetnsEntries(netns uint64, cidr func(captureCidrKey) bool, port func(capturePortKey) bool) error {
+	var cidrKeys []captureCidrKey
+	var ck captureCidrKey
+	var v uint8
+	it := c.objs.MztExclCidr.Iterate()
+	for it.Next(&ck, &v) {
+		if n, _ := cidrFromKey(ck); n == netns && cidr(ck) {
+			cidrKeys = append(cidrKeys, ck)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list excluded CIDRs: %w", err)
+	}
+	var portKeys []capturePortKey
+	var pk capturePortKey
+	it = c.objs.MztExclPort.Iterate()
+	for it.Next(&pk, &v) {
+		if pk.Netns == netns && port(pk) {
+			portKeys = append(portKeys, pk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list excluded ports: %w", err)
+	}
+
+	var errs []error
+	for _, k := range cidrKeys {
+		if err := c.objs.MztExclCidr.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete excluded CIDR: %w", err))
+		}
+	}
+	for _, k := range portKeys {
+		if err := c.objs.MztExclPort.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete excluded port: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Unenroll stops capturing a pod: it detaches the pod's programs and
+// deletes every map entry of its network namespace. It returns an error
+// wrapping ErrNotFound when the pod is not enrolled.
+//
+// Sockets that the pod opened while enrolled keep their socket-storage
+// entry until they close.
+func (c *Capture) Unenroll(id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.unenrollLocked(id)
+}
+
+func (c *Capture) unenrollLocked(id string) error {
+	st, ok := c.pods[id]
+	if !ok {
+		return fmt.Errorf("unenroll pod %s: %w", id, ErrNotFound)
+	}
+	// Links go first: a program that runs meanwhile still finds the pod's
+	// config and keeps capturing.
+	for _, l := range st.links {
+		detachLink(l)
+	}
+	st.links = map[string]link.Link{}
+	netns := st.meta.Netns
+
+	var errs []error
+	if err := c.objs.MztPods.Delete(netns); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("delete pod config: %w", err))
+	}
+	all := func(captureCidrKey) bool { return true }
+	allPorts := func(capturePortKey) bool { return true }
+	if err := c.deleteNetnsEntries(netns, all, allPorts); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.deletePodAddrs(netns, nil); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.deleteTuples(netns); err != nil {
+		errs = append(errs, err)
+	}
+	key := podIDKey(id)
+	if err := c.objs.MztPodIds.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("delete pod ID: %w", err))
+	}
+	if err := os.RemoveAll(st.pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove pod pin directory: %w", err))
+	}
+	delete(c.pods, id)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("unenroll pod %s: %w", id, err)
+	}
+	c.log.Info("pod unenrolled", "pod", id, "netns_cookie", netns)
+	return nil
+}
+
+func (c *Capture) deleteTuples(netns uint64) error {
+	var keys []captureTupleKey
+	var k captureTupleKey
+	var v captureOrigDst
+	it := c.objs.MztTuples.Iterate()
+	for it.Next(&k, &v) {
+		if k.Netns == netns {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list tuples: %w", err)
+	}
+	for _, k := range keys {
+		if err := c.objs.MztTuples.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete tuple: %w", err)
+		}
+	}
+	return nil
+}
+
+// Pods lists the enrolled pods, sorted by ID.
+func (c *Capture) Pods() ([]EnrolledPod, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	var out []EnrolledPod
+	for id, st := range c.pods {
+		s, err := c.settingsLocked(st.meta.Netns)
+		if err != nil {
+			return nil, fmt.Errorf("list pods: %w", err)
+		}
+		s.Interface = st.iface
+		out = append(out, EnrolledPod{
+			ID:          id,
+			NetnsCookie: st.meta.Netns,
+			CgroupID:    st.meta.CgroupId,
+			Ifindex:     int(st.meta.Ifindex),
+			Settings:    s,
+		})
+	}
+	slices.SortFunc(out, func(a, b EnrolledPod) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+func (c *Capture) settingsLocked(netns uint64) (Settings, error) {
+	var cfg capturePodConfig
+	if err := c.objs.MztPods.Lookup(netns, &cfg); err != nil {
+		return Settings{}, fmt.Errorf("read pod config: %w", err)
+	}
+	s := Settings{
+		OutboundPort: cfg.OutboundPort,
+		InboundPort:  cfg.InboundPort,
+		HBONEPort:    cfg.HbonePort,
+		ProbeIPv4:    wordsAddr([4]uint32{0, 0, addrWords(netip.IPv4Unspecified())[2], cfg.Probe4}),
+		ProbeIPv6:    wordsAddr(cfg.Probe6),
+	}
+	var ck captureCidrKey
+	var v uint8
+	it := c.objs.MztExclCidr.Iterate()
+	for it.Next(&ck, &v) {
+		if n, p := cidrFromKey(ck); n == netns && v == exclConfigured {
+			s.ExcludeCIDRs = append(s.ExcludeCIDRs, p)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return Settings{}, fmt.Errorf("list excluded CIDRs: %w", err)
+	}
+	var pk capturePortKey
+	it = c.objs.MztExclPort.Iterate()
+	for it.Next(&pk, &v) {
+		if pk.Netns != netns {
+			continue
+		}
+		if pk.Dir == dirInbound {
+			s.ExcludeInboundPorts = append(s.ExcludeInboundPorts, pk.Port)
+		} else {
+			s.ExcludePorts = append(s.ExcludePorts, pk.Port)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return Settings{}, fmt.Errorf("list excluded ports: %w", err)
+	}
+	slices.SortFunc(s.ExcludeCIDRs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	slices.Sort(s.ExcludePorts)
+	slices.Sort(s.ExcludeInboundPorts)
+	return s, nil
+}
+
+// adoptPods takes over the pods of a previous agent: every pinned link gets
+// the newly loaded program through an atomic link update, so capture never
+// stops. Pin directories without a pod ID entry come from an interrupted
+// enrollment and are removed.
+func (c *Capture) adoptPods() error {
+	var key capturePodId
+	var meta capturePodMeta
+	it := c.objs.MztPodIds.Iterate()
+	for it.Next(&key, &meta) {
+		id := podIDString(key)
+		c.pods[id] = &podState{
+			id:       id,
+			meta:     meta,
+			links:    map[string]link.Link{},
+			pinDir:   filepath.Join(c.pinDir, podsDir, id),
+			attached: true,
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list pinned pods: %w", err)
+	}
+
+	entries, err := os.ReadDir(filepath.Join(c.pinDir, podsDir))
+	if err != nil {
+		return fmt.Errorf("list pod pin directories: %w", err)
+	}
+	for _, e := range entries {
+		dir := filepath.Join(c.pinDir, podsDir, e.Name())
+		st, ok := c.pods[e.Name()]
+		if !ok {
+			c.log.Warn("removing pins of unknown pod", "pod", e.Name())
+			removeLinkDir(dir)
+			continue
+		}
+		if err := c.adoptLinks(st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Capture) adoptLinks(st *podState) error {
+	files, err := os.ReadDir(st.pinDir)
+	if err != nil {
+		return fmt.Errorf("list pins of pod %s: %w", st.id, err)
+	}
+	for _, f := range files {
+		path := filepath.Join(st.pinDir, f.Name())
+		l, err := loadPinnedLink(path)
+		if err != nil {
+			return fmt.Errorf("adopt pod %s: %w", st.id, err)
+		}
+		prog := c.programFor(f.Name())
+		if l == nil || prog == nil {
+			if l != nil {
+				l.Close()
+			}
+			c.log.Warn("ignoring unknown pin", "pod", st.id, "pin", f.Name())
+			continue
+		}
+		if err := l.Update(prog); err != nil {
+			// The hook is gone (interface or cgroup removed); the pod is
+			// departing and Unenroll cleans up.
+			c.log.Warn("pinned link not updated", "pod", st.id, "pin", f.Name(), "error", err)
+		}
+		st.links[f.Name()] = l
+	}
+	return nil
+}
+
+func removeLinkDir(dir string) {
+	files, _ := os.ReadDir(dir)
+	for _, f := range files {
+		if l, err := loadPinnedLink(filepath.Join(dir, f.Name())); err == nil && l != nil {
+			detachLink(l)
+		}
+	}
+	_ = os.RemoveAll(dir)
+}
+
+func podIDKey(id string) capturePodId {
+	var k capturePodId
+	for i := 0; i < len(id) && i < len(k.Id)-1; i++ {
+		k.Id[i] = int8(id[i])
+	}
+	return k
+}
+
+func podIDString(k capturePodId) string {
+	b := make([]byte, 0, len(k.Id))
+	for _, c := range k.Id {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
