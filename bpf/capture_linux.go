@@ -64,7 +64,7 @@ type Options struct {
 type Capture struct {
 	log       *slog.Logger
 	pinDir    string
-	objs      captureObjects
+	objs      captureHandles
 	agentLink link.Link
 
 	mu   sync.Mutex
@@ -209,6 +209,18 @@ func (c *Capture) adoptAgentLink(cgroup string, cgroupID uint64) error {
 	}
 	c.agentLink = l
 	return nil
+}
+
+// captureHandles holds the loaded programs and maps. It leaves out the
+// generated Variables on purpose: a Variable keeps an mmap of .rodata that
+// only the garbage collector releases, so the map would outlive Remove.
+type captureHandles struct {
+	capturePrograms
+	captureMaps
+}
+
+func (h *captureHandles) Close() error {
+	return errors.Join(h.capturePrograms.Close(), h.captureMaps.Close())
 }
 
 // Close releases the agent's handles. Pinned links and maps stay, so

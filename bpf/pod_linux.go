@@ -78,15 +78,15 @@ func (p *podState) closeLinks() {
 type cgroupHook struct {
 	pin    string
 	attach ebpf.AttachType
-	prog   func(*captureObjects) *ebpf.Program
+	prog   func(*captureHandles) *ebpf.Program
 }
 
 var cgroupHooks = []cgroupHook{
-	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *captureObjects) *ebpf.Program { return o.MztConnect4 }},
-	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *captureObjects) *ebpf.Program { return o.MztConnect6 }},
-	{"sockops", ebpf.AttachCGroupSockOps, func(o *captureObjects) *ebpf.Program { return o.MztSockops }},
-	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *captureObjects) *ebpf.Program { return o.MztGetpeer4 }},
-	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *captureObjects) *ebpf.Program { return o.MztGetpeer6 }},
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(o *captureHandles) *ebpf.Program { return o.MztConnect4 }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(o *captureHandles) *ebpf.Program { return o.MztConnect6 }},
+	{"sockops", ebpf.AttachCGroupSockOps, func(o *captureHandles) *ebpf.Program { return o.MztSockops }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *captureHandles) *ebpf.Program { return o.MztGetpeer4 }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *captureHandles) *ebpf.Program { return o.MztGetpeer6 }},
 }
 
 const tcxPin = "tcx_ingress"

@@ -371,10 +371,10 @@ func listen(t testing.TB, ns netns.NsHandle, network, addr string) net.Listener 
 
 // dialIn dials from inside ns, sends one byte and returns the reply.
 func dialIn(t testing.TB, ns netns.NsHandle, network, laddr, raddr string, timeout time.Duration) (string, error) {
-	t.Helper()
 	var c net.Conn
 	var derr error
-	in(t, ns, func() error {
+	// No t.Fatal here: callers may run on other goroutines.
+	err := inNetns(int(ns), func() error {
 		d := net.Dialer{Timeout: timeout}
 		if laddr != "" {
 			d.LocalAddr, _ = net.ResolveTCPAddr(network, laddr)
@@ -382,6 +382,9 @@ func dialIn(t testing.TB, ns netns.NsHandle, network, laddr, raddr string, timeo
 		c, derr = d.Dial(network, raddr)
 		return nil
 	})
+	if err != nil {
+		return "", err
+	}
 	if derr != nil {
 		return "", derr
 	}

@@ -1,0 +1,344 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// TestRestartAdoption closes the Capture while connections run in both
+// directions, opens a new one on the same pins and checks that no
+// connection reached an application without passing the proxy.
+func TestRestartAdoption(t *testing.T) {
+	f := newFixture(t)
+	old := f.cur.Load()
+	dst := netip.AddrPortFrom(nodeIP4, appPort)
+
+	cmd, out := f.startApp(helperSpec{Network: "tcp4", Addr: dst.String(), Count: 3000, Duration: 2500 * time.Millisecond, Interval: 2 * time.Millisecond})
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var inboundOK, inboundBad int
+	var inboundErr string
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 5000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+			if err == nil && strings.HasPrefix(reply, "in ") {
+				inboundOK++
+			} else {
+				inboundBad++
+				inboundErr = fmt.Sprintf("reply %q, error %v", reply, err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+
+	// The handover: no Capture at all for 300 ms, then a new one that
+	// adopts the pins and confirms the pod.
+	time.Sleep(600 * time.Millisecond)
+	f.cur.Store(nil)
+	if err := old.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	c, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg})
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	f.cur.Store(c)
+	if err := c.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll after restart: %v", err)
+	}
+
+	attempts := waitApp(t, cmd, out)
+	close(stop)
+	wg.Wait()
+
+	byMap := 0
+	for i, a := range attempts {
+		fields := strings.Fields(a.Reply)
+		if a.Err != "" || len(fields) != 3 || fields[0] != "out" || fields[2] != dst.String() {
+			t.Errorf("outbound attempt %d: reply %q, error %q; want the proxy with SO_ORIGINAL_DST %s", i, a.Reply, a.Err, dst)
+			continue
+		}
+		if fields[1] == dst.String() {
+			byMap++
+		}
+	}
+	t.Logf("outbound: %d attempts, %d also resolved by map lookup; inbound: %d proxied", len(attempts), byMap, inboundOK)
+	if len(attempts) < 100 || byMap == 0 {
+		t.Errorf("outbound: %d attempts, %d resolved by map lookup; want at least 100 and some", len(attempts), byMap)
+	}
+	if inboundBad != 0 || inboundOK < 50 {
+		t.Errorf("inbound: %d proxied, %d not (last: %s); want at least 50 and none missed", inboundOK, inboundBad, inboundErr)
+	}
+	if n := f.nodeApp.accepted() + f.podApp.accepted(); n != 0 {
+		t.Errorf("applications accepted %d connections past the proxy, want 0", n)
+	}
+
+	// Every pinned link now runs the new programs.
+	pods, err := c.Pods()
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("Pods() after restart = %+v, %v; want the adopted pod", pods, err)
+	}
+	c.mu.Lock()
+	links := c.pods[pods[0].ID].links
+	c.mu.Unlock()
+	if len(links) != len(cgroupHooks)+1 {
+		t.Errorf("adopted pod has %d links, want %d", len(links), len(cgroupHooks)+1)
+	}
+	for pin, l := range links {
+		info, err := l.Info()
+		if err != nil {
+			t.Fatalf("link %s info: %v", pin, err)
+		}
+		if want := progID(t, c.programFor(pin)); info.Program != want {
+			t.Errorf("link %s runs program %d, want the new program %d", pin, info.Program, want)
+		}
+	}
+}
+
+func progID(t testing.TB, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// kernelObjects lists the programs, maps and links in the kernel by ID,
+// with their names (links have none).
+type kernelObjects struct {
+	progs map[ebpf.ProgramID]string
+	maps  map[ebpf.MapID]string
+	links map[link.ID]ebpf.ProgramID
+}
+
+func listKernelObjects(t testing.TB) kernelObjects {
+	t.Helper()
+	k := kernelObjects{progs: map[ebpf.ProgramID]string{}, maps: map[ebpf.MapID]string{}, links: map[link.ID]ebpf.ProgramID{}}
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("list programs: %v", err)
+		}
+		id = next
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			if info, err := p.Info(); err == nil {
+				k.progs[id] = info.Name
+			}
+			p.Close()
+		}
+	}
+	for id := ebpf.MapID(0); ; {
+		next, err := ebpf.MapGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("list maps: %v", err)
+		}
+		id = next
+		if m, err := ebpf.NewMapFromID(id); err == nil {
+			if info, err := m.Info(); err == nil {
+				k.maps[id] = info.Name
+			}
+			m.Close()
+		}
+	}
+	var it link.Iterator
+	for it.Next() {
+		if info, err := it.Link.Info(); err == nil {
+			k.links[it.ID] = info.Program
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("list links: %v", err)
+	}
+	return k
+}
+
+// TestRemoveLeavesNothing enrolls a pod, restarts the Capture, removes it
+// and checks the kernel's object lists and the pin directory.
+func TestRemoveLeavesNothing(t *testing.T) {
+	t.Run("bpffs mounted by Open", func(t *testing.T) {
+		testRemoveLeavesNothing(t, newTopo(t))
+	})
+	t.Run("existing bpffs", func(t *testing.T) {
+		// Pins then only go away if Remove unpins them one by one.
+		tp := newTopo(t)
+		mnt := tp.pinDir
+		if err := os.MkdirAll(mnt, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+			t.Fatalf("mount bpffs: %v", err)
+		}
+		tp.pinDir = filepath.Join(mnt, "mazu")
+		testRemoveLeavesNothing(t, tp)
+		entries, err := os.ReadDir(mnt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			// maps.debug and progs.debug come with every bpffs instance.
+			if !strings.HasSuffix(e.Name(), ".debug") {
+				t.Errorf("bpffs %s holds %s after Remove, want nothing of ours", mnt, e.Name())
+			}
+		}
+		if err := unix.Unmount(mnt, 0); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+}
+
+func testRemoveLeavesNothing(t *testing.T, tp *topo) {
+	joinCgroup(t, tp.agentCg)
+	before := listKernelObjects(t)
+
+	c := tp.open()
+	if err := c.Enroll(tp.pod1()); err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+	serve(t, listen(t, tp.pod, "tcp4", "127.0.0.1:15001"), func(net.Conn) string { return "out" })
+	tp.runApp(helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, appPort).String(), Count: 3})
+
+	ours := ourObjects(t, c)
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	c, err := Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg})
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	ours = mergeObjects(ours, ourObjects(t, c))
+	if len(ours.links) != len(cgroupHooks)+2 {
+		t.Fatalf("found %d links of the Capture, want %d", len(ours.links), len(cgroupHooks)+2)
+	}
+	if err := c.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+
+	// The kernel frees objects asynchronously after the last reference.
+	var left []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after := listKernelObjects(t)
+		left = left[:0]
+		for id := range ours.progs {
+			if _, ok := after.progs[id]; ok {
+				left = append(left, fmt.Sprintf("program %d (%s)", id, after.progs[id]))
+			}
+		}
+		for id := range ours.maps {
+			if _, ok := after.maps[id]; ok {
+				left = append(left, fmt.Sprintf("map %d (%s)", id, after.maps[id]))
+			}
+		}
+		for id := range ours.links {
+			if _, ok := after.links[id]; ok {
+				left = append(left, fmt.Sprintf("link %d", id))
+			}
+		}
+		for id, name := range after.progs {
+			if _, old := before.progs[id]; !old && strings.HasPrefix(name, "mzt_") {
+				left = append(left, fmt.Sprintf("new program %d (%s)", id, name))
+			}
+		}
+		for id, name := range after.maps {
+			if _, old := before.maps[id]; !old && strings.HasPrefix(name, "mzt_") {
+				left = append(left, fmt.Sprintf("new map %d (%s)", id, name))
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(left) != 0 {
+		t.Errorf("after Remove the kernel still has: %s", strings.Join(left, ", "))
+	}
+	// Keep the Capture reachable until here, so that garbage collection
+	// cannot close handles that Remove leaked and hide the leak.
+	runtime.KeepAlive(c)
+	if _, err := os.Stat(tp.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory %s still exists after Remove (stat error %v)", tp.pinDir, err)
+	}
+}
+
+// ourObjects collects the IDs of a Capture's programs, of every map they
+// use (including .rodata) and of its links.
+func ourObjects(t testing.TB, c *Capture) kernelObjects {
+	t.Helper()
+	k := kernelObjects{progs: map[ebpf.ProgramID]string{}, maps: map[ebpf.MapID]string{}, links: map[link.ID]ebpf.ProgramID{}}
+	progs := []*ebpf.Program{c.objs.MztConnect4, c.objs.MztConnect6, c.objs.MztSockops, c.objs.MztGetsockopt,
+		c.objs.MztGetpeer4, c.objs.MztGetpeer6, c.objs.MztTcIngress}
+	for _, p := range progs {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		k.progs[id] = info.Name
+		mapIDs, _ := info.MapIDs()
+		for _, m := range mapIDs {
+			k.maps[m] = ""
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var links []link.Link
+	for _, p := range c.pods {
+		for _, l := range p.links {
+			links = append(links, l)
+		}
+	}
+	if c.agentLink != nil {
+		links = append(links, c.agentLink)
+	}
+	for _, l := range links {
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.links[info.ID] = info.Program
+	}
+	return k
+}
+
+func mergeObjects(a, b kernelObjects) kernelObjects {
+	for id, v := range b.progs {
+		a.progs[id] = v
+	}
+	for id, v := range b.maps {
+		a.maps[id] = v
+	}
+	for id, v := range b.links {
+		a.links[id] = v
+	}
+	return a
+}
