@@ -19,39 +19,54 @@ import (
 // network namespace. It returns an error wrapping ErrNotFound when the
 // connection was not redirected.
 //
+// It costs two system calls; an agent that knows the pod of each listener
+// can read NetnsCookie once per listener and call OriginalDstIn instead.
+//
 // Inbound connections keep their original destination as the local address
 // (conn.LocalAddr), since bpf_sk_assign does not rewrite packets.
 func (c *Capture) OriginalDst(conn net.Conn) (netip.AddrPort, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return netip.AddrPort{}, errors.New("original destination: connection has no file descriptor")
+	}
+	cookie, err := NetnsCookie(sc)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
+	}
+	return c.OriginalDstIn(cookie, conn)
+}
+
+// OriginalDstIn is OriginalDst for a connection accepted in the network
+// namespace whose cookie is netnsCookie (see NetnsCookie).
+func (c *Capture) OriginalDstIn(netnsCookie uint64, conn net.Conn) (netip.AddrPort, error) {
 	local, ok1 := conn.LocalAddr().(*net.TCPAddr)
 	remote, ok2 := conn.RemoteAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 {
 		return netip.AddrPort{}, fmt.Errorf("original destination: connection %s is not TCP", conn.LocalAddr())
 	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return netip.AddrPort{}, errors.New("original destination: connection has no file descriptor")
-	}
-	cookie, err := connNetnsCookie(sc)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-
+	l, r := local.AddrPort(), remote.AddrPort()
 	key := captureTupleKey{
-		Netns:      cookie,
-		Client:     addrWords(remote.AddrPort().Addr()),
-		Proxy:      addrWords(local.AddrPort().Addr()),
-		ClientPort: remote.AddrPort().Port(),
-		ProxyPort:  local.AddrPort().Port(),
+		Netns:      netnsCookie,
+		Client:     addrWords(r.Addr()),
+		Proxy:      addrWords(l.Addr()),
+		ClientPort: r.Port(),
+		ProxyPort:  l.Port(),
 	}
 	var v captureOrigDst
-	err = c.objs.MztTuples.Lookup(&key, &v)
+	err := c.objs.MztTuples.Lookup(&key, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", remote, ErrNotFound)
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", r, ErrNotFound)
 	}
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", remote, err)
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", r, err)
 	}
 	return netip.AddrPortFrom(wordsAddr(v.Addr), v.Port), nil
+}
+
+// NetnsCookie returns the cookie of the network namespace that a socket
+// (a listener or a connection) belongs to.
+func NetnsCookie(sc syscall.Conn) (uint64, error) {
+	return connNetnsCookie(sc)
 }
 
 func connNetnsCookie(sc syscall.Conn) (uint64, error) {

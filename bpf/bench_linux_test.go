@@ -1,0 +1,258 @@
+package bpf
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// BenchmarkConnectEcho measures connect plus a 1-byte echo from an
+// application in a pod to a server on the node, through an in-pod proxy
+// that dials upstream from the pod's namespace with the agent's mark.
+//
+//   - proxy-hop: no BPF; the client dials the proxy on 127.0.0.1:15001,
+//     which forwards to a fixed upstream.
+//   - captured: the pod is enrolled; the client dials the server and
+//     connect4 sends it to the same proxy, which finds the upstream with
+//     Capture.OriginalDstIn.
+func BenchmarkConnectEcho(b *testing.B) {
+	b.Run("proxy-hop", func(b *testing.B) { benchConnectEcho(b, false) })
+	b.Run("captured", func(b *testing.B) { benchConnectEcho(b, true) })
+}
+
+// benchPod is one pod with its proxy, ready for a client.
+type benchPod struct {
+	tp     *topo
+	target string // what the client dials
+}
+
+func newBenchPod(b *testing.B, captured, lookup bool) benchPod {
+	tp := newTopo(b)
+	upstream := netip.AddrPortFrom(nodeIP4, appPort)
+	echo(b, listen(b, tp.node, "tcp4", upstream.String()))
+
+	var c *Capture
+	if captured {
+		var err error
+		c, err = Open(Options{PinDir: tp.pinDir})
+		if err != nil {
+			b.Fatalf("Open: %v", err)
+		}
+		b.Cleanup(func() { c.Remove() })
+		if err := c.Enroll(tp.pod1()); err != nil {
+			b.Fatalf("Enroll: %v", err)
+		}
+	}
+	ln := listen(b, tp.pod, "tcp4", "127.0.0.1:15001")
+	// Like an agent, read the pod's namespace cookie once per listener.
+	cookie, err := NetnsCookie(ln.(*net.TCPListener))
+	if err != nil {
+		b.Fatal(err)
+	}
+	resolve := func(conn net.Conn) (netip.AddrPort, error) {
+		if c == nil || !lookup {
+			return upstream, nil
+		}
+		return c.OriginalDstIn(cookie, conn)
+	}
+	relayProxy(b, tp, ln, resolve)
+
+	target := "127.0.0.1:15001"
+	if captured {
+		target = upstream.String()
+	}
+	return benchPod{tp: tp, target: target}
+}
+
+// enter moves the benchmark's locked thread into the pod's namespace and
+// the whole process into the pod's cgroup: the client must be in that
+// cgroup for connect4 to apply, and cgroup v2 membership is per process.
+func (p benchPod) enter(b *testing.B) {
+	if err := unix.Setns(int(p.tp.pod), unix.CLONE_NEWNET); err != nil {
+		b.Fatal(err)
+	}
+	if err := writeProcs(p.tp.podCgroup); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// lockClient locks the benchmark goroutine to its thread and returns a
+// function that restores the thread's namespace and the process's cgroup.
+func lockClient(b *testing.B) func() {
+	runtime.LockOSThread()
+	self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cg, err := ownCgroup()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		if err := writeProcs(cg); err != nil {
+			b.Errorf("return to cgroup %s: %v", cg, err)
+		}
+		if unix.Setns(self, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		unix.Close(self)
+	}
+}
+
+func connectEcho(b *testing.B, target string, buf []byte) {
+	conn, err := net.DialTimeout("tcp4", target, 2*time.Second)
+	if err != nil {
+		b.Fatalf("dial %s: %v", target, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conn.Write(buf); err != nil {
+		b.Fatalf("write: %v", err)
+	}
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		b.Fatalf("read echo: %v", err)
+	}
+}
+
+func benchConnectEcho(b *testing.B, captured bool) {
+	p := newBenchPod(b, captured, true)
+	restore := lockClient(b)
+	defer restore()
+	p.enter(b)
+
+	buf := make([]byte, 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		connectEcho(b, p.target, buf)
+	}
+}
+
+// BenchmarkConnectEchoPaired runs the variants of BenchmarkConnectEcho in
+// one process, rotating blocks of connections, so that all see the same
+// machine load. The process moves between the pods' cgroups between
+// blocks, outside the timed part. A third variant, captured-nolookup,
+// captures like captured but has the proxy skip the original-destination
+// lookup, which separates the cost of the BPF programs from that of the
+// lookup system call. It reports the median latency of each variant and
+// their ratios to proxy-hop.
+func BenchmarkConnectEchoPaired(b *testing.B) {
+	const block = 50
+	pods := []benchPod{
+		newBenchPod(b, false, false),
+		newBenchPod(b, true, true),
+		newBenchPod(b, true, false),
+	}
+	restore := lockClient(b)
+	defer restore()
+
+	lat := make([][]time.Duration, len(pods))
+	buf := make([]byte, 1)
+	i := 0
+	for b.Loop() {
+		v := (i / block) % len(pods)
+		if i%block == 0 {
+			pods[v].enter(b)
+		}
+		start := time.Now()
+		connectEcho(b, pods[v].target, buf)
+		lat[v] = append(lat[v], time.Since(start))
+		i++
+	}
+	for _, l := range lat {
+		if len(l) == 0 {
+			return
+		}
+	}
+	hop, capt, nolookup := median(lat[0]), median(lat[1]), median(lat[2])
+	b.ReportMetric(float64(hop.Nanoseconds()), "hop-p50-ns")
+	b.ReportMetric(float64(capt.Nanoseconds()), "captured-p50-ns")
+	b.ReportMetric(float64(nolookup.Nanoseconds()), "nolookup-p50-ns")
+	b.ReportMetric(float64(capt)/float64(hop), "captured/hop")
+	b.ReportMetric(float64(nolookup)/float64(hop), "nolookup/hop")
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// echo serves a 1-byte echo on ln.
+func echo(tb testing.TB, ln net.Listener) {
+	var wg sync.WaitGroup
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(5 * time.Second))
+				io.Copy(conn, conn)
+			}()
+		}
+	}()
+}
+
+// relayProxy accepts on ln, dials the resolved upstream from inside the
+// pod's namespace with the agent's mark and copies both ways.
+func relayProxy(tb testing.TB, tp *topo, ln net.Listener, resolve func(net.Conn) (netip.AddrPort, error)) {
+	var wg sync.WaitGroup
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
+	dialer := net.Dialer{
+		Timeout: 2 * time.Second,
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, DefaultMark)
+			})
+			return errors.Join(err, serr)
+		},
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer down.Close()
+				dst, err := resolve(down)
+				if err != nil {
+					return
+				}
+				var up net.Conn
+				if err := inNetns(int(tp.pod), func() error {
+					up, err = dialer.Dial("tcp", dst.String())
+					return err
+				}); err != nil {
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{})
+				go func() {
+					io.Copy(up, down)
+					up.(*net.TCPConn).CloseWrite()
+					close(done)
+				}()
+				io.Copy(down, up)
+				<-done
+			}()
+		}
+	}()
+}
