@@ -156,9 +156,11 @@ func TestInboundCapture(t *testing.T) {
 	}{
 		{"application port", "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), fmt.Sprintf("in %s:", nodeIP4)},
 		{"port without listener", "tcp4", "", fmt.Sprintf("%s:%d", podIP4, noAppPort), fmt.Sprintf("in %s:", nodeIP4)},
-		{"IPv6", "tcp6", "", netip.AddrPortFrom(podIP6, appPort).String(), fmt.Sprintf("in [%s]:", nodeIP6)},
+		// The node also holds the IPv6 probe address, so pick the source.
+		{"IPv6", "tcp6", netip.AddrPortFrom(nodeIP6, 0).String(), netip.AddrPortFrom(podIP6, appPort).String(), fmt.Sprintf("in [%s]:", nodeIP6)},
 		{"HBONE", "tcp4", "", fmt.Sprintf("%s:15008", podIP4), fmt.Sprintf("hbone %s:", nodeIP4)},
 		{"probe", "tcp4", probeIP4.String() + ":0", fmt.Sprintf("%s:%d", podIP4, appPort), fmt.Sprintf("app %s:", probeIP4)},
+		{"IPv6 probe", "tcp6", netip.AddrPortFrom(probeIP6, 0).String(), netip.AddrPortFrom(podIP6, appPort).String(), fmt.Sprintf("app [%s]:", probeIP6)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,8 +174,12 @@ func TestInboundCapture(t *testing.T) {
 			}
 		})
 	}
-	if n := f.podApp.accepted(); n != 1 {
-		t.Errorf("pod application accepted %d connections, want 1 (the probe)", n)
+	if n := f.podApp.accepted(); n != 2 {
+		t.Errorf("pod application accepted %d connections, want 2 (the probes)", n)
+	}
+	st, _ := f.cur.Load().Stats()
+	if st.InboundAssigned < 4 || st.InboundProbe != 2 {
+		t.Errorf("Stats() = %+v, want at least 4 inbound assigned and 2 probes", st)
 	}
 }
 
@@ -283,4 +289,29 @@ func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 		}
 	}
 	return n
+}
+
+// TestAgentCgroupExempt attaches the outbound programs to a parent cgroup
+// that holds both the pod and the agent: only the agent's cgroup check
+// keeps the agent's connects out of capture.
+func TestAgentCgroupExempt(t *testing.T) {
+	tp := newTopo(t)
+	joinCgroup(t, tp.agentCg)
+	c := tp.open()
+	t.Cleanup(func() { c.Remove() })
+	p := tp.pod1()
+	p.Cgroup = tp.cgBase
+	if err := c.Enroll(p); err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+	serve(t, listen(t, tp.pod, "tcp4", "127.0.0.1:15001"), func(net.Conn) string { return "out" })
+	serve(t, listen(t, tp.node, "tcp4", netip.AddrPortFrom(nodeIP4, appPort).String()), func(net.Conn) string { return "node" })
+
+	dst := netip.AddrPortFrom(nodeIP4, appPort).String()
+	if reply, err := dialIn(t, tp.pod, "tcp4", "", dst, 2*time.Second); err != nil || reply != "node" {
+		t.Errorf("agent dial without mark: reply %q, error %v; want it uncaptured", reply, err)
+	}
+	if got := tp.runApp(helperSpec{Network: "tcp4", Addr: dst}); len(got) != 1 || got[0].Reply != "out" {
+		t.Errorf("pod dial: %+v, want it captured", got)
+	}
 }

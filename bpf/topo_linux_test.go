@@ -35,6 +35,7 @@ var (
 	podIP6    = netip.MustParseAddr("fd00:198:18:64::2")
 	exclIP4   = netip.MustParseAddr("198.18.66.1") // on the node's lo, in an excluded CIDR
 	probeIP4  = netip.MustParseAddr("198.18.79.254")
+	probeIP6  = netip.MustParseAddr("fd00:198:18:64::fe") // on the node's veth
 	exclCIDR4 = netip.MustParsePrefix("198.18.66.0/24")
 )
 
@@ -113,7 +114,7 @@ func newTopo(t testing.TB) *topo {
 	tp.mustVeth()
 	tp.mustCgroups()
 
-	tp.pinDir = filepath.Join(t.TempDir(), "bpffs")
+	tp.pinDir = filepath.Join(t.TempDir(), tp.name)
 	t.Cleanup(func() {
 		// Drops any pins a failed test left behind.
 		_ = unix.Unmount(tp.pinDir, unix.MNT_DETACH)
@@ -171,6 +172,7 @@ func (tp *topo) mustVeth() {
 
 	mustAddr(t, nodeH, nodeLink, netip.PrefixFrom(nodeIP4, 24))
 	mustAddr(t, nodeH, nodeLink, netip.PrefixFrom(nodeIP6, 64))
+	mustAddr(t, nodeH, nodeLink, netip.PrefixFrom(probeIP6, 128))
 	lo, _ := nodeH.LinkByName("lo")
 	mustAddr(t, nodeH, lo, netip.PrefixFrom(exclIP4, 32))
 	mustAddr(t, nodeH, lo, netip.PrefixFrom(probeIP4, 32))
@@ -292,6 +294,7 @@ func in(t testing.TB, ns netns.NsHandle, fn func() error) {
 func (tp *topo) settings() Settings {
 	return Settings{
 		ProbeIPv4:    probeIP4,
+		ProbeIPv6:    probeIP6,
 		ExcludeCIDRs: []netip.Prefix{exclCIDR4},
 		ExcludePorts: []uint16{exclPort},
 	}
