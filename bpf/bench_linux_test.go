@@ -256,3 +256,64 @@ func relayProxy(tb testing.TB, tp *topo, ln net.Listener, resolve func(net.Conn)
 		}
 	}()
 }
+
+// BenchmarkOriginalDst measures the ways a proxy can recover the original
+// destination of one accepted, captured connection.
+func BenchmarkOriginalDst(b *testing.B) {
+	tp := newTopo(b)
+	c, err := Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg})
+	if err != nil {
+		b.Fatalf("Open: %v", err)
+	}
+	b.Cleanup(func() { c.Remove() })
+	if err := c.Enroll(tp.pod1()); err != nil {
+		b.Fatalf("Enroll: %v", err)
+	}
+	// A socket belongs to the cgroup of the process that created it, and an
+	// accepted socket to the listener's: create the listener from the
+	// agent's cgroup, where the getsockopt program is attached.
+	joinCgroup(b, tp.agentCg)
+	ln := listen(b, tp.pod, "tcp4", "127.0.0.1:15001")
+	b.Cleanup(func() { ln.Close() })
+
+	// Dial once from the pod's cgroup.
+	restore := lockClient(b)
+	benchPod{tp: tp}.enter(b)
+	client, err := net.Dial("tcp4", netip.AddrPortFrom(nodeIP4, appPort).String())
+	restore()
+	if err != nil {
+		b.Fatalf("dial: %v", err)
+	}
+	b.Cleanup(func() { client.Close() })
+	conn, err := ln.Accept()
+	if err != nil {
+		b.Fatalf("accept: %v", err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	cookie, err := NetnsCookie(ln.(*net.TCPListener))
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	b.Run("OriginalDst", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.OriginalDst(conn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("OriginalDstIn", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.OriginalDstIn(cookie, conn); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("SockoptOriginalDst", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := SockoptOriginalDst(conn.(syscall.Conn)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -39,8 +39,11 @@ type Options struct {
 	// AgentCgroup is the cgroup v2 directory of the agent process, absolute
 	// or relative to the cgroup2 mount. The getsockopt program that answers
 	// SO_ORIGINAL_DST is attached there, and connects from this cgroup are
-	// never captured. Empty means neither: the agent then looks original
-	// destinations up with Capture.OriginalDst.
+	// never captured. The getsockopt program runs for sockets that belong
+	// to the cgroup: a socket belongs to the cgroup of the process that
+	// created it, and an accepted socket to its listener's. Empty means
+	// neither: the agent then looks original destinations up with
+	// Capture.OriginalDst.
 	AgentCgroup string
 
 	// Mark and MarkMask identify the agent's own sockets (SO_MARK), which are
