@@ -7,13 +7,14 @@
 //   outbound: cgroup/connect4 and connect6 rewrite TCP connects to the in-pod
 //   outbound listener and keep the original destination in socket storage;
 //   sockops copies it into a tuple map when the connection is established;
-//   cgroup/getsockopt answers SO_ORIGINAL_DST from that map; getpeername4 and
+//   cgroup/getsockopt returns SO_ORIGINAL_DST from that map; getpeername4 and
 //   getpeername6 show the application its real peer.
 //
 //   inbound: a tcx ingress program on the pod's eth0 assigns new TCP
 //   connections to the in-pod inbound listener (15006), or to the HBONE
 //   listener (15008), with bpf_sk_assign. It drops them when the listener is
-//   missing, so an enrolled pod fails closed.
+//   missing, so an enrolled pod fails closed. An sk_lookup program on the
+//   pod's namespace covers SYNs that meet a TIME_WAIT socket (mzt_tw_steer).
 //
 // The cgroup programs look their pod up by network namespace cookie; a
 // socket in a namespace without a mzt_pods entry passes untouched. The tc
@@ -174,6 +175,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mzt_orig SEC(".maps");
 
+// A SYN that meets a TIME_WAIT socket of an earlier proxied connection
+// cannot be assigned in tc: the kernel rejects a request socket that
+// duplicates the TIME_WAIT one. tc then stores the proxy listener here
+// under the connection's tuple and lets the SYN pass; the kernel ends the
+// TIME_WAIT socket and looks up a listener, and mzt_sk_lookup hands it this
+// one instead of the application's.
+struct steer_key {
+	__u32 local[4];  // IPv4-mapped for IPv4
+	__u32 remote[4];
+	__u16 local_port; // host byte order
+	__u16 remote_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 4096);
+	__type(key, struct steer_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mzt_tw_steer SEC(".maps");
+
 enum stat {
 	STAT_CONNECT_SEEN,
 	STAT_CONNECT_REDIRECTED,
@@ -187,6 +209,8 @@ enum stat {
 	STAT_INBOUND_PROBE,
 	STAT_INBOUND_ASSIGN_FAILED,
 	STAT_INBOUND_UNKNOWN_DST,
+	STAT_INBOUND_TW_STEERED,
+	STAT_INBOUND_TW_FAILED,
 	STAT_MAX,
 };
 
@@ -389,7 +413,7 @@ int mzt_sockops(struct bpf_sock_ops *skops)
 		k.proxy[3] = ctx_load(skops->remote_ip6[3]);
 	}
 	k.client_port = (__u16)ctx_load(skops->local_port);
-	// remote_port holds the port in network byte order in its upper half.
+	// remote_port contains the port in network byte order in its upper half.
 	k.proxy_port = bpf_ntohs((__u16)(ctx_load(skops->remote_port) >> 16));
 
 	struct orig_dst v = *o;
@@ -398,7 +422,7 @@ int mzt_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-// mzt_getsockopt answers getsockopt(SOL_IP, SO_ORIGINAL_DST) and
+// mzt_getsockopt handles getsockopt(SOL_IP, SO_ORIGINAL_DST) and
 // getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) on the proxy's accepted socket.
 // It is attached to the agent's cgroup.
 SEC("cgroup/getsockopt")
@@ -660,13 +684,17 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 	if (bpf_map_lookup_elem(&mzt_excl_port, &pk))
 		return TC_ACT_OK;
 
-	// A SYN that matches a request or timewait socket (a retransmission)
-	// follows the normal path.
+	// A SYN that matches a request socket (a retransmitted SYN) or an
+	// established one follows the normal path. A TIME_WAIT match is steered
+	// through mzt_tw_steer, below.
+	int time_wait = 0;
 	struct bpf_sock *sk = skc_lookup(skb, &s);
 	if (sk) {
-		int listening = sk->state == BPF_TCP_LISTEN;
+		__u32 state = sk->state;
 		bpf_sk_release(sk);
-		if (!listening)
+		if (state == BPF_TCP_TIME_WAIT)
+			time_wait = 1;
+		else if (state != BPF_TCP_LISTEN)
 			return TC_ACT_OK;
 	}
 
@@ -687,6 +715,29 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 
+	if (time_wait) {
+		struct steer_key k;
+		__builtin_memset(&k, 0, sizeof(k));
+		if (s.v6) {
+			__builtin_memcpy(k.local, s.tuple.ipv6.daddr, 16);
+			__builtin_memcpy(k.remote, s.tuple.ipv6.saddr, 16);
+			k.remote_port = bpf_ntohs(s.tuple.ipv6.sport);
+		} else {
+			map_v4(k.local, s.tuple.ipv4.daddr);
+			map_v4(k.remote, s.tuple.ipv4.saddr);
+			k.remote_port = bpf_ntohs(s.tuple.ipv4.sport);
+		}
+		k.local_port = dport;
+		long err = bpf_map_update_elem(&mzt_tw_steer, &k, sk, BPF_ANY);
+		bpf_sk_release(sk);
+		if (err) {
+			count(STAT_INBOUND_TW_FAILED);
+			return TC_ACT_SHOT;
+		}
+		count(STAT_INBOUND_TW_STEERED);
+		return TC_ACT_OK;
+	}
+
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err) {
@@ -695,6 +746,43 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 	}
 	count(STAT_INBOUND_ASSIGNED);
 	return TC_ACT_OK;
+}
+
+// mzt_sk_lookup runs in the pod's namespace whenever the kernel looks up a
+// listener. It acts only on tuples that the tc program stored in
+// mzt_tw_steer, so local connections, such as the proxy's own dials to the
+// application, are never affected.
+SEC("sk_lookup")
+int mzt_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx_load(ctx->protocol) != MZT_PROTO_TCP)
+		return SK_PASS;
+
+	struct steer_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	if (ctx_load(ctx->family) == MZT_AF_INET) {
+		map_v4(k.local, ctx_load(ctx->local_ip4));
+		map_v4(k.remote, ctx_load(ctx->remote_ip4));
+	} else {
+		k.local[0] = ctx_load(ctx->local_ip6[0]);
+		k.local[1] = ctx_load(ctx->local_ip6[1]);
+		k.local[2] = ctx_load(ctx->local_ip6[2]);
+		k.local[3] = ctx_load(ctx->local_ip6[3]);
+		k.remote[0] = ctx_load(ctx->remote_ip6[0]);
+		k.remote[1] = ctx_load(ctx->remote_ip6[1]);
+		k.remote[2] = ctx_load(ctx->remote_ip6[2]);
+		k.remote[3] = ctx_load(ctx->remote_ip6[3]);
+	}
+	k.local_port = (__u16)ctx_load(ctx->local_port);
+	k.remote_port = bpf_ntohs((__u16)ctx_load(ctx->remote_port));
+
+	struct bpf_sock *sk = bpf_map_lookup_elem(&mzt_tw_steer, &k);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	bpf_map_delete_elem(&mzt_tw_steer, &k);
+	return SK_PASS;
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";

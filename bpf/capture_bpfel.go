@@ -63,6 +63,14 @@ type capturePortKey struct {
 	Pad   [5]uint8
 }
 
+type captureSteerKey struct {
+	_          structs.HostLayout
+	Local      [4]uint32
+	Remote     [4]uint32
+	LocalPort  uint16
+	RemotePort uint16
+}
+
 type captureTupleKey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -85,11 +93,13 @@ const (
 	captureMapMztPods        = "mzt_pods"
 	captureMapMztStats       = "mzt_stats"
 	captureMapMztTuples      = "mzt_tuples"
+	captureMapMztTwSteer     = "mzt_tw_steer"
 	captureProgMztConnect4   = "mzt_connect4"
 	captureProgMztConnect6   = "mzt_connect6"
 	captureProgMztGetpeer4   = "mzt_getpeer4"
 	captureProgMztGetpeer6   = "mzt_getpeer6"
 	captureProgMztGetsockopt = "mzt_getsockopt"
+	captureProgMztSkLookup   = "mzt_sk_lookup"
 	captureProgMztSockops    = "mzt_sockops"
 	captureProgMztTcIngress  = "mzt_tc_ingress"
 	captureVarAgentCgroupId  = "agent_cgroup_id"
@@ -144,6 +154,7 @@ type captureProgramSpecs struct {
 	MztGetpeer4   *ebpf.ProgramSpec `ebpf:"mzt_getpeer4"`
 	MztGetpeer6   *ebpf.ProgramSpec `ebpf:"mzt_getpeer6"`
 	MztGetsockopt *ebpf.ProgramSpec `ebpf:"mzt_getsockopt"`
+	MztSkLookup   *ebpf.ProgramSpec `ebpf:"mzt_sk_lookup"`
 	MztSockops    *ebpf.ProgramSpec `ebpf:"mzt_sockops"`
 	MztTcIngress  *ebpf.ProgramSpec `ebpf:"mzt_tc_ingress"`
 }
@@ -160,6 +171,7 @@ type captureMapSpecs struct {
 	MztPods     *ebpf.MapSpec `ebpf:"mzt_pods"`
 	MztStats    *ebpf.MapSpec `ebpf:"mzt_stats"`
 	MztTuples   *ebpf.MapSpec `ebpf:"mzt_tuples"`
+	MztTwSteer  *ebpf.MapSpec `ebpf:"mzt_tw_steer"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -199,6 +211,7 @@ type captureMaps struct {
 	MztPods     *ebpf.Map `ebpf:"mzt_pods"`
 	MztStats    *ebpf.Map `ebpf:"mzt_stats"`
 	MztTuples   *ebpf.Map `ebpf:"mzt_tuples"`
+	MztTwSteer  *ebpf.Map `ebpf:"mzt_tw_steer"`
 }
 
 func (m *captureMaps) Close() error {
@@ -211,6 +224,7 @@ func (m *captureMaps) Close() error {
 		m.MztPods,
 		m.MztStats,
 		m.MztTuples,
+		m.MztTwSteer,
 	)
 }
 
@@ -232,6 +246,7 @@ type capturePrograms struct {
 	MztGetpeer4   *ebpf.Program `ebpf:"mzt_getpeer4"`
 	MztGetpeer6   *ebpf.Program `ebpf:"mzt_getpeer6"`
 	MztGetsockopt *ebpf.Program `ebpf:"mzt_getsockopt"`
+	MztSkLookup   *ebpf.Program `ebpf:"mzt_sk_lookup"`
 	MztSockops    *ebpf.Program `ebpf:"mzt_sockops"`
 	MztTcIngress  *ebpf.Program `ebpf:"mzt_tc_ingress"`
 }
@@ -243,6 +258,7 @@ func (p *capturePrograms) Close() error {
 		p.MztGetpeer4,
 		p.MztGetpeer6,
 		p.MztGetsockopt,
+		p.MztSkLookup,
 		p.MztSockops,
 		p.MztTcIngress,
 	)

@@ -37,7 +37,7 @@ type Options struct {
 	PinDir string
 
 	// AgentCgroup is the cgroup v2 directory of the agent process, absolute
-	// or relative to the cgroup2 mount. The getsockopt program that answers
+	// or relative to the cgroup2 mount. The getsockopt program that returns
 	// SO_ORIGINAL_DST is attached there, and connects from this cgroup are
 	// never captured. The getsockopt program runs for sockets that belong
 	// to the cgroup: a socket belongs to the cgroup of the process that
@@ -273,7 +273,7 @@ func (c *Capture) Remove() error {
 	}
 	maps := []*ebpf.Map{
 		c.objs.MztPods, c.objs.MztPodIds, c.objs.MztExclCidr, c.objs.MztExclPort,
-		c.objs.MztTuples, c.objs.MztOrig, c.objs.MztStats, c.objs.MztPodAddrs,
+		c.objs.MztTuples, c.objs.MztOrig, c.objs.MztStats, c.objs.MztPodAddrs, c.objs.MztTwSteer,
 	}
 	for _, m := range maps {
 		if m == nil {
@@ -329,6 +329,8 @@ type Stats struct {
 	InboundProbe        uint64 // inbound SYNs from the probe address, passed
 	InboundAssignFailed uint64 // inbound SYNs dropped because bpf_sk_assign failed
 	InboundUnknownDst   uint64 // inbound SYNs dropped because the destination is no enrolled pod address
+	InboundTWSteered    uint64 // inbound SYNs meeting a TIME_WAIT socket, steered through sk_lookup
+	InboundTWFailed     uint64 // such SYNs dropped because the steering map update failed
 }
 
 // Stats reads the counters.
@@ -338,6 +340,7 @@ func (c *Capture) Stats() (Stats, error) {
 		&s.ConnectSeen, &s.ConnectRedirected, &s.ConnectExcluded, &s.StorageFailed,
 		&s.TupleStored, &s.SockoptAnswered, &s.PeernameRewritten, &s.InboundAssigned,
 		&s.InboundNoListener, &s.InboundProbe, &s.InboundAssignFailed, &s.InboundUnknownDst,
+		&s.InboundTWSteered, &s.InboundTWFailed,
 	}
 	for i, f := range fields {
 		var per []uint64

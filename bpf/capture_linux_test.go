@@ -315,3 +315,54 @@ func TestAgentCgroupExempt(t *testing.T) {
 		t.Errorf("pod dial: %+v, want it captured", got)
 	}
 }
+
+// TestInboundTimeWaitReuse reuses a client port whose previous connection
+// is in TIME_WAIT on the pod's side. The kernel would hand such a SYN to the
+// application's listener, so the tc program must still assign it to the
+// proxy.
+func TestInboundTimeWaitReuse(t *testing.T) {
+	f := newFixture(t)
+	laddr := netip.AddrPortFrom(nodeIP4, 40123).String()
+	raddr := fmt.Sprintf("%s:%d", podIP4, appPort)
+	for i := range 3 {
+		reply, err := dialIn(t, f.node, "tcp4", laddr, raddr, 2*time.Second)
+		if err != nil || !strings.HasPrefix(reply, "in ") {
+			st, _ := f.cur.Load().Stats()
+			t.Fatalf("dial %d from %s: reply %q, error %v; want the inbound proxy (stats %+v)", i, laddr, reply, err, st)
+		}
+		// Let the last ACK arrive, so the pod's side reaches TIME_WAIT.
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := f.podApp.accepted(); n != 0 {
+		t.Errorf("pod application accepted %d connections past the proxy, want 0", n)
+	}
+	if st, _ := f.cur.Load().Stats(); st.InboundTWSteered < 2 {
+		t.Errorf("Stats().InboundTWSteered = %d, want at least 2", st.InboundTWSteered)
+	}
+}
+
+// TestInboundTimeWaitMPTCPListener repeats TestInboundTimeWaitReuse with an
+// MPTCP inbound listener, which cannot be steered: the SYN must be dropped,
+// never delivered to the application.
+func TestInboundTimeWaitMPTCPListener(t *testing.T) {
+	f := newFixture(t)
+	f.inbound.ln.Close()
+	serve(t, listenWith(t, f.pod, "tcp", ":15006", true), func(net.Conn) string { return "in" })
+
+	laddr := netip.AddrPortFrom(nodeIP4, 40124).String()
+	raddr := fmt.Sprintf("%s:%d", podIP4, appPort)
+	if reply, err := dialIn(t, f.node, "tcp4", laddr, raddr, 2*time.Second); err != nil || reply != "in" {
+		t.Fatalf("first dial: reply %q, error %v; want the inbound proxy", reply, err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	reply, err := dialIn(t, f.node, "tcp4", laddr, raddr, 500*time.Millisecond)
+	if err == nil {
+		t.Errorf("dial over TIME_WAIT with an MPTCP listener: reply %q, want the SYN dropped", reply)
+	}
+	if n := f.podApp.accepted(); n != 0 {
+		t.Errorf("pod application accepted %d connections past the proxy, want 0", n)
+	}
+	if st, _ := f.cur.Load().Stats(); st.InboundTWFailed == 0 {
+		t.Errorf("Stats().InboundTWFailed = 0, want > 0")
+	}
+}

@@ -24,11 +24,22 @@
 // A tcx ingress program on the pod's interface assigns every new TCP
 // connection to the inbound listener (15006), and connections to port 15008
 // to the HBONE listener, with bpf_sk_assign. Packets are not rewritten, so
-// the listener sees the client's address as the peer and the original
+// the listener gets the client's address as the peer and the original
 // destination as its local address. When the listener is missing, the SYN
 // is dropped: an enrolled pod fails closed. Connections from the kubelet
 // probe address (169.254.7.127 and its IPv6 counterpart by default) reach
 // the application directly.
+//
+// A client that reuses its port while the pod still holds the TIME_WAIT
+// socket of an earlier proxied connection cannot be assigned in tc, because
+// the kernel rejects the duplicate request socket. The tc program then
+// stores the proxy listener in a sockhash under the connection's tuple, and
+// an sk_lookup program on the pod's namespace hands it to the kernel when
+// the TIME_WAIT socket ends. The kernel refuses MPTCP listeners in a
+// sockhash, so the inbound listeners must be plain TCP
+// (net.ListenConfig.SetMultipathTCP(false); Go creates MPTCP listeners by
+// default). With an MPTCP listener such SYNs are dropped until the TIME_WAIT
+// socket expires.
 //
 // # Lifecycle and pinning
 //

@@ -103,8 +103,8 @@ func TestRestartAdoption(t *testing.T) {
 	c.mu.Lock()
 	links := c.pods[pods[0].ID].links
 	c.mu.Unlock()
-	if len(links) != len(cgroupHooks)+1 {
-		t.Errorf("adopted pod has %d links, want %d", len(links), len(cgroupHooks)+1)
+	if len(links) != len(cgroupHooks)+2 {
+		t.Errorf("adopted pod has %d links, want %d", len(links), len(cgroupHooks)+2)
 	}
 	for pin, l := range links {
 		info, err := l.Info()
@@ -236,8 +236,8 @@ func testRemoveLeavesNothing(t *testing.T, tp *topo) {
 		t.Fatalf("Open after Close: %v", err)
 	}
 	ours = mergeObjects(ours, ourObjects(t, c))
-	if len(ours.links) != len(cgroupHooks)+2 {
-		t.Fatalf("found %d links of the Capture, want %d", len(ours.links), len(cgroupHooks)+2)
+	if len(ours.links) != len(cgroupHooks)+3 {
+		t.Fatalf("found %d links of the Capture, want %d", len(ours.links), len(cgroupHooks)+3)
 	}
 	if err := c.Remove(); err != nil {
 		t.Fatalf("Remove: %v", err)
@@ -296,7 +296,7 @@ func ourObjects(t testing.TB, c *Capture) kernelObjects {
 	t.Helper()
 	k := kernelObjects{progs: map[ebpf.ProgramID]string{}, maps: map[ebpf.MapID]string{}, links: map[link.ID]ebpf.ProgramID{}}
 	progs := []*ebpf.Program{c.objs.MztConnect4, c.objs.MztConnect6, c.objs.MztSockops, c.objs.MztGetsockopt,
-		c.objs.MztGetpeer4, c.objs.MztGetpeer6, c.objs.MztTcIngress}
+		c.objs.MztGetpeer4, c.objs.MztGetpeer6, c.objs.MztTcIngress, c.objs.MztSkLookup}
 	for _, p := range progs {
 		info, err := p.Info()
 		if err != nil {

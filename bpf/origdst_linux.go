@@ -19,7 +19,7 @@ import (
 // network namespace. It returns an error wrapping ErrNotFound when the
 // connection was not redirected.
 //
-// It costs two system calls; an agent that knows the pod of each listener
+// It costs two system calls. An agent that tracks the pod of each listener
 // can read NetnsCookie once per listener and call OriginalDstIn instead.
 //
 // Inbound connections keep their original destination as the local address
@@ -90,11 +90,12 @@ func connNetnsCookie(sc syscall.Conn) (uint64, error) {
 
 const soOriginalDst = 80 // SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST
 
-// SockoptOriginalDst asks the kernel for the original destination of an
-// accepted connection with getsockopt(SO_ORIGINAL_DST), as a proxy written
-// for iptables does: SOL_IP for an IPv4 socket, SOL_IPV6 for an IPv6 one.
-// Capture answers it through its getsockopt program, which runs only for
-// processes in Options.AgentCgroup.
+// SockoptOriginalDst requests the original destination of an accepted
+// connection with getsockopt(SO_ORIGINAL_DST), as a proxy written for
+// iptables does: SOL_IP for an IPv4 socket, SOL_IPV6 for an IPv6 one.
+// Capture returns the value through its getsockopt program, which runs only
+// for sockets of Options.AgentCgroup: conn must come from a listener that a
+// process in that cgroup created.
 func SockoptOriginalDst(conn syscall.Conn) (netip.AddrPort, error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {

@@ -57,7 +57,7 @@ type EnrolledPod struct {
 	Settings Settings
 }
 
-// podState is what Capture keeps per enrolled pod.
+// podState is the state Capture keeps per enrolled pod.
 type podState struct {
 	id       string
 	meta     capturePodMeta
@@ -89,12 +89,18 @@ var cgroupHooks = []cgroupHook{
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *captureHandles) *ebpf.Program { return o.MztGetpeer6 }},
 }
 
-const tcxPin = "tcx_ingress"
+const (
+	tcxPin      = "tcx_ingress"
+	skLookupPin = "sk_lookup"
+)
 
 // programFor returns the program behind a pin name.
 func (c *Capture) programFor(pin string) *ebpf.Program {
-	if pin == tcxPin {
+	switch pin {
+	case tcxPin:
 		return c.objs.MztTcIngress
+	case skLookupPin:
+		return c.objs.MztSkLookup
 	}
 	for _, h := range cgroupHooks {
 		if h.pin == pin {
@@ -104,7 +110,7 @@ func (c *Capture) programFor(pin string) *ebpf.Program {
 	return nil
 }
 
-// netnsInfo is what Enroll learns inside the pod's namespace.
+// netnsInfo is the data Enroll reads inside the pod's namespace.
 type netnsInfo struct {
 	cookie  uint64
 	ifindex int
@@ -249,7 +255,24 @@ func (c *Capture) applyLocked(st *podState, ns *os.File, cgPath string, s Settin
 			return err
 		}
 	}
+	// sk_lookup goes before tcx, which relies on it for SYNs that meet a
+	// TIME_WAIT socket.
+	if err := c.ensureSkLookupLink(st, ns); err != nil {
+		return err
+	}
 	return c.ensureTCXLink(st, ns, info.ifindex)
+}
+
+func (c *Capture) ensureSkLookupLink(st *podState, ns *os.File) error {
+	if st.links[skLookupPin] != nil {
+		// The pod's namespace cannot change while it stays enrolled.
+		return nil
+	}
+	l, err := link.AttachNetNs(int(ns.Fd()), c.objs.MztSkLookup)
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup to the pod network namespace: %w", err)
+	}
+	return c.replaceLink(st, skLookupPin, nil, l)
 }
 
 // ensureCgroupLink attaches h to cgPath unless the pod already has that
@@ -453,6 +476,9 @@ func (c *Capture) unenrollLocked(id string) error {
 	if err := c.deleteNetnsEntries(netns, all, allPorts); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.deleteSteerEntries(netns); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.deletePodAddrs(netns, nil); err != nil {
 		errs = append(errs, err)
 	}
@@ -471,6 +497,42 @@ func (c *Capture) unenrollLocked(id string) error {
 		return fmt.Errorf("unenroll pod %s: %w", id, err)
 	}
 	c.log.Info("pod unenrolled", "pod", id, "netns_cookie", netns)
+	return nil
+}
+
+// deleteSteerEntries deletes the TIME_WAIT steering entries whose local
+// address belongs to netns. It must run before the pod's addresses go.
+func (c *Capture) deleteSteerEntries(netns uint64) error {
+	own := map[[4]uint32]bool{}
+	var pa capturePodAddr
+	var cookie uint64
+	it := c.objs.MztPodAddrs.Iterate()
+	for it.Next(&pa, &cookie) {
+		if cookie == netns {
+			own[pa.Addr] = true
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list pod addresses: %w", err)
+	}
+
+	var keys []captureSteerKey
+	var k captureSteerKey
+	var v uint64
+	it = c.objs.MztTwSteer.Iterate()
+	for it.Next(&k, &v) {
+		if own[k.Local] {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list steering entries: %w", err)
+	}
+	for _, k := range keys {
+		if err := c.objs.MztTwSteer.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete steering entry: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -539,6 +601,7 @@ func (c *Capture) settingsLocked(netns uint64) (Settings, error) {
 		ProbeIPv4:    wordsAddr([4]uint32{0, 0, addrWords(netip.IPv4Unspecified())[2], cfg.Probe4}),
 		ProbeIPv6:    wordsAddr(cfg.Probe6),
 	}
+
 	var ck captureCidrKey
 	var v uint8
 	it := c.objs.MztExclCidr.Iterate()
@@ -550,6 +613,7 @@ func (c *Capture) settingsLocked(netns uint64) (Settings, error) {
 	if err := it.Err(); err != nil {
 		return Settings{}, fmt.Errorf("list excluded CIDRs: %w", err)
 	}
+
 	var pk capturePortKey
 	it = c.objs.MztExclPort.Iterate()
 	for it.Next(&pk, &v) {
@@ -565,6 +629,7 @@ func (c *Capture) settingsLocked(netns uint64) (Settings, error) {
 	if err := it.Err(); err != nil {
 		return Settings{}, fmt.Errorf("list excluded ports: %w", err)
 	}
+
 	slices.SortFunc(s.ExcludeCIDRs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	slices.Sort(s.ExcludePorts)
 	slices.Sort(s.ExcludeInboundPorts)

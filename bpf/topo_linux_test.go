@@ -360,13 +360,22 @@ func (s *server) accepted() int {
 	return s.count
 }
 
-// listen opens a TCP listener in ns.
+// listen opens a plain TCP listener in ns, as the agent does. Go creates
+// MPTCP listeners by default, and the kernel refuses to put those in a
+// sockhash, which TIME_WAIT steering needs.
 func listen(t testing.TB, ns netns.NsHandle, network, addr string) net.Listener {
+	t.Helper()
+	return listenWith(t, ns, network, addr, false)
+}
+
+func listenWith(t testing.TB, ns netns.NsHandle, network, addr string, mptcp bool) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	in(t, ns, func() error {
 		var err error
-		ln, err = net.Listen(network, addr)
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(mptcp)
+		ln, err = lc.Listen(context.Background(), network, addr)
 		return err
 	})
 	return ln
