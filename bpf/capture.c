@@ -541,8 +541,13 @@ struct syn {
 	int v6;
 };
 
-// parse_syn fills s for a TCP SYN without ACK and returns 1; it returns 0
-// for every other packet.
+#define PARSE_PASS 0
+#define PARSE_SYN 1
+#define PARSE_DROP 2
+
+// parse_syn fills s for a TCP SYN without ACK and returns PARSE_SYN. It
+// returns PARSE_DROP for an IPv6 packet whose extension headers it cannot
+// walk to the end, which could hide a SYN, and PARSE_PASS otherwise.
 static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 {
 	__u32 off = ETH_HLEN;
@@ -551,9 +556,9 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
-			return 0;
+			return PARSE_PASS;
 		if (ip.protocol != MZT_PROTO_TCP || (ip.frag_off & bpf_htons(0x1fff)))
-			return 0;
+			return PARSE_PASS;
 		s->tuple.ipv4.saddr = ip.saddr;
 		s->tuple.ipv4.daddr = ip.daddr;
 		s->v6 = 0;
@@ -561,7 +566,7 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
-			return 0;
+			return PARSE_PASS;
 		__builtin_memcpy(s->tuple.ipv6.saddr, &ip6.saddr, 16);
 		__builtin_memcpy(s->tuple.ipv6.daddr, &ip6.daddr, 16);
 		s->v6 = 1;
@@ -576,11 +581,11 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 				break;
 			__u8 ext[4];
 			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
-				return 0;
+				return PARSE_PASS;
 			if (proto == NEXTHDR_FRAGMENT) {
 				// A later fragment carries no TCP header.
 				if ((ext[2] << 8 | ext[3]) & 0xfff8)
-					return 0;
+					return PARSE_PASS;
 				off += 8;
 			} else if (proto == NEXTHDR_AUTH) {
 				off += (ext[1] + 2) * 4;
@@ -589,17 +594,20 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 			}
 			proto = ext[0];
 		}
+		if (proto == NEXTHDR_HOP || proto == NEXTHDR_ROUTING || proto == NEXTHDR_DEST ||
+		    proto == NEXTHDR_AUTH || proto == NEXTHDR_FRAGMENT)
+			return PARSE_DROP;
 		if (proto != MZT_PROTO_TCP)
-			return 0;
+			return PARSE_PASS;
 	} else {
-		return 0;
+		return PARSE_PASS;
 	}
 
 	struct tcphdr th;
 	if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
-		return 0;
+		return PARSE_PASS;
 	if (!th.syn || th.ack)
-		return 0;
+		return PARSE_PASS;
 	if (s->v6) {
 		s->tuple.ipv6.sport = th.source;
 		s->tuple.ipv6.dport = th.dest;
@@ -607,7 +615,7 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 		s->tuple.ipv4.sport = th.source;
 		s->tuple.ipv4.dport = th.dest;
 	}
-	return 1;
+	return PARSE_SYN;
 }
 
 static __always_inline int is_probe(const struct pod_config *cfg, const struct syn *s)
@@ -644,7 +652,10 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 {
 	struct syn s;
 	__builtin_memset(&s, 0, sizeof(s));
-	if (!parse_syn(skb, &s))
+	int parsed = parse_syn(skb, &s);
+	if (parsed == PARSE_DROP)
+		return TC_ACT_SHOT;
+	if (parsed != PARSE_SYN)
 		return TC_ACT_OK;
 
 	// The program runs only on enrolled pods' interfaces, so a SYN to an

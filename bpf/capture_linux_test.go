@@ -105,6 +105,15 @@ func TestOutboundCapture(t *testing.T) {
 			}
 		})
 	}
+	t.Run("MPTCP client", func(t *testing.T) {
+		dst := netip.AddrPortFrom(nodeIP4, appPort)
+		got := f.runApp(helperSpec{Network: "tcp4", Addr: dst.String(), MPTCP: true})
+		wantReply(t, "captured MPTCP connect", got, fmt.Sprintf("out %s %s", dst, dst))
+		// NOTE: the connect runs on the MPTCP subflow, which carries the
+		// socket storage, so getpeername on the MPTCP socket is not
+		// rewritten and shows the proxy.
+		t.Logf("MPTCP client getpeername: %s", got[0].Peer)
+	})
 	if n := f.nodeApp.accepted() + f.nodeV6.accepted(); n != 0 {
 		t.Errorf("node applications accepted %d connections, want 0: capture was bypassed", n)
 	}

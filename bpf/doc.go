@@ -54,6 +54,22 @@
 // which Cgroup2Root finds in /proc/self/mountinfo (/sys/fs/cgroup, or
 // /sys/fs/cgroup/unified on hybrid hosts).
 //
+// # Limits
+//
+//   - Only TCP is captured; UDP and DNS (port 15053) are not.
+//   - An MPTCP client is captured through its first subflow, but its
+//     getpeername shows the proxy (127.0.0.1:15001), because the socket
+//     storage sits on the subflow. getsockname shows a loopback address for
+//     every captured client.
+//   - Inbound capture finds the pod by the SYN's destination address, from
+//     the addresses the pod had at Enroll; SYNs to addresses added later are
+//     dropped until the pod is enrolled again.
+//   - Socket-storage entries of a departed pod's still-open sockets go away
+//     with those sockets, not at Unenroll.
+//   - Open fails when the pinned maps come from an incompatible version of
+//     the programs. The agent must then remove the pins and enroll every
+//     pod again, and pods are not captured in between.
+//
 // # Requirements
 //
 // Linux 6.6 or later (tcx; bpf_get_netns_cookie in tc programs), cgroup v2,

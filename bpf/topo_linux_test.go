@@ -423,6 +423,7 @@ type helperSpec struct {
 	Duration time.Duration
 	Interval time.Duration
 	Mark     int
+	MPTCP    bool
 }
 
 type attempt struct {
@@ -448,6 +449,7 @@ func runHelper(specJSON string) int {
 
 func helperDial(spec helperSpec) attempt {
 	d := net.Dialer{Timeout: 2 * time.Second}
+	d.SetMultipathTCP(spec.MPTCP)
 	if spec.Mark != 0 {
 		d.Control = func(_, _ string, rc syscall.RawConn) error {
 			var serr error
