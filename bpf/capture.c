@@ -541,6 +541,12 @@ struct syn {
 	int v6;
 };
 
+// tcx verdict that runs the next program on the interface, or passes the
+// packet when there is none (TC_ACT_UNSPEC; the 6.1 UAPI headers of Debian
+// 12 have no TCX_NEXT). Other programs, such as a CNI's, keep seeing the
+// packets this one lets through.
+#define TCX_NEXT TC_ACT_UNSPEC
+
 #define PARSE_PASS 0
 #define PARSE_SYN 1
 #define PARSE_DROP 2
@@ -656,7 +662,7 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 	if (parsed == PARSE_DROP)
 		return TC_ACT_SHOT;
 	if (parsed != PARSE_SYN)
-		return TC_ACT_OK;
+		return TCX_NEXT;
 
 	// The program runs only on enrolled pods' interfaces, so a SYN to an
 	// address the pod did not have at enrollment is dropped rather than
@@ -683,7 +689,7 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 	// reach the application directly, as with istio-cni's rules.
 	if (is_probe(cfg, &s)) {
 		count(STAT_INBOUND_PROBE);
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	}
 
 	__u16 dport = bpf_ntohs(s.v6 ? s.tuple.ipv6.dport : s.tuple.ipv4.dport);
@@ -693,7 +699,7 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 	pk.port = dport;
 	pk.dir = DIR_INBOUND;
 	if (bpf_map_lookup_elem(&mzt_excl_port, &pk))
-		return TC_ACT_OK;
+		return TCX_NEXT;
 
 	// A SYN that matches a request socket (a retransmitted SYN) or an
 	// established one follows the normal path. A TIME_WAIT match is steered
@@ -706,7 +712,7 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 		if (state == BPF_TCP_TIME_WAIT)
 			time_wait = 1;
 		else if (state != BPF_TCP_LISTEN)
-			return TC_ACT_OK;
+			return TCX_NEXT;
 	}
 
 	__u16 target = dport == cfg->hbone_port ? cfg->hbone_port : cfg->inbound_port;
@@ -746,7 +752,7 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		}
 		count(STAT_INBOUND_TW_STEERED);
-		return TC_ACT_OK;
+		return TCX_NEXT;
 	}
 
 	long err = bpf_sk_assign(skb, sk, 0);
@@ -756,7 +762,7 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	count(STAT_INBOUND_ASSIGNED);
-	return TC_ACT_OK;
+	return TCX_NEXT;
 }
 
 // mzt_sk_lookup runs in the pod's namespace whenever the kernel looks up a

@@ -9,6 +9,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 )
 
 // fixture is a topology with a Capture, the pod enrolled, the in-pod
@@ -373,5 +377,47 @@ func TestInboundTimeWaitMPTCPListener(t *testing.T) {
 	}
 	if st, _ := f.cur.Load().Stats(); st.InboundTWFailed == 0 {
 		t.Errorf("Stats().InboundTWFailed = 0, want > 0")
+	}
+}
+
+// TestInboundAheadOfOtherTCX enrolls a pod whose interface already runs a
+// tcx program that passes every packet. Capture must run first, or that
+// program would deliver SYNs to the application.
+func TestInboundAheadOfOtherTCX(t *testing.T) {
+	f := newFixture(t)
+	c := f.cur.Load()
+	if err := c.Unenroll(f.pod1().ID); err != nil {
+		t.Fatalf("Unenroll: %v", err)
+	}
+
+	passAll, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, // TCX_PASS
+		License:      "MIT",
+	})
+	if err != nil {
+		t.Fatalf("load pass-all program: %v", err)
+	}
+	t.Cleanup(func() { passAll.Close() })
+	var other link.Link
+	in(t, f.pod, func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		other, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: passAll, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	t.Cleanup(func() { other.Close() })
+
+	if err := c.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+	reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, "in ") {
+		t.Errorf("inbound dial: reply %q, error %v; want the inbound proxy", reply, err)
+	}
+	if n := f.podApp.accepted(); n != 0 {
+		t.Errorf("pod application accepted %d connections past the proxy, want 0", n)
 	}
 }

@@ -303,10 +303,13 @@ func (c *Capture) ensureTCXLink(st *podState, ns *os.File, ifindex int) error {
 	// The ifindex is resolved in the calling thread's namespace.
 	err := inNetns(int(ns.Fd()), func() error {
 		var err error
+		// First in line, so that no other program can pass a SYN to the
+		// application before capture sees it.
 		l, err = link.AttachTCX(link.TCXOptions{
 			Interface: ifindex,
 			Program:   c.objs.MztTcIngress,
 			Attach:    ebpf.AttachTCXIngress,
+			Anchor:    link.Head(),
 		})
 		return err
 	})
