@@ -267,6 +267,7 @@ func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 	if c.objs.MztPods.Lookup(netns, &cfg) == nil {
 		n++
 	}
+
 	var id capturePodId
 	var meta capturePodMeta
 	for it := c.objs.MztPodIds.Iterate(); it.Next(&id, &meta); {
@@ -274,6 +275,7 @@ func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 			n++
 		}
 	}
+
 	var ck captureCidrKey
 	var v uint8
 	for it := c.objs.MztExclCidr.Iterate(); it.Next(&ck, &v); {
@@ -281,12 +283,14 @@ func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 			n++
 		}
 	}
+
 	var pk capturePortKey
 	for it := c.objs.MztExclPort.Iterate(); it.Next(&pk, &v); {
 		if pk.Netns == netns {
 			n++
 		}
 	}
+
 	var pa capturePodAddr
 	var paNetns uint64
 	for it := c.objs.MztPodAddrs.Iterate(); it.Next(&pa, &paNetns); {
@@ -294,6 +298,7 @@ func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 			n++
 		}
 	}
+
 	var tk captureTupleKey
 	var od captureOrigDst
 	for it := c.objs.MztTuples.Iterate(); it.Next(&tk, &od); {

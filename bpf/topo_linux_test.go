@@ -315,7 +315,7 @@ func (tp *topo) open() *Capture {
 	return c
 }
 
-// server accepts connections on ln and answers each with reply(conn) after
+// server accepts connections on ln and replies to each with reply(conn) after
 // reading one byte. It counts the connections.
 type server struct {
 	ln    net.Listener
@@ -459,11 +459,13 @@ func helperDial(spec helperSpec) attempt {
 			return errors.Join(err, serr)
 		}
 	}
+
 	c, err := d.Dial(spec.Network, spec.Addr)
 	if err != nil {
 		return attempt{Err: err.Error()}
 	}
 	defer c.Close()
+
 	// RemoteAddr comes from getpeername(2) after connect; ask again to be
 	// explicit about what the application sees.
 	var peer string
