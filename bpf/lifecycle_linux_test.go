@@ -342,3 +342,49 @@ func mergeObjects(a, b kernelObjects) kernelObjects {
 	}
 	return a
 }
+
+// TestUnenrollDepartedPod removes a pod's network namespace and cgroup
+// while it is enrolled and the agent is down, as when a pod is deleted
+// during an agent restart, then adopts and unenrolls it.
+func TestUnenrollDepartedPod(t *testing.T) {
+	tp := newTopo(t)
+	c := tp.open()
+	p := tp.pod1()
+	if err := c.Enroll(p); err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+	pods, err := c.Pods()
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("Pods() = %+v, %v; want one pod", pods, err)
+	}
+	cookie := pods[0].NetnsCookie
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	// The pod goes away: its namespace (and so its veth) and its cgroup.
+	tp.pod.Close()
+	tp.podFile.Close()
+	if err := os.Remove(tp.podCgroup); err != nil {
+		t.Fatalf("remove pod cgroup: %v", err)
+	}
+
+	c, err = Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg})
+	if err != nil {
+		t.Fatalf("Open with a departed pod: %v", err)
+	}
+	t.Cleanup(func() { c.Remove() })
+	pods, err = c.Pods()
+	if err != nil || len(pods) != 1 || pods[0].ID != p.ID {
+		t.Fatalf("Pods() after restart = %+v, %v; want the departed pod listed", pods, err)
+	}
+	if err := c.Unenroll(p.ID); err != nil {
+		t.Fatalf("Unenroll departed pod: %v", err)
+	}
+	if n := mapEntriesOf(t, c, cookie); n != 0 {
+		t.Errorf("%d map entries of the departed pod remain, want 0", n)
+	}
+	if entries, err := os.ReadDir(filepath.Join(tp.pinDir, podsDir)); err != nil || len(entries) != 0 {
+		t.Errorf("pod pin directories after Unenroll: %v (error %v), want none", entries, err)
+	}
+}

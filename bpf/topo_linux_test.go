@@ -104,6 +104,9 @@ func newTopo(t testing.TB) *topo {
 
 	tp.node = mustNewNetns(t)
 	tp.pod = mustNewNetns(t)
+	// Close through tp, so that a test can close them early: Close marks
+	// the handle closed, and a second Close does not hit a reused fd.
+	t.Cleanup(func() { tp.node.Close(); tp.pod.Close() })
 	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", int(tp.pod)))
 	if err != nil {
 		t.Fatalf("open pod netns: %v", err)
@@ -138,7 +141,6 @@ func mustNewNetns(t testing.TB) netns.NsHandle {
 	if err := netns.Set(orig); err != nil {
 		t.Fatalf("restore netns: %v", err)
 	}
-	t.Cleanup(func() { ns.Close() })
 	return ns
 }
 
