@@ -65,6 +65,8 @@ struct pod_config {
 	__u16 flags;
 	__u32 probe4;    // network byte order; 0 means none
 	__u32 probe6[4]; // network byte order; all zero means none
+	__u32 pod4;      // the pod's IPv4 address shown by getsockname; 0 means none
+	__u32 pod6[4];   // the pod's IPv6 address; all zero means none
 };
 
 // User-space bookkeeping: pod ID to namespace cookie, cgroup and ifindex.
@@ -211,6 +213,7 @@ enum stat {
 	STAT_INBOUND_UNKNOWN_DST,
 	STAT_INBOUND_TW_STEERED,
 	STAT_INBOUND_TW_FAILED,
+	STAT_SOCKNAME_REWRITTEN,
 	STAT_MAX,
 };
 
@@ -525,6 +528,62 @@ int mzt_getpeer6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[3] = o->addr[3];
 	ctx->user_port = bpf_htons(o->port);
 	count(STAT_PEERNAME_REWRITTEN);
+	return 1;
+}
+
+// getsockname on a redirected socket would show a loopback address. The
+// programs below show the pod's address instead, as with iptables, where
+// the client's socket keeps its route's source address. The port stays the
+// loopback connection's.
+static __always_inline struct pod_config *pod_of_redirected(struct bpf_sock_addr *ctx, struct orig_dst **o)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 0;
+	*o = bpf_sk_storage_get(&mzt_orig, sk, 0, 0);
+	if (!*o)
+		return 0;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	return bpf_map_lookup_elem(&mzt_pods, &netns);
+}
+
+SEC("cgroup/getsockname4")
+int mzt_getsock4(struct bpf_sock_addr *ctx)
+{
+	struct orig_dst *o = 0;
+	struct pod_config *cfg = pod_of_redirected(ctx, &o);
+	if (!cfg || !cfg->pod4)
+		return 1;
+
+	ctx->user_ip4 = cfg->pod4;
+	count(STAT_SOCKNAME_REWRITTEN);
+	return 1;
+}
+
+SEC("cgroup/getsockname6")
+int mzt_getsock6(struct bpf_sock_addr *ctx)
+{
+	struct orig_dst *o = 0;
+	struct pod_config *cfg = pod_of_redirected(ctx, &o);
+	if (!cfg || !o)
+		return 1;
+
+	if (is_mapped(o->addr)) {
+		if (!cfg->pod4)
+			return 1;
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = cfg->pod4;
+	} else {
+		if (!(cfg->pod6[0] | cfg->pod6[1] | cfg->pod6[2] | cfg->pod6[3]))
+			return 1;
+		ctx->user_ip6[0] = cfg->pod6[0];
+		ctx->user_ip6[1] = cfg->pod6[1];
+		ctx->user_ip6[2] = cfg->pod6[2];
+		ctx->user_ip6[3] = cfg->pod6[3];
+	}
+	count(STAT_SOCKNAME_REWRITTEN);
 	return 1;
 }
 

@@ -40,6 +40,8 @@ type capturePodConfig struct {
 	Flags        uint16
 	Probe4       uint32
 	Probe6       [4]uint32
+	Pod4         uint32
+	Pod6         [4]uint32
 }
 
 type capturePodId struct {
@@ -98,6 +100,8 @@ const (
 	captureProgMztConnect6   = "mzt_connect6"
 	captureProgMztGetpeer4   = "mzt_getpeer4"
 	captureProgMztGetpeer6   = "mzt_getpeer6"
+	captureProgMztGetsock4   = "mzt_getsock4"
+	captureProgMztGetsock6   = "mzt_getsock6"
 	captureProgMztGetsockopt = "mzt_getsockopt"
 	captureProgMztSkLookup   = "mzt_sk_lookup"
 	captureProgMztSockops    = "mzt_sockops"
@@ -153,6 +157,8 @@ type captureProgramSpecs struct {
 	MztConnect6   *ebpf.ProgramSpec `ebpf:"mzt_connect6"`
 	MztGetpeer4   *ebpf.ProgramSpec `ebpf:"mzt_getpeer4"`
 	MztGetpeer6   *ebpf.ProgramSpec `ebpf:"mzt_getpeer6"`
+	MztGetsock4   *ebpf.ProgramSpec `ebpf:"mzt_getsock4"`
+	MztGetsock6   *ebpf.ProgramSpec `ebpf:"mzt_getsock6"`
 	MztGetsockopt *ebpf.ProgramSpec `ebpf:"mzt_getsockopt"`
 	MztSkLookup   *ebpf.ProgramSpec `ebpf:"mzt_sk_lookup"`
 	MztSockops    *ebpf.ProgramSpec `ebpf:"mzt_sockops"`
@@ -245,6 +251,8 @@ type capturePrograms struct {
 	MztConnect6   *ebpf.Program `ebpf:"mzt_connect6"`
 	MztGetpeer4   *ebpf.Program `ebpf:"mzt_getpeer4"`
 	MztGetpeer6   *ebpf.Program `ebpf:"mzt_getpeer6"`
+	MztGetsock4   *ebpf.Program `ebpf:"mzt_getsock4"`
+	MztGetsock6   *ebpf.Program `ebpf:"mzt_getsock6"`
 	MztGetsockopt *ebpf.Program `ebpf:"mzt_getsockopt"`
 	MztSkLookup   *ebpf.Program `ebpf:"mzt_sk_lookup"`
 	MztSockops    *ebpf.Program `ebpf:"mzt_sockops"`
@@ -257,6 +265,8 @@ func (p *capturePrograms) Close() error {
 		p.MztConnect6,
 		p.MztGetpeer4,
 		p.MztGetpeer6,
+		p.MztGetsock4,
+		p.MztGetsock6,
 		p.MztGetsockopt,
 		p.MztSkLookup,
 		p.MztSockops,

@@ -331,6 +331,7 @@ type Stats struct {
 	InboundUnknownDst   uint64 // inbound SYNs dropped because the destination is no enrolled pod address
 	InboundTWSteered    uint64 // inbound SYNs meeting a TIME_WAIT socket, steered through sk_lookup
 	InboundTWFailed     uint64 // such SYNs dropped because the steering map update failed
+	SocknameRewritten   uint64 // getsockname calls shown the pod's address
 }
 
 // Stats reads the counters.
@@ -340,7 +341,7 @@ func (c *Capture) Stats() (Stats, error) {
 		&s.ConnectSeen, &s.ConnectRedirected, &s.ConnectExcluded, &s.StorageFailed,
 		&s.TupleStored, &s.SockoptAnswered, &s.PeernameRewritten, &s.InboundAssigned,
 		&s.InboundNoListener, &s.InboundProbe, &s.InboundAssignFailed, &s.InboundUnknownDst,
-		&s.InboundTWSteered, &s.InboundTWFailed,
+		&s.InboundTWSteered, &s.InboundTWFailed, &s.SocknameRewritten,
 	}
 	for i, f := range fields {
 		var per []uint64

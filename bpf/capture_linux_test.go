@@ -95,16 +95,20 @@ func wantReply(t *testing.T, what string, got []attempt, want string) {
 
 func TestOutboundCapture(t *testing.T) {
 	f := newFixture(t)
-	for _, dst := range []netip.AddrPort{
-		netip.AddrPortFrom(nodeIP4, appPort),
-		netip.AddrPortFrom(nodeIP6, appPort),
+	for _, tc := range []struct{ dst, local netip.AddrPort }{
+		{netip.AddrPortFrom(nodeIP4, appPort), netip.AddrPortFrom(podIP4, 0)},
+		{netip.AddrPortFrom(nodeIP6, appPort), netip.AddrPortFrom(podIP6, 0)},
 	} {
+		dst := tc.dst
 		t.Run(dst.String(), func(t *testing.T) {
 			got := f.runApp(helperSpec{Network: "tcp", Addr: dst.String(), Count: 20})
 			wantReply(t, "captured connect", got, fmt.Sprintf("out %s %s", dst, dst))
 			for i, a := range got {
 				if a.Peer != dst.String() {
 					t.Errorf("attempt %d: getpeername = %s, want %s", i, a.Peer, dst)
+				}
+				if local, err := netip.ParseAddrPort(a.Local); err != nil || local.Addr() != tc.local.Addr() {
+					t.Errorf("attempt %d: getsockname = %s, want address %s", i, a.Local, tc.local.Addr())
 				}
 			}
 		})
@@ -125,7 +129,7 @@ func TestOutboundCapture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.ConnectRedirected < 40 || st.TupleStored < 40 || st.SockoptAnswered < 40 || st.PeernameRewritten < 40 {
+	if st.ConnectRedirected < 40 || st.TupleStored < 40 || st.SockoptAnswered < 40 || st.PeernameRewritten < 40 || st.SocknameRewritten < 40 {
 		t.Errorf("Stats() = %+v, want at least 40 redirected, stored, answered and rewritten", st)
 	}
 }

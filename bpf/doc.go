@@ -13,7 +13,9 @@
 // happens before the proxy's accept returns. The proxy reads it with
 // Capture.OriginalDst, or with getsockopt(SO_ORIGINAL_DST) through
 // SockoptOriginalDst when Options.AgentCgroup is set. getpeername4 and
-// getpeername6 programs show the application its real peer.
+// getpeername6 programs show the application its real peer, and
+// getsockname4 and getsockname6 the pod's address instead of a loopback
+// one (the port stays the loopback connection's).
 //
 // Never captured: sockets carrying the agent's mark (SO_MARK 0x539/0xfff by
 // default), connects from the agent's cgroup, loopback and the pod's own
@@ -58,9 +60,8 @@
 //
 //   - Only TCP is captured; UDP and DNS (port 15053) are not.
 //   - An MPTCP client is captured through its first subflow, but its
-//     getpeername shows the proxy (127.0.0.1:15001), because the socket
-//     storage sits on the subflow. getsockname shows a loopback address for
-//     every captured client.
+//     getpeername shows the proxy (127.0.0.1:15001) and its getsockname a
+//     loopback address, because the socket storage sits on the subflow.
 //   - Inbound capture finds the pod by the SYN's destination address, from
 //     the addresses the pod had at Enroll; SYNs to addresses added later are
 //     dropped until the pod is enrolled again.

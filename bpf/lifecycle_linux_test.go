@@ -296,7 +296,8 @@ func ourObjects(t testing.TB, c *Capture) kernelObjects {
 	t.Helper()
 	k := kernelObjects{progs: map[ebpf.ProgramID]string{}, maps: map[ebpf.MapID]string{}, links: map[link.ID]ebpf.ProgramID{}}
 	progs := []*ebpf.Program{c.objs.MztConnect4, c.objs.MztConnect6, c.objs.MztSockops, c.objs.MztGetsockopt,
-		c.objs.MztGetpeer4, c.objs.MztGetpeer6, c.objs.MztTcIngress, c.objs.MztSkLookup}
+		c.objs.MztGetpeer4, c.objs.MztGetpeer6, c.objs.MztTcIngress, c.objs.MztSkLookup,
+		c.objs.MztGetsock4, c.objs.MztGetsock6}
 	for _, p := range progs {
 		info, err := p.Info()
 		if err != nil {

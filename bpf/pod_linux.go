@@ -87,6 +87,8 @@ var cgroupHooks = []cgroupHook{
 	{"sockops", ebpf.AttachCGroupSockOps, func(o *captureHandles) *ebpf.Program { return o.MztSockops }},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *captureHandles) *ebpf.Program { return o.MztGetpeer4 }},
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *captureHandles) *ebpf.Program { return o.MztGetpeer6 }},
+	{"getsockname4", ebpf.AttachCgroupInet4GetSockname, func(o *captureHandles) *ebpf.Program { return o.MztGetsock4 }},
+	{"getsockname6", ebpf.AttachCgroupInet6GetSockname, func(o *captureHandles) *ebpf.Program { return o.MztGetsock6 }},
 }
 
 const (
@@ -243,6 +245,12 @@ func (c *Capture) applyLocked(st *podState, ns *os.File, cgPath string, s Settin
 		Probe4:       addrWords(s.ProbeIPv4)[3],
 		Probe6:       addrWords(s.ProbeIPv6),
 	}
+	if a, ok := primaryAddr(info.own, true); ok {
+		cfg.Pod4 = addrWords(a)[3]
+	}
+	if a, ok := primaryAddr(info.own, false); ok {
+		cfg.Pod6 = addrWords(a)
+	}
 	if err := c.objs.MztPods.Put(info.cookie, &cfg); err != nil {
 		return fmt.Errorf("store pod config: %w", err)
 	}
@@ -366,6 +374,17 @@ func (c *Capture) syncExclusions(netns uint64, s Settings, own []netip.Addr) err
 	}
 	return c.deleteNetnsEntries(netns, func(k captureCidrKey) bool { _, ok := cidrs[k]; return !ok },
 		func(k capturePortKey) bool { _, ok := ports[k]; return !ok })
+}
+
+// primaryAddr returns the first global unicast address of the family in
+// own, the address getsockname shows for captured connects.
+func primaryAddr(own []netip.Addr, ipv4 bool) (netip.Addr, bool) {
+	for _, a := range own {
+		if a.Is4() == ipv4 && a.IsGlobalUnicast() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // syncPodAddrs points the pod's addresses at its namespace, for the tc

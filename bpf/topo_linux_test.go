@@ -431,7 +431,8 @@ type helperSpec struct {
 type attempt struct {
 	Err   string
 	Reply string
-	Peer  string
+	Peer  string // getpeername
+	Local string // getsockname
 }
 
 func runHelper(specJSON string) int {
@@ -470,15 +471,18 @@ func helperDial(spec helperSpec) attempt {
 
 	// RemoteAddr comes from getpeername(2) after connect; ask again to be
 	// explicit about what the application sees.
-	var peer string
+	var peer, local string
 	rc, _ := c.(*net.TCPConn).SyscallConn()
 	rc.Control(func(fd uintptr) {
 		if sa, err := unix.Getpeername(int(fd)); err == nil {
 			peer = sockaddrString(sa)
 		}
+		if sa, err := unix.Getsockname(int(fd)); err == nil {
+			local = sockaddrString(sa)
+		}
 	})
 	reply, err := exchange(c, 2*time.Second)
-	a := attempt{Reply: reply, Peer: peer}
+	a := attempt{Reply: reply, Peer: peer, Local: local}
 	if err != nil {
 		a.Err = err.Error()
 	}
