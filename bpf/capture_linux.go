@@ -56,7 +56,8 @@ type Options struct {
 }
 
 // Capture owns the capture programs and maps of one node agent. Create it
-// once with Open; its methods are safe for concurrent use.
+// once with Open. Its methods are safe for concurrent use, except that no
+// call may run during or after Close or Remove.
 //
 // Pods stay captured across a Close: links and maps are pinned under
 // PinDir, and the next Open adopts them by swapping in its programs
@@ -228,7 +229,7 @@ func (h *captureHandles) Close() error {
 
 // Close releases the agent's handles. Pinned links and maps stay, so
 // enrolled pods remain captured (and fail closed while no agent listens)
-// until the next Open adopts them.
+// until the next Open adopts them. Capture is unusable afterwards.
 func (c *Capture) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
