@@ -430,3 +430,39 @@ func TestInboundAheadOfOtherTCX(t *testing.T) {
 		t.Errorf("pod application accepted %d connections past the proxy, want 0", n)
 	}
 }
+
+// TestReenrollUpdatesSettings enrolls the pod again with other exclusions
+// and checks that only the new ones apply.
+func TestReenrollUpdatesSettings(t *testing.T) {
+	f := newFixture(t)
+	c := f.cur.Load()
+	p := f.pod1()
+	p.Settings.ExcludePorts = []uint16{appPort}
+	p.Settings.ExcludeCIDRs = nil
+	if err := c.Enroll(p); err != nil {
+		t.Fatalf("Enroll again: %v", err)
+	}
+
+	pods, err := c.Pods()
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("Pods() = %+v, %v; want one pod", pods, err)
+	}
+	s := pods[0].Settings
+	if len(s.ExcludePorts) != 1 || s.ExcludePorts[0] != appPort || len(s.ExcludeCIDRs) != 0 {
+		t.Errorf("Pods()[0].Settings = %+v, want only port %d excluded", s, appPort)
+	}
+
+	cases := []struct {
+		name, addr, want string
+	}{
+		{"newly excluded port", netip.AddrPortFrom(nodeIP4, appPort).String(), "node "},
+		{"formerly excluded port", netip.AddrPortFrom(nodeIP4, exclPort).String(), "out "},
+		{"formerly excluded CIDR", netip.AddrPortFrom(exclIP4, exclPort).String(), "out "},
+	}
+	for _, tc := range cases {
+		got := f.runApp(helperSpec{Network: "tcp4", Addr: tc.addr})
+		if len(got) != 1 || !strings.HasPrefix(got[0].Reply, tc.want) {
+			t.Errorf("%s: %+v, want reply starting %q", tc.name, got, tc.want)
+		}
+	}
+}
