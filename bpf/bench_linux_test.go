@@ -24,9 +24,12 @@ import (
 //   - captured: the pod is enrolled; the client dials the server and
 //     connect4 sends it to the same proxy, which finds the upstream with
 //     Capture.OriginalDstIn.
+//   - captured-localaddr: as captured, but the proxy reads the upstream from
+//     conn.LocalAddr, with Options.OriginalDstAsLocalAddr.
 func BenchmarkConnectEcho(b *testing.B) {
-	b.Run("proxy-hop", func(b *testing.B) { benchConnectEcho(b, false) })
-	b.Run("captured", func(b *testing.B) { benchConnectEcho(b, true) })
+	b.Run("proxy-hop", func(b *testing.B) { benchConnectEcho(b, modeHop) })
+	b.Run("captured", func(b *testing.B) { benchConnectEcho(b, modeLookup) })
+	b.Run("captured-localaddr", func(b *testing.B) { benchConnectEcho(b, modeLocalAddr) })
 }
 
 // benchPod is one pod with its proxy, ready for a client.
@@ -35,15 +38,30 @@ type benchPod struct {
 	target string // what the client dials
 }
 
-func newBenchPod(b *testing.B, captured, lookup bool) benchPod {
+// benchMode is how a benchmark pod is captured and how its proxy finds the
+// upstream.
+type benchMode int
+
+const (
+	modeHop       benchMode = iota // no BPF; fixed upstream
+	modeLookup                     // captured; Capture.OriginalDstIn
+	modeNoLookup                   // captured; fixed upstream
+	modeLocalAddr                  // captured; conn.LocalAddr with OriginalDstAsLocalAddr
+)
+
+func newBenchPod(b *testing.B, mode benchMode) benchPod {
 	tp := newTopo(b)
 	upstream := netip.AddrPortFrom(nodeIP4, appPort)
 	echo(b, listen(b, tp.node, "tcp4", upstream.String()))
 
 	var c *Capture
-	if captured {
+	if mode != modeHop {
+		opts := Options{PinDir: tp.pinDir}
+		if mode == modeLocalAddr {
+			opts.AgentCgroup, opts.OriginalDstAsLocalAddr = tp.agentCg, true
+		}
 		var err error
-		c, err = Open(Options{PinDir: tp.pinDir})
+		c, err = Open(opts)
 		if err != nil {
 			b.Fatalf("Open: %v", err)
 		}
@@ -52,22 +70,39 @@ func newBenchPod(b *testing.B, captured, lookup bool) benchPod {
 			b.Fatalf("Enroll: %v", err)
 		}
 	}
+
+	// The listener's sockets belong to the cgroup it is created in, where
+	// the agent's getsockname program runs.
+	orig, err := ownCgroup()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := writeProcs(tp.agentCg); err != nil {
+		b.Fatal(err)
+	}
 	ln := listen(b, tp.pod, "tcp4", "127.0.0.1:15001")
+	if err := writeProcs(orig); err != nil {
+		b.Fatal(err)
+	}
+
 	// Like an agent, read the pod's namespace cookie once per listener.
 	cookie, err := NetnsCookie(ln.(*net.TCPListener))
 	if err != nil {
 		b.Fatal(err)
 	}
 	resolve := func(conn net.Conn) (netip.AddrPort, error) {
-		if c == nil || !lookup {
-			return upstream, nil
+		switch mode {
+		case modeLookup:
+			return c.OriginalDstIn(cookie, conn)
+		case modeLocalAddr:
+			return conn.LocalAddr().(*net.TCPAddr).AddrPort(), nil
 		}
-		return c.OriginalDstIn(cookie, conn)
+		return upstream, nil
 	}
 	relayProxy(b, tp, ln, resolve)
 
 	target := "127.0.0.1:15001"
-	if captured {
+	if mode != modeHop {
 		target = upstream.String()
 	}
 	return benchPod{tp: tp, target: target}
@@ -123,8 +158,8 @@ func connectEcho(b *testing.B, target string, buf []byte) {
 	}
 }
 
-func benchConnectEcho(b *testing.B, captured bool) {
-	p := newBenchPod(b, captured, true)
+func benchConnectEcho(b *testing.B, mode benchMode) {
+	p := newBenchPod(b, mode)
 	restore := lockClient(b)
 	defer restore()
 	p.enter(b)
@@ -139,17 +174,24 @@ func benchConnectEcho(b *testing.B, captured bool) {
 // BenchmarkConnectEchoPaired runs the variants of BenchmarkConnectEcho in
 // one process, rotating blocks of connections, so that all see the same
 // machine load. The process moves between the pods' cgroups between
-// blocks, outside the timed part. A third variant, captured-nolookup,
-// captures like captured but has the proxy skip the original-destination
-// lookup, which separates the cost of the BPF programs from that of the
-// lookup system call. It reports the median latency of each variant and
-// their ratios to proxy-hop.
+// blocks, outside the timed part. The nolookup variant captures but has the
+// proxy skip finding the original destination, which separates the cost of
+// the BPF programs from that of the lookup. It reports the median latency
+// of each variant and its ratio to proxy-hop.
 func BenchmarkConnectEchoPaired(b *testing.B) {
 	const block = 50
-	pods := []benchPod{
-		newBenchPod(b, false, false),
-		newBenchPod(b, true, true),
-		newBenchPod(b, true, false),
+	modes := []struct {
+		name string
+		mode benchMode
+	}{
+		{"hop", modeHop},
+		{"lookup", modeLookup},
+		{"nolookup", modeNoLookup},
+		{"localaddr", modeLocalAddr},
+	}
+	pods := make([]benchPod, len(modes))
+	for i, m := range modes {
+		pods[i] = newBenchPod(b, m.mode)
 	}
 	restore := lockClient(b)
 	defer restore()
@@ -172,12 +214,13 @@ func BenchmarkConnectEchoPaired(b *testing.B) {
 			return
 		}
 	}
-	hop, capt, nolookup := median(lat[0]), median(lat[1]), median(lat[2])
+	hop := median(lat[0])
 	b.ReportMetric(float64(hop.Nanoseconds()), "hop-p50-ns")
-	b.ReportMetric(float64(capt.Nanoseconds()), "captured-p50-ns")
-	b.ReportMetric(float64(nolookup.Nanoseconds()), "nolookup-p50-ns")
-	b.ReportMetric(float64(capt)/float64(hop), "captured/hop")
-	b.ReportMetric(float64(nolookup)/float64(hop), "nolookup/hop")
+	for i, m := range modes[1:] {
+		p50 := median(lat[i+1])
+		b.ReportMetric(float64(p50.Nanoseconds()), m.name+"-p50-ns")
+		b.ReportMetric(float64(p50)/float64(hop), m.name+"/hop")
+	}
 }
 
 func median(d []time.Duration) time.Duration {

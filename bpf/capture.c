@@ -214,12 +214,13 @@ enum stat {
 	STAT_INBOUND_TW_STEERED,
 	STAT_INBOUND_TW_FAILED,
 	STAT_SOCKNAME_REWRITTEN,
+	STAT_AGENT_SOCKNAME_REWRITTEN,
 	STAT_MAX,
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 16);
+	__uint(max_entries, 32);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -425,24 +426,13 @@ int mzt_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-// mzt_getsockopt handles getsockopt(SOL_IP, SO_ORIGINAL_DST) and
-// getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) on the proxy's accepted socket.
-// It is attached to the agent's cgroup.
-SEC("cgroup/getsockopt")
-int mzt_getsockopt(struct bpf_sockopt *ctx)
+// accepted_orig_dst returns the original destination of a socket that the
+// proxy accepted on its outbound listener, or NULL for any other socket.
+static __always_inline struct orig_dst *accepted_orig_dst(struct bpf_sock *sk, __u64 netns)
 {
-	if (ctx->optname != MZT_SO_ORIGINAL_DST)
-		return 1;
-	if (ctx->level != MZT_SOL_IP && ctx->level != MZT_SOL_IPV6)
-		return 1;
-
-	struct bpf_sock *sk = ctx->sk;
-	if (!sk)
-		return 1;
-
 	struct tuple_key k;
 	__builtin_memset(&k, 0, sizeof(k));
-	k.netns = bpf_get_netns_cookie(ctx);
+	k.netns = netns;
 	__u32 family = ctx_load(sk->family);
 	if (family == MZT_AF_INET) {
 		map_v4(k.client, ctx_load(sk->dst_ip4));
@@ -457,12 +447,28 @@ int mzt_getsockopt(struct bpf_sockopt *ctx)
 		k.proxy[2] = ctx_load(sk->src_ip6[2]);
 		k.proxy[3] = ctx_load(sk->src_ip6[3]);
 	} else {
-		return 1;
+		return 0;
 	}
 	k.client_port = bpf_ntohs((__u16)ctx_load(sk->dst_port));
 	k.proxy_port = (__u16)ctx_load(sk->src_port);
+	return bpf_map_lookup_elem(&mzt_tuples, &k);
+}
 
-	struct orig_dst *o = bpf_map_lookup_elem(&mzt_tuples, &k);
+// mzt_getsockopt handles getsockopt(SOL_IP, SO_ORIGINAL_DST) and
+// getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) on the proxy's accepted socket.
+// It is attached to the agent's cgroup.
+SEC("cgroup/getsockopt")
+int mzt_getsockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->optname != MZT_SO_ORIGINAL_DST)
+		return 1;
+	if (ctx->level != MZT_SOL_IP && ctx->level != MZT_SOL_IPV6)
+		return 1;
+
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct orig_dst *o = accepted_orig_dst(sk, bpf_get_netns_cookie(ctx));
 	if (!o)
 		return 1;
 
@@ -493,6 +499,47 @@ int mzt_getsockopt(struct bpf_sockopt *ctx)
 	}
 	*(volatile __s32 *)&ctx->retval = 0;
 	count(STAT_SOCKOPT_ANSWERED);
+	return 1;
+}
+
+// mzt_agent_sock4 and mzt_agent_sock6 run on the agent's cgroup when
+// Options.OriginalDstAsLocalAddr is set. getsockname on a socket accepted
+// on the outbound listener then returns the original destination, so the
+// proxy gets it from the getsockname call that Go makes on every accept,
+// with no extra system call, and reads it from LocalAddr as for inbound
+// connections.
+SEC("cgroup/getsockname4")
+int mzt_agent_sock4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct orig_dst *o = accepted_orig_dst(sk, bpf_get_netns_cookie(ctx));
+	if (!o || !is_mapped(o->addr))
+		return 1;
+
+	ctx->user_ip4 = o->addr[3];
+	ctx->user_port = bpf_htons(o->port);
+	count(STAT_AGENT_SOCKNAME_REWRITTEN);
+	return 1;
+}
+
+SEC("cgroup/getsockname6")
+int mzt_agent_sock6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct orig_dst *o = accepted_orig_dst(sk, bpf_get_netns_cookie(ctx));
+	if (!o)
+		return 1;
+
+	ctx->user_ip6[0] = o->addr[0];
+	ctx->user_ip6[1] = o->addr[1];
+	ctx->user_ip6[2] = o->addr[2];
+	ctx->user_ip6[3] = o->addr[3];
+	ctx->user_port = bpf_htons(o->port);
+	count(STAT_AGENT_SOCKNAME_REWRITTEN);
 	return 1;
 }
 

@@ -96,6 +96,8 @@ const (
 	captureMapMztStats       = "mzt_stats"
 	captureMapMztTuples      = "mzt_tuples"
 	captureMapMztTwSteer     = "mzt_tw_steer"
+	captureProgMztAgentSock4 = "mzt_agent_sock4"
+	captureProgMztAgentSock6 = "mzt_agent_sock6"
 	captureProgMztConnect4   = "mzt_connect4"
 	captureProgMztConnect6   = "mzt_connect6"
 	captureProgMztGetpeer4   = "mzt_getpeer4"
@@ -153,6 +155,8 @@ type captureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureProgramSpecs struct {
+	MztAgentSock4 *ebpf.ProgramSpec `ebpf:"mzt_agent_sock4"`
+	MztAgentSock6 *ebpf.ProgramSpec `ebpf:"mzt_agent_sock6"`
 	MztConnect4   *ebpf.ProgramSpec `ebpf:"mzt_connect4"`
 	MztConnect6   *ebpf.ProgramSpec `ebpf:"mzt_connect6"`
 	MztGetpeer4   *ebpf.ProgramSpec `ebpf:"mzt_getpeer4"`
@@ -247,6 +251,8 @@ type captureVariables struct {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type capturePrograms struct {
+	MztAgentSock4 *ebpf.Program `ebpf:"mzt_agent_sock4"`
+	MztAgentSock6 *ebpf.Program `ebpf:"mzt_agent_sock6"`
 	MztConnect4   *ebpf.Program `ebpf:"mzt_connect4"`
 	MztConnect6   *ebpf.Program `ebpf:"mzt_connect6"`
 	MztGetpeer4   *ebpf.Program `ebpf:"mzt_getpeer4"`
@@ -261,6 +267,8 @@ type capturePrograms struct {
 
 func (p *capturePrograms) Close() error {
 	return _CaptureClose(
+		p.MztAgentSock4,
+		p.MztAgentSock6,
 		p.MztConnect4,
 		p.MztConnect6,
 		p.MztGetpeer4,

@@ -26,8 +26,13 @@ const (
 	DefaultMarkMask = 0xfff
 )
 
-// ErrNotFound reports that a pod or an original destination is unknown.
-var ErrNotFound = errors.New("not found")
+var (
+	// ErrNotFound reports that a pod or an original destination is unknown.
+	ErrNotFound = errors.New("not found")
+
+	// ErrClosed reports a call on a Capture after Close or Remove.
+	ErrClosed = errors.New("capture closed")
+)
 
 // Options configures Open. The zero value is valid.
 type Options struct {
@@ -46,6 +51,14 @@ type Options struct {
 	// Capture.OriginalDst.
 	AgentCgroup string
 
+	// OriginalDstAsLocalAddr makes getsockname on a connection accepted on
+	// the outbound listener return its original destination, for processes
+	// in AgentCgroup. The proxy then reads the original destination from
+	// conn.LocalAddr() with no extra system call (Go calls getsockname on
+	// every accept), as it does for inbound connections. It needs
+	// AgentCgroup, and the listener's own address stays 127.0.0.1:15001.
+	OriginalDstAsLocalAddr bool
+
 	// Mark and MarkMask identify the agent's own sockets (SO_MARK), which are
 	// never captured. Zero means DefaultMark and DefaultMarkMask.
 	Mark     uint32
@@ -56,8 +69,8 @@ type Options struct {
 }
 
 // Capture owns the capture programs and maps of one node agent. Create it
-// once with Open. Its methods are safe for concurrent use, except that no
-// call may run during or after Close or Remove.
+// once with Open. Its methods are safe for concurrent use; after Close or
+// Remove they return ErrClosed.
 //
 // Pods stay captured across a Close: links and maps are pinned under
 // PinDir, and the next Open adopts them by swapping in its programs
@@ -66,13 +79,18 @@ type Options struct {
 // It needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns and mount)
 // and Linux 6.6 or later (tcx); see the package documentation.
 type Capture struct {
-	log       *slog.Logger
-	pinDir    string
-	objs      captureHandles
-	agentLink link.Link
+	log        *slog.Logger
+	pinDir     string
+	objs       captureHandles
+	agentLinks map[string]link.Link // keyed by pin name
 
 	mu   sync.Mutex
 	pods map[string]*podState // guarded by mu; keyed by pod ID
+
+	// life guards the handles in objs against Close: lookups hold it for
+	// reading. Lock order: mu, then life.
+	life   sync.RWMutex
+	closed bool // written under mu and life, so either one suffices to read
 }
 
 // Open loads the programs, reuses the maps pinned under PinDir or creates
@@ -98,6 +116,9 @@ func Open(opts Options) (*Capture, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 
+	if opts.OriginalDstAsLocalAddr && opts.AgentCgroup == "" {
+		return nil, errors.New("OriginalDstAsLocalAddr needs AgentCgroup: set the agent's cgroup")
+	}
 	var agentCgroup string
 	var agentCgroupID uint64
 	if opts.AgentCgroup != "" {
@@ -118,7 +139,7 @@ func Open(opts Options) (*Capture, error) {
 		return nil, fmt.Errorf("create pin directory: %w", err)
 	}
 
-	c := &Capture{log: log, pinDir: opts.PinDir, pods: make(map[string]*podState)}
+	c := &Capture{log: log, pinDir: opts.PinDir, pods: map[string]*podState{}, agentLinks: map[string]link.Link{}}
 	if err := c.load(opts.Mark, opts.MarkMask, agentCgroupID); err != nil {
 		return nil, err
 	}
@@ -126,9 +147,11 @@ func Open(opts Options) (*Capture, error) {
 		c.closeHandles()
 		return nil, err
 	}
-	if err := c.adoptAgentLink(agentCgroup, agentCgroupID); err != nil {
-		c.closeHandles()
-		return nil, err
+	for _, h := range c.agentHooks(opts.OriginalDstAsLocalAddr) {
+		if err := c.adoptAgentLink(h, agentCgroup, agentCgroupID); err != nil {
+			c.closeHandles()
+			return nil, err
+		}
 	}
 	log.Info("capture opened", "pin_dir", opts.PinDir, "pods", len(c.pods))
 	return c, nil
@@ -166,52 +189,65 @@ func (c *Capture) load(mark, mask uint32, agentCgroupID uint64) error {
 	return nil
 }
 
-const agentLinkPin = "agent_getsockopt"
+// agentHook is a program on the agent's cgroup.
+type agentHook struct {
+	pin     string
+	attach  ebpf.AttachType
+	prog    *ebpf.Program
+	enabled bool
+}
 
-// adoptAgentLink makes sure the getsockopt program runs on the agent's
-// cgroup. A pinned link from a previous agent gets the new program; when
-// the cgroup changed, the new link is attached before the old one goes.
-func (c *Capture) adoptAgentLink(cgroup string, cgroupID uint64) error {
-	pin := filepath.Join(c.pinDir, agentLinkPin)
+func (c *Capture) agentHooks(localAddr bool) []agentHook {
+	return []agentHook{
+		{"agent_getsockopt", ebpf.AttachCGroupGetsockopt, c.objs.MztGetsockopt, true},
+		{"agent_getsockname4", ebpf.AttachCgroupInet4GetSockname, c.objs.MztAgentSock4, localAddr},
+		{"agent_getsockname6", ebpf.AttachCgroupInet6GetSockname, c.objs.MztAgentSock6, localAddr},
+	}
+}
+
+// adoptAgentLink makes sure h runs on the agent's cgroup. A pinned link from
+// a previous agent gets the new program; when the cgroup changed, the new
+// link is attached before the old one goes. A pinned link of a hook that is
+// now disabled, or with no agent cgroup set, is detached.
+func (c *Capture) adoptAgentLink(h agentHook, cgroup string, cgroupID uint64) error {
+	pin := filepath.Join(c.pinDir, h.pin)
 	old, err := loadPinnedLink(pin)
 	if err != nil {
 		return err
 	}
+	if cgroup == "" || !h.enabled {
+		if old != nil {
+			detachLink(old)
+		}
+		return nil
+	}
 	if old != nil {
 		info, err := old.Info()
-		sameCgroup := err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgroupID
-		if cgroup == "" || sameCgroup {
-			if err := old.Update(c.objs.MztGetsockopt); err != nil {
+		if err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgroupID {
+			if err := old.Update(h.prog); err != nil {
 				old.Close()
-				return fmt.Errorf("update getsockopt link: %w", err)
+				return fmt.Errorf("update %s link: %w", h.pin, err)
 			}
-			c.agentLink = old
+			c.agentLinks[h.pin] = old
 			return nil
 		}
 	}
-	if cgroup == "" {
-		return nil
-	}
 
-	l, err := link.AttachCgroup(link.CgroupOptions{
-		Path:    cgroup,
-		Attach:  ebpf.AttachCGroupGetsockopt,
-		Program: c.objs.MztGetsockopt,
-	})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: h.attach, Program: h.prog})
 	if err != nil {
 		if old != nil {
 			old.Close()
 		}
-		return fmt.Errorf("attach getsockopt to %s: %w", cgroup, err)
+		return fmt.Errorf("attach %s to %s: %w", h.pin, cgroup, err)
 	}
 	if old != nil {
 		detachLink(old)
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
-		return fmt.Errorf("pin getsockopt link: %w", err)
+		return fmt.Errorf("pin %s link: %w", h.pin, err)
 	}
-	c.agentLink = l
+	c.agentLinks[h.pin] = l
 	return nil
 }
 
@@ -233,6 +269,9 @@ func (h *captureHandles) Close() error {
 func (c *Capture) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
 	c.closeHandlesLocked()
 	return nil
 }
@@ -248,10 +287,14 @@ func (c *Capture) closeHandlesLocked() {
 		p.closeLinks()
 	}
 	c.pods = map[string]*podState{}
-	if c.agentLink != nil {
-		c.agentLink.Close()
-		c.agentLink = nil
+	for pin, l := range c.agentLinks {
+		l.Close()
+		delete(c.agentLinks, pin)
 	}
+
+	c.life.Lock()
+	defer c.life.Unlock()
+	c.closed = true
 	c.objs.Close()
 }
 
@@ -261,6 +304,9 @@ func (c *Capture) closeHandlesLocked() {
 func (c *Capture) Remove() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
 
 	var errs []error
 	for id := range c.pods {
@@ -268,9 +314,9 @@ func (c *Capture) Remove() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.agentLink != nil {
-		detachLink(c.agentLink)
-		c.agentLink = nil
+	for pin, l := range c.agentLinks {
+		detachLink(l)
+		delete(c.agentLinks, pin)
 	}
 	maps := []*ebpf.Map{
 		c.objs.MztPods, c.objs.MztPodIds, c.objs.MztExclCidr, c.objs.MztExclPort,
@@ -333,16 +379,24 @@ type Stats struct {
 	InboundTWSteered    uint64 // inbound SYNs meeting a TIME_WAIT socket, steered through sk_lookup
 	InboundTWFailed     uint64 // such SYNs dropped because the steering map update failed
 	SocknameRewritten   uint64 // getsockname calls shown the pod's address
+	AgentSocknameOrig   uint64 // agent getsockname calls returning an original destination
 }
 
 // Stats reads the counters.
 func (c *Capture) Stats() (Stats, error) {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed {
+		return Stats{}, ErrClosed
+	}
+
 	var s Stats
 	fields := []*uint64{
 		&s.ConnectSeen, &s.ConnectRedirected, &s.ConnectExcluded, &s.StorageFailed,
 		&s.TupleStored, &s.SockoptAnswered, &s.PeernameRewritten, &s.InboundAssigned,
 		&s.InboundNoListener, &s.InboundProbe, &s.InboundAssignFailed, &s.InboundUnknownDst,
 		&s.InboundTWSteered, &s.InboundTWFailed, &s.SocknameRewritten,
+		&s.AgentSocknameOrig,
 	}
 	for i, f := range fields {
 		var per []uint64

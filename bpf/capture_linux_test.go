@@ -466,3 +466,43 @@ func TestReenrollUpdatesSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestOriginalDstAsLocalAddr checks that with the option the proxy reads the
+// original destination from LocalAddr, and only for captured connections.
+func TestOriginalDstAsLocalAddr(t *testing.T) {
+	tp := newTopo(t)
+	joinCgroup(t, tp.agentCg)
+	c, err := Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg, OriginalDstAsLocalAddr: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { c.Remove() })
+	if err := c.Enroll(tp.pod1()); err != nil {
+		t.Fatalf("Enroll: %v", err)
+	}
+	reply := func(conn net.Conn) string { return "local " + conn.LocalAddr().String() }
+	ln4 := listen(t, tp.pod, "tcp4", "127.0.0.1:15001")
+	serve(t, ln4, reply)
+	serve(t, listen(t, tp.pod, "tcp6", "[::1]:15001"), reply)
+	if got := ln4.Addr().String(); got != "127.0.0.1:15001" {
+		t.Errorf("listener Addr() = %s, want 127.0.0.1:15001", got)
+	}
+
+	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(nodeIP4, appPort), netip.AddrPortFrom(nodeIP6, appPort)} {
+		got := tp.runApp(helperSpec{Network: "tcp", Addr: dst.String(), Count: 3})
+		wantReply(t, "captured connect to "+dst.String(), got, "local "+dst.String())
+	}
+
+	// A connection the agent makes to its own listener was not redirected.
+	r, err := dialIn(t, tp.pod, "tcp4", "", "127.0.0.1:15001", 2*time.Second)
+	if err != nil || r != "local 127.0.0.1:15001" {
+		t.Errorf("direct dial: reply %q, error %v; want local 127.0.0.1:15001", r, err)
+	}
+	if st, _ := c.Stats(); st.AgentSocknameOrig < 6 {
+		t.Errorf("Stats().AgentSocknameOrig = %d, want at least 6", st.AgentSocknameOrig)
+	}
+
+	if _, err := Open(Options{PinDir: tp.pinDir + "-x", OriginalDstAsLocalAddr: true}); err == nil {
+		t.Error("Open with OriginalDstAsLocalAddr and no AgentCgroup succeeded, want an error")
+	}
+}

@@ -220,7 +220,12 @@ func testRemoveLeavesNothing(t *testing.T, tp *topo) {
 	joinCgroup(t, tp.agentCg)
 	before := listKernelObjects(t)
 
-	c := tp.open()
+	// With every option on, so that every program and link is covered.
+	opts := Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg, OriginalDstAsLocalAddr: true}
+	c, err := Open(opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
 	if err := c.Enroll(tp.pod1()); err != nil {
 		t.Fatalf("Enroll: %v", err)
 	}
@@ -231,13 +236,13 @@ func testRemoveLeavesNothing(t *testing.T, tp *topo) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	c, err := Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg})
+	c, err = Open(opts)
 	if err != nil {
 		t.Fatalf("Open after Close: %v", err)
 	}
 	ours = mergeObjects(ours, ourObjects(t, c))
-	if len(ours.links) != len(cgroupHooks)+3 {
-		t.Fatalf("found %d links of the Capture, want %d", len(ours.links), len(cgroupHooks)+3)
+	if want := len(cgroupHooks) + 2 + 3; len(ours.links) != want {
+		t.Fatalf("found %d links of the Capture, want %d", len(ours.links), want)
 	}
 	if err := c.Remove(); err != nil {
 		t.Fatalf("Remove: %v", err)
@@ -297,7 +302,7 @@ func ourObjects(t testing.TB, c *Capture) kernelObjects {
 	k := kernelObjects{progs: map[ebpf.ProgramID]string{}, maps: map[ebpf.MapID]string{}, links: map[link.ID]ebpf.ProgramID{}}
 	progs := []*ebpf.Program{c.objs.MztConnect4, c.objs.MztConnect6, c.objs.MztSockops, c.objs.MztGetsockopt,
 		c.objs.MztGetpeer4, c.objs.MztGetpeer6, c.objs.MztTcIngress, c.objs.MztSkLookup,
-		c.objs.MztGetsock4, c.objs.MztGetsock6}
+		c.objs.MztGetsock4, c.objs.MztGetsock6, c.objs.MztAgentSock4, c.objs.MztAgentSock6}
 	for _, p := range progs {
 		info, err := p.Info()
 		if err != nil {
@@ -318,8 +323,8 @@ func ourObjects(t testing.TB, c *Capture) kernelObjects {
 			links = append(links, l)
 		}
 	}
-	if c.agentLink != nil {
-		links = append(links, c.agentLink)
+	for _, l := range c.agentLinks {
+		links = append(links, l)
 	}
 	for _, l := range links {
 		info, err := l.Info()
@@ -361,6 +366,15 @@ func TestUnenrollDepartedPod(t *testing.T) {
 	cookie := pods[0].NetnsCookie
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
+	}
+	if _, err := c.Pods(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Pods() after Close: error %v, want ErrClosed", err)
+	}
+	if _, err := c.Stats(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Stats() after Close: error %v, want ErrClosed", err)
+	}
+	if err := c.Close(); !errors.Is(err, ErrClosed) {
+		t.Errorf("second Close: error %v, want ErrClosed", err)
 	}
 
 	// The pod goes away: its namespace (and so its veth) and its cgroup.

@@ -45,6 +45,12 @@ func (c *Capture) OriginalDstIn(netnsCookie uint64, conn net.Conn) (netip.AddrPo
 		return netip.AddrPort{}, fmt.Errorf("original destination: connection %s is not TCP", conn.LocalAddr())
 	}
 	l, r := local.AddrPort(), remote.AddrPort()
+
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed {
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", r, ErrClosed)
+	}
 	key := captureTupleKey{
 		Netns:      netnsCookie,
 		Client:     addrWords(r.Addr()),

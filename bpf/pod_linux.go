@@ -186,6 +186,9 @@ func (c *Capture) Enroll(p Pod) error {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return fmt.Errorf("enroll pod %s: %w", p.ID, ErrClosed)
+	}
 	st, err := c.podForEnrollLocked(p.ID, info.cookie)
 	if err != nil {
 		return err
@@ -350,6 +353,9 @@ func (c *Capture) replaceLink(st *podState, pin string, old, l link.Link) error 
 func (c *Capture) Unenroll(id string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return fmt.Errorf("unenroll pod %s: %w", id, ErrClosed)
+	}
 	return c.unenrollLocked(id)
 }
 
@@ -403,6 +409,9 @@ func (c *Capture) unenrollLocked(id string) error {
 func (c *Capture) Pods() ([]EnrolledPod, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("list pods: %w", ErrClosed)
+	}
 
 	var out []EnrolledPod
 	for id, st := range c.pods {
