@@ -12,7 +12,10 @@
 // namespace cookie and 4-tuple when the connection is established, which
 // happens before the proxy's accept returns. The proxy reads it with
 // Capture.OriginalDst, or with getsockopt(SO_ORIGINAL_DST) through
-// SockoptOriginalDst when Options.AgentCgroup is set. getpeername4 and
+// SockoptOriginalDst when Options.AgentCgroup is set. The cheapest way is
+// Options.OriginalDstAsLocalAddr: a getsockname program on the agent's
+// cgroup then returns the original destination in the getsockname call
+// that Go makes on every accept, so conn.LocalAddr() holds it. getpeername4 and
 // getpeername6 programs show the application its real peer, and
 // getsockname4 and getsockname6 the pod's address instead of a loopback
 // one (the port stays the loopback connection's).
