@@ -107,23 +107,52 @@ func cgroupID(p string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// ensureBPFFS makes dir a directory on bpffs. When dir is not on bpffs
-// already, it mounts a bpffs instance on dir itself.
+// standardBPFFS is where bpffs is conventionally mounted.
+const standardBPFFS = "/sys/fs/bpf"
+
+// ensureBPFFS makes dir a directory on bpffs. When dir is under an existing
+// bpffs, it creates it there. When dir is under /sys/fs/bpf and nothing is
+// mounted there, it mounts bpffs on /sys/fs/bpf, as other BPF agents do;
+// /sys itself (sysfs) accepts no new directories. Otherwise it mounts a
+// bpffs instance on dir itself.
 func ensureBPFFS(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin directory %s: %w", dir, err)
-	}
-	onBPF, err := isBPFFS(dir)
-	if err != nil {
+	if onBPF, err := isBPFFS(existingAncestor(dir)); err != nil {
 		return err
+	} else if onBPF {
+		return mkdirPins(dir)
 	}
-	if onBPF {
-		return nil
+
+	if dir == standardBPFFS || strings.HasPrefix(dir, standardBPFFS+"/") {
+		if err := unix.Mount("bpf", standardBPFFS, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs on %s: %w", standardBPFFS, err)
+		}
+		return mkdirPins(dir)
+	}
+
+	if err := mkdirPins(dir); err != nil {
+		return err
 	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
 	}
 	return nil
+}
+
+func mkdirPins(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// existingAncestor returns dir or its nearest ancestor that exists.
+func existingAncestor(dir string) string {
+	for {
+		if _, err := os.Stat(dir); err == nil || dir == "/" {
+			return dir
+		}
+		dir = filepath.Dir(dir)
+	}
 }
 
 func isBPFFS(dir string) (bool, error) {

@@ -1,20 +1,24 @@
 package bpf
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -402,4 +406,56 @@ func TestUnenrollDepartedPod(t *testing.T) {
 	if entries, err := os.ReadDir(filepath.Join(tp.pinDir, podsDir)); err != nil || len(entries) != 0 {
 		t.Errorf("pod pin directories after Unenroll: %v (error %v), want none", entries, err)
 	}
+}
+
+const modeDefaultPinDir = "default-pin-dir"
+
+// TestDefaultPinDirMountsBPFFS opens a Capture with the default pin
+// directory on a host where /sys/fs/bpf has no bpffs, as on the test VM.
+// It runs in a child process with its own mount namespace, so the bpffs
+// mount never reaches the host.
+func TestDefaultPinDirMountsBPFFS(t *testing.T) {
+	privtest.Require(t)
+	if onBPF, err := isBPFFS(standardBPFFS); err != nil || onBPF {
+		t.Skipf("%s already holds bpffs (error %v); this test covers hosts without it, and must not touch a real agent's pins", standardBPFFS, err)
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	spec, _ := json.Marshal(helperSpec{Mode: modeDefaultPinDir})
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	var a attempt
+	if err := json.Unmarshal(out, &a); err != nil || a.Reply != "ok" {
+		t.Fatalf("default pin directory: %+v (output %q, error %v)", a, out, err)
+	}
+	if onBPF, _ := isBPFFS(standardBPFFS); onBPF {
+		t.Errorf("%s holds bpffs in the test's mount namespace after the helper exited", standardBPFFS)
+	}
+}
+
+// checkDefaultPinDir runs in the helper: Go makes the new mount namespace
+// private, so the mount stays inside it.
+func checkDefaultPinDir() error {
+	c, err := Open(Options{})
+	if err != nil {
+		return err
+	}
+	if onBPF, err := isBPFFS(standardBPFFS); err != nil || !onBPF {
+		return fmt.Errorf("%s is not bpffs after Open (error %v)", standardBPFFS, err)
+	}
+	if _, err := os.Stat(filepath.Join(DefaultPinDir, "mzt_pods")); err != nil {
+		return fmt.Errorf("pinned map missing: %w", err)
+	}
+	if err := c.Remove(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(DefaultPinDir); !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s still exists after Remove (stat error %v)", DefaultPinDir, err)
+	}
+	return nil
 }

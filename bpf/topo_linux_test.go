@@ -426,6 +426,7 @@ type helperSpec struct {
 	Interval time.Duration
 	Mark     int
 	MPTCP    bool
+	Mode     string // "" dials; modeDefaultPinDir runs checkDefaultPinDir
 }
 
 type attempt struct {
@@ -442,6 +443,14 @@ func runHelper(specJSON string) int {
 		return 2
 	}
 	enc := json.NewEncoder(os.Stdout)
+	if spec.Mode == modeDefaultPinDir {
+		a := attempt{Reply: "ok"}
+		if err := checkDefaultPinDir(); err != nil {
+			a = attempt{Err: err.Error()}
+		}
+		enc.Encode(a)
+		return 0
+	}
 	deadline := time.Now().Add(spec.Duration)
 	for i := 0; i < spec.Count && (spec.Duration == 0 || time.Now().Before(deadline)); i++ {
 		enc.Encode(helperDial(spec))
