@@ -37,8 +37,9 @@ var (
 // Options configures Open. The zero value is valid.
 type Options struct {
 	// PinDir is the bpffs directory for pinned maps and links. When it is not
-	// on bpffs, Open mounts a bpffs instance on it. Empty means
-	// DefaultPinDir. Two agents must not share a PinDir.
+	// on bpffs, Open mounts bpffs on /sys/fs/bpf if PinDir lies below it,
+	// and otherwise on PinDir itself. Empty means DefaultPinDir. Two agents
+	// must not share a PinDir.
 	PinDir string
 
 	// AgentCgroup is the cgroup v2 directory of the agent process, absolute

@@ -49,9 +49,11 @@
 // # Lifecycle and pinning
 //
 // Open loads the programs once per agent. Maps and per-pod links are pinned
-// under Options.PinDir (default /sys/fs/bpf/mazu-ztunnel); when that
-// directory is not on bpffs, Open mounts a bpffs instance on it. For pins to
-// outlive the agent's container, mount the host's /sys/fs/bpf into it.
+// under Options.PinDir (default /sys/fs/bpf/mazu-ztunnel). When that
+// directory is not on bpffs, Open mounts bpffs on /sys/fs/bpf if the
+// directory lies below it, and otherwise on the directory itself (tests use
+// this for a private bpffs). For pins to outlive the agent's container,
+// mount the host's /sys/fs/bpf into it.
 // Close leaves the pins, so capture continues (failing closed while no
 // listener exists); the next Open reuses the pinned maps and swaps its
 // programs into the pinned links with an atomic link update. Remove deletes
