@@ -183,6 +183,9 @@ struct {
 // under the connection's tuple and lets the SYN pass; the kernel ends the
 // TIME_WAIT socket and looks up a listener, and mzt_sk_lookup hands it this
 // one instead of the application's.
+// NOTE: an entry whose SYN never reaches the listener lookup stays until the
+// listener closes or the pod is unenrolled; when the map is full, such SYNs
+// are dropped.
 struct steer_key {
 	__u32 local[4];  // IPv4-mapped for IPv4
 	__u32 remote[4];
