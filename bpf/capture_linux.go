@@ -53,8 +53,8 @@ type Options struct {
 	AgentCgroup string
 
 	// OriginalDstAsLocalAddr makes getsockname on a connection accepted on
-	// the outbound listener return its original destination, for processes
-	// in AgentCgroup. The proxy then reads the original destination from
+	// the outbound listener return its original destination, for sockets of
+	// AgentCgroup (the listener must be created there). The proxy then reads the original destination from
 	// conn.LocalAddr() with no extra system call (Go calls getsockname on
 	// every accept), as it does for inbound connections. It needs
 	// AgentCgroup, and the listener's own address stays 127.0.0.1:15001.
