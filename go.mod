@@ -3,6 +3,7 @@ module github.com/mazu-mesh/mazu-ztunnel
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/cloudflare/circl v1.6.5
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
