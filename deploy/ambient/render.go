@@ -7,6 +7,7 @@ package ambient
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -113,7 +114,7 @@ func Objects(manifest string) ([]*unstructured.Unstructured, error) {
 	decoder := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader([]byte(manifest)), 4096)
 	var objects []*unstructured.Unstructured
 	for {
-		var raw map[string]any
+		var raw json.RawMessage
 		err := decoder.Decode(&raw)
 		if errors.Is(err, io.EOF) {
 			break
@@ -121,12 +122,17 @@ func Objects(manifest string) ([]*unstructured.Unstructured, error) {
 		if err != nil {
 			return nil, fmt.Errorf("parse manifest document %d: %w", len(objects)+1, err)
 		}
-		if len(raw) == 0 {
+		if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
 			continue
 		}
-		obj := &unstructured.Unstructured{Object: raw}
-		if obj.GetAPIVersion() == "" || obj.GetKind() == "" || obj.GetName() == "" {
-			return nil, fmt.Errorf("parse manifest document %d: apiVersion, kind or metadata.name is missing", len(objects)+1)
+		// Unstructured's own JSON decoding keeps integers as int64, as
+		// client-go expects, where encoding/json would make them float64.
+		obj := &unstructured.Unstructured{}
+		if err := obj.UnmarshalJSON(raw); err != nil {
+			return nil, fmt.Errorf("parse manifest document %d: %w", len(objects)+1, err)
+		}
+		if obj.GetAPIVersion() == "" || obj.GetName() == "" {
+			return nil, fmt.Errorf("parse manifest document %d (%s): apiVersion or metadata.name is missing", len(objects)+1, obj.GetKind())
 		}
 		objects = append(objects, obj)
 	}
