@@ -198,3 +198,29 @@ func TestApplyServerSide(t *testing.T) {
 		t.Errorf("mazu-cni installer restartPolicy = %v, want Always (a native sidecar)", installer.RestartPolicy)
 	}
 }
+
+// TestApplyVariants applies the other golden value sets, each in a namespace
+// of its own so that their cluster-wide objects do not replace the default
+// release's, and checks that the API server accepts every object.
+func TestApplyVariants(t *testing.T) {
+	tb := testbed.Get(t)
+	for _, tc := range goldenCases[1:] {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			opts := tc.opts
+			opts.Namespace = "apply-" + tc.name
+			manifest, err := ambient.Render(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			applied, err := applyManifest(ctx, tb, opts.Namespace, manifest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(applied) == 0 {
+				t.Fatal("the variant rendered no object")
+			}
+		})
+	}
+}
