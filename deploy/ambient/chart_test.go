@@ -10,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/mazu-mesh/mazu-ztunnel/deploy/ambient"
+	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/v2/lint"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -341,5 +344,44 @@ func TestValuesDocumented(t *testing.T) {
 	}
 	if err := scanner.Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHelmLint runs Helm's own chart linter, as `helm lint --strict` does,
+// and fails on any warning or error. Informational messages (such as a
+// missing icon) are logged only.
+func TestHelmLint(t *testing.T) {
+	kubeVersion, err := common.ParseKubeVersion(ambient.DefaultKubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := lint.RunAll(ambient.ChartDir(), nil, ambient.DefaultNamespace, lint.WithKubeVersion(kubeVersion))
+	for _, msg := range result.Messages {
+		if msg.Severity >= support.WarningSev {
+			t.Errorf("helm lint: %v", msg)
+		} else {
+			t.Logf("helm lint: %v", msg)
+		}
+	}
+}
+
+// TestNoClashWithIstio checks that the chart can share the Istio namespace
+// with Istio's ztunnel and istio-cni while nodes move over: no object takes
+// one of their names, and the agent's pod selector does not match their pods.
+func TestNoClashWithIstio(t *testing.T) {
+	istioNames := map[string]bool{"ztunnel": true, "istio-cni-node": true, "istio-cni": true, "istio-cni-config": true}
+	for _, obj := range render(t, nil) {
+		if istioNames[obj.GetName()] {
+			t.Errorf("%s %s takes a name of Istio's data plane", obj.GetKind(), obj.GetName())
+		}
+	}
+	ds := agentDaemonSet(t, render(t, nil))
+	for _, app := range []string{"ztunnel", "istio-cni-node"} {
+		if ds.Spec.Selector.MatchLabels["app"] == app {
+			t.Errorf("agent DaemonSet selects app=%s, the label of Istio's pods", app)
+		}
+	}
+	if ds.Spec.Template.Labels["istio.io/dataplane-mode"] != "none" {
+		t.Errorf("agent pods lack istio.io/dataplane-mode=none, so an ambient namespace would capture them")
 	}
 }
