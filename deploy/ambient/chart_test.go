@@ -91,6 +91,12 @@ func TestIstioValueNames(t *testing.T) {
 				t.Errorf("image = %q", c.Image)
 			}
 		}},
+		{"imagePullSecrets", map[string]any{"imagePullSecrets": []any{"registry-login"}}, func(t *testing.T, ds *appsv1.DaemonSet, _ corev1.Container) {
+			secrets := ds.Spec.Template.Spec.ImagePullSecrets
+			if len(secrets) != 1 || secrets[0].Name != "registry-login" {
+				t.Errorf("imagePullSecrets = %v", secrets)
+			}
+		}},
 		{"resources", map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": "1Gi"}}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
 			if got := c.Resources.Limits.Memory().String(); got != "1Gi" {
 				t.Errorf("memory limit = %s", got)

@@ -49,13 +49,3 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "mazu.agentUser" -}}
 {{- printf "system:serviceaccount:%s:%s" .Release.Namespace .Values.resourceName -}}
 {{- end -}}
-
-{{/* imagePullSecrets block of a pod spec. */}}
-{{- define "mazu.pullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-{{- range . }}
-  - name: {{ . }}
-{{- end }}
-{{- end }}
-{{- end -}}
