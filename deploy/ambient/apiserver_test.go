@@ -31,7 +31,7 @@ var (
 
 // installDefault applies the default rendering (the plain manifests) to the
 // shared testbed once per test binary, and returns the applied objects.
-func installDefault(t *testing.T, tb *testbed.Testbed) []*unstructured.Unstructured {
+func installDefault(t testing.TB, tb *testbed.Testbed) []*unstructured.Unstructured {
 	t.Helper()
 	installOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -147,8 +147,8 @@ func TestApplyServerSide(t *testing.T) {
 	}
 	want := map[string]int{
 		"DaemonSet": 1, "StatefulSet": 2, "PodDisruptionBudget": 2, "ServiceAccount": 3,
-		"ClusterRole": 2, "ClusterRoleBinding": 2, "ValidatingAdmissionPolicy": 1,
-		"ValidatingAdmissionPolicyBinding": 1, "Namespace": 1, "Service": 3,
+		"ClusterRole": 2, "ClusterRoleBinding": 2, "ValidatingAdmissionPolicy": 2,
+		"ValidatingAdmissionPolicyBinding": 2, "Namespace": 1, "Service": 3,
 	}
 	for kind, n := range want {
 		if kinds[kind] != n {

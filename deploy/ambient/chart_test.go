@@ -391,3 +391,25 @@ func TestNoClashWithIstio(t *testing.T) {
 		t.Errorf("agent pods lack istio.io/dataplane-mode=none, so an ambient namespace would capture them")
 	}
 }
+
+// TestNodeCheckOptional checks that agent.tokenRequest.checkNode=false drops
+// only the parameterized node policy and keeps the request-shape policy.
+func TestNodeCheckOptional(t *testing.T) {
+	policies := func(objects []*unstructured.Unstructured) []string {
+		var names []string
+		for _, obj := range objects {
+			if obj.GetKind() == "ValidatingAdmissionPolicy" {
+				names = append(names, obj.GetName())
+			}
+		}
+		return names
+	}
+	with := policies(render(t, nil))
+	if want := []string{"mazu-ztunnel-istio-system-token-shape", "mazu-ztunnel-istio-system-token-node"}; !slices.Equal(with, want) {
+		t.Errorf("default policies = %v, want %v", with, want)
+	}
+	without := policies(render(t, map[string]any{"agent": map[string]any{"tokenRequest": map[string]any{"checkNode": false}}}))
+	if want := []string{"mazu-ztunnel-istio-system-token-shape"}; !slices.Equal(without, want) {
+		t.Errorf("policies with checkNode=false = %v, want %v", without, want)
+	}
+}

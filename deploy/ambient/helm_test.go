@@ -101,9 +101,10 @@ func TestHelmInstallUpgradeRollback(t *testing.T) {
 	if _, err := uninstall.Run(release); err != nil {
 		t.Fatalf("helm uninstall: %v", err)
 	}
-	policy := "mazu-ztunnel-" + namespace + "-token-scope"
-	if _, err := tb.Client().AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, policy, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("after uninstall, reading policy %s returned %v, want NotFound", policy, err)
+	for _, policy := range []string{"mazu-ztunnel-" + namespace + "-token-shape", "mazu-ztunnel-" + namespace + "-token-node"} {
+		if _, err := tb.Client().AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, policy, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("after uninstall, reading policy %s returned %v, want NotFound", policy, err)
+		}
 	}
 	if _, err := tb.Client().AppsV1().DaemonSets(namespace).Get(ctx, "mazu-ztunnel", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("after uninstall, reading the agent DaemonSet returned %v, want NotFound", err)
