@@ -61,7 +61,7 @@ func agentClient(t testing.TB, tb *testbed.Testbed, agent *testbed.Pod) kubernet
 // tokenRequest builds a request for a token bound to pod, as the agent
 // makes it for a key registration.
 func tokenRequest(pod *testbed.Pod) *authenticationv1.TokenRequest {
-	seconds := int64(600)
+	seconds := int64(3600)
 	return &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		Audiences:         []string{curatorAudience},
 		ExpirationSeconds: &seconds,
@@ -201,11 +201,10 @@ func TestAgentTokenScope(t *testing.T) {
 		{"UID of another pod", func(r *authenticationv1.TokenRequest) { r.Spec.BoundObjectRef.UID = appB.UID }, ownNodeMessage},
 		{"API server audience", func(r *authenticationv1.TokenRequest) { r.Spec.Audiences = []string{tb.APIServerURL()} }, "are not allowed"},
 		{"extra audience", func(r *authenticationv1.TokenRequest) { r.Spec.Audiences = append(r.Spec.Audiences, "istio-ca") }, "are not allowed"},
-		{"one hour lifetime", func(r *authenticationv1.TokenRequest) {
-			seconds := int64(3600)
+		{"two hour lifetime", func(r *authenticationv1.TokenRequest) {
+			seconds := int64(7200)
 			r.Spec.ExpirationSeconds = &seconds
-		}, "at most 600 seconds"},
-		{"default lifetime", func(r *authenticationv1.TokenRequest) { r.Spec.ExpirationSeconds = nil }, "at most 600 seconds"},
+		}, "at most 3600 seconds"},
 	}
 	for _, tc := range rejected {
 		t.Run(tc.name, func(t *testing.T) {
