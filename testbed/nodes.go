@@ -348,3 +348,23 @@ func (tb *Testbed) RemoveNode(ctx context.Context, node *Node) error {
 	errs = append(errs, ignoreNotFound(tb.client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{})))
 	return errors.Join(errs...)
 }
+
+func (n *Node) deleteLink(name string) error {
+	nl, err := netlink.NewHandleAt(n.handle)
+	if err != nil {
+		return fmt.Errorf("delete link %s on node %s: %w", name, n.Name, err)
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		return fmt.Errorf("delete link %s on node %s: %w", name, n.Name, err)
+	}
+	if err := nl.LinkDel(link); err != nil {
+		return fmt.Errorf("delete link %s on node %s: %w", name, n.Name, err)
+	}
+	return nil
+}

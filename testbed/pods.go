@@ -289,11 +289,16 @@ func (tb *Testbed) DeletePod(ctx context.Context, pod *Pod) error {
 		})
 		errs = append(errs, ignoreNotFound(err))
 	}
+	// The kernel destroys a deleted namespace's links asynchronously, so the
+	// node end of the veth is deleted first: a new pod may reuse its name
+	// at once.
+	if pod.hostVeth != "" {
+		errs = append(errs, pod.Node.deleteLink(pod.hostVeth))
+	}
 	if pod.handle != netns.None() {
 		pod.handle.Close()
 		errs = append(errs, deleteNetns(pod.Netns))
 	}
-	// The node end of the veth goes away with the pod's namespace.
 	if pod.Cgroup != "" {
 		errs = append(errs, removeCgroupEventually(pod.Cgroup))
 	}

@@ -43,6 +43,9 @@ type Options struct {
 	BinDir string
 	// Istiod starts istiod (pilot-discovery) with ambient mode enabled.
 	Istiod bool
+	// IstioCRDs installs Istio's CRDs (AuthorizationPolicy,
+	// PeerAuthentication, ...) without istiod. Istiod implies it.
+	IstioCRDs bool
 	// NoControllerManager skips kube-controller-manager, so that nothing
 	// maintains EndpointSlices or default ServiceAccounts.
 	NoControllerManager bool
@@ -187,6 +190,10 @@ func Start(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	}
 	if opts.Istiod {
 		if err := tb.startIstiod(ctx, opts.Detach); err != nil {
+			return nil, err
+		}
+	} else if opts.IstioCRDs {
+		if err := tb.applyCRDs(ctx, filepath.Join(binDir, "istio-crds.yaml")); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,182 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+)
+
+// SupportedVersions are the CNI spec versions mazu-cni speaks. As a chained
+// plugin it passes the previous result through unchanged, so every version
+// with prevResult chaining works.
+var SupportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// NetConf is the plugin's network configuration from stdin.
+type NetConf struct {
+	CNIVersion string          `json:"cniVersion"`
+	Name       string          `json:"name"`
+	Type       string          `json:"type"`
+	PrevResult json.RawMessage `json:"prevResult,omitempty"`
+	// Socket is the agent's socket; empty means DefaultSocket.
+	Socket string `json:"socket,omitempty"`
+	// TimeoutSeconds bounds the wait for the agent; zero means 30.
+	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
+}
+
+// Error is the CNI error result (spec section "Error").
+type Error struct {
+	CNIVersion string `json:"cniVersion"`
+	Code       uint   `json:"code"`
+	Msg        string `json:"msg"`
+	Details    string `json:"details,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Msg + ": " + e.Details }
+
+// CNI error codes: 4 is "invalid network config", 7 "invalid environment
+// variables", 11 "try again later" (spec section "Error").
+const (
+	codeInvalidConfig = 4
+	codeInvalidEnv    = 7
+	codeTryAgain      = 11
+)
+
+// RunPlugin runs one CNI invocation: the command from env (CNI_COMMAND and
+// friends), the configuration from stdin, the result to stdout. It returns
+// the process exit code, having written the result or a CNI error.
+func RunPlugin(env func(string) string, stdin io.Reader, stdout io.Writer) int {
+	err := runPlugin(env, stdin, stdout)
+	if err == nil {
+		return 0
+	}
+	var cniErr *Error
+	if !errors.As(err, &cniErr) {
+		cniErr = &Error{Code: codeTryAgain, Msg: "mazu-cni failed", Details: err.Error()}
+	}
+	if cniErr.CNIVersion == "" {
+		cniErr.CNIVersion = "1.0.0"
+	}
+	_ = json.NewEncoder(stdout).Encode(cniErr)
+	return 1
+}
+
+func runPlugin(env func(string) string, stdin io.Reader, stdout io.Writer) error {
+	command := env("CNI_COMMAND")
+	if command == "VERSION" {
+		return json.NewEncoder(stdout).Encode(map[string]any{"cniVersion": "1.0.0", "supportedVersions": SupportedVersions})
+	}
+	raw, err := io.ReadAll(io.LimitReader(stdin, 1<<20))
+	if err != nil {
+		return &Error{Code: codeInvalidConfig, Msg: "read network configuration", Details: err.Error()}
+	}
+	var conf NetConf
+	if err := json.Unmarshal(raw, &conf); err != nil {
+		return &Error{Code: codeInvalidConfig, Msg: "decode network configuration", Details: err.Error()}
+	}
+	args := parseArgs(env("CNI_ARGS"))
+	req := Request{
+		Namespace:   args["K8S_POD_NAMESPACE"],
+		Name:        args["K8S_POD_NAME"],
+		UID:         args["K8S_POD_UID"],
+		ContainerID: env("CNI_CONTAINERID"),
+		Netns:       env("CNI_NETNS"),
+	}
+	switch command {
+	case "ADD":
+		req.Op = OpAdd
+	case "DEL":
+		req.Op = OpDel
+	case "CHECK":
+		req.Op = OpCheck
+	default:
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeInvalidEnv, Msg: "unknown CNI_COMMAND", Details: fmt.Sprintf("%q; want ADD, DEL, CHECK or VERSION", command)}
+	}
+	if req.Namespace == "" || req.Name == "" {
+		if command == "DEL" {
+			// A DEL without pod arguments (a runtime cleaning up a sandbox
+			// it never finished) has nothing to unenroll.
+			return writePrevResult(stdout, conf)
+		}
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeInvalidEnv, Msg: "CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME", Details: env("CNI_ARGS")}
+	}
+	resp, err := call(conf, req)
+	if err != nil {
+		if command == "DEL" {
+			// DEL must succeed when the agent is gone: it cleans up its own
+			// state for departed pods when it restarts.
+			return writePrevResult(stdout, conf)
+		}
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeTryAgain, Msg: "node agent unreachable; the pod waits until it is running", Details: err.Error()}
+	}
+	if resp.Error != "" {
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeTryAgain, Msg: "node agent did not enroll the pod", Details: resp.Error}
+	}
+	if command == "CHECK" {
+		return nil
+	}
+	return writePrevResult(stdout, conf)
+}
+
+func writePrevResult(stdout io.Writer, conf NetConf) error {
+	if len(conf.PrevResult) == 0 {
+		// A DEL has no result, and an ADD without a previous plugin
+		// returns an empty result of its version.
+		_, err := fmt.Fprintf(stdout, "{\"cniVersion\":%q}\n", conf.CNIVersion)
+		return err
+	}
+	var result map[string]any
+	if err := json.Unmarshal(conf.PrevResult, &result); err != nil {
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeInvalidConfig, Msg: "decode prevResult", Details: err.Error()}
+	}
+	result["cniVersion"] = conf.CNIVersion
+	return json.NewEncoder(stdout).Encode(result)
+}
+
+func call(conf NetConf, req Request) (Response, error) {
+	socket := conf.Socket
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	timeout := time.Duration(conf.TimeoutSeconds) * time.Second
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	conn, err := net.DialTimeout("unixpacket", socket, timeout)
+	if err != nil {
+		return Response{}, fmt.Errorf("connect to agent at %s: %w", socket, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	out, err := json.Marshal(req)
+	if err != nil {
+		return Response{}, err
+	}
+	if _, err := conn.Write(out); err != nil {
+		return Response{}, fmt.Errorf("send request to agent: %w", err)
+	}
+	buf := make([]byte, maxMessage)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return Response{}, fmt.Errorf("read agent response: %w", err)
+	}
+	var resp Response
+	if err := json.Unmarshal(buf[:n], &resp); err != nil {
+		return Response{}, fmt.Errorf("decode agent response: %w", err)
+	}
+	return resp, nil
+}
+
+// parseArgs splits CNI_ARGS, "K1=V1;K2=V2".
+func parseArgs(s string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ";") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
