@@ -19,7 +19,8 @@ type Scheme interface {
 
 // A Block is the public state of one RBE block.
 type Block interface {
-	// Register adds a checked key to an empty slot.
+	// Register adds a key to an empty slot. The caller has run CheckKey on
+	// it, so implementations may skip the expensive part of the check.
 	Register(slot int, pk, helpers []byte) error
 	// Remove subtracts a slot's key and helper values and empties the slot.
 	Remove(slot int) error
