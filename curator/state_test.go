@@ -33,7 +33,8 @@ func newRegistrant() *registrant {
 func claims(aud string, exp time.Time) []byte {
 	h, _ := json.Marshal(map[string]string{"alg": "RS256", "kid": "k"})
 	p, _ := json.Marshal(map[string]any{"aud": []string{aud}, "exp": exp.Unix(), "iat": exp.Add(-10 * time.Minute).Unix(),
-		"kubernetes.io": map[string]any{"namespace": "ns", "pod": map[string]string{"name": "p", "uid": "u"}}})
+		"kubernetes.io": map[string]any{"namespace": "ns", "pod": map[string]string{"name": "p", "uid": "u"},
+			"node": map[string]string{"name": "n"}}})
 	return []byte(base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(p))
 }
 

@@ -91,13 +91,16 @@ func ParseTokenClaims(signingInput string) (*TokenClaims, error) {
 }
 
 // CheckClaims applies the rules every logged token must meet at time
-// nowUnix: the audience, the pod binding and the validity period.
+// nowUnix: the audience, the pod binding, the node claim and the validity
+// period.
 func (c *TokenClaims) CheckClaims(aud string, nowUnix int64) error {
 	switch {
 	case !slices.Contains(c.Audience, aud):
 		return fmt.Errorf("token audience %q lacks %q: request the token with audience %s", []string(c.Audience), aud, aud)
 	case c.K8s.Pod == nil || c.K8s.Pod.UID == "":
 		return errors.New("token is not bound to a pod: use a projected or TokenRequest token bound to the pod")
+	case c.K8s.Node == nil || c.K8s.Node.Name == "":
+		return errors.New("token has no node claim: request it for a pod scheduled to a node, from an API server that adds node claims")
 	case c.Expiry == 0 || nowUnix >= c.Expiry:
 		return fmt.Errorf("token expired at unix time %d (now %d): request a fresh token", c.Expiry, nowUnix)
 	case c.NotBefore != 0 && nowUnix < c.NotBefore:

@@ -77,6 +77,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	crsPath := fs.String("crs", "", "RBE CRS file")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for TokenReview; empty means in-cluster")
 	audience := fs.String("audience", curator.DefaultAudience, "token audience reserved for the curator")
+	nodeCheck := fs.Bool("node-check", true, "require the sending agent's own token and the registration token's node to be the agent's node")
+	agentSA := fs.String("agent-service-account", "", "namespace/name of the node agents' service account; empty accepts any agent token")
 	var witnesses multiFlag
 	fs.Var(&witnesses, "witness", "witness as URL=VKEY (repeat); the log publishes a checkpoint once a quorum cosigns")
 	quorum := fs.Int("quorum", 0, "cosignatures required; 0 means ⌊2n/3⌋+1 of the n witnesses")
@@ -134,7 +136,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	cfg := server.Config{Origin: signer.Name(), Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
-		Reviewer: reviewer, Audience: *audience, Witnesses: ws, Quorum: *quorum, BatchInterval: *batch,
+		Reviewer: reviewer, Audience: *audience, NodeCheck: *nodeCheck, AgentServiceAccount: *agentSA, Witnesses: ws, Quorum: *quorum, BatchInterval: *batch,
 		MaxBatch: *maxBatch, Logger: log, Registry: reg}
 	handler, closeFn, err := startLog(ctx, log, cfg, raftFlags)
 	if err != nil {

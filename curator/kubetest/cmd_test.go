@@ -46,7 +46,7 @@ func TestCommandsWithWitnesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &registrar{tb: tb, pod: pod, files: f, acked: map[curator.ID]uint64{}}
+	r := &registrar{tb: tb, pod: pod, agent: agentPod(t, tb, node), files: f, acked: map[curator.ID]uint64{}}
 	check := func(url string) {
 		t.Helper()
 		resp, err := r.register(t.Context(), url)

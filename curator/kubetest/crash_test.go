@@ -26,7 +26,7 @@ func TestCrashDuringRegistrations(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "curator.db")
 	args := []string{"serve", "-listen", "127.0.0.1:0", "-db", db, "-key", f.key, "-crs", f.crs, "-kubeconfig", tb.Kubeconfig()}
 	p := startProc(t, args...)
-	r := &registrar{tb: tb, pod: pod, files: f, acked: map[curator.ID]uint64{}}
+	r := &registrar{tb: tb, pod: pod, agent: agentPod(t, tb, node), files: f, acked: map[curator.ID]uint64{}}
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()

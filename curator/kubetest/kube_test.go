@@ -120,6 +120,50 @@ func TestRegisterWithPodBoundTokens(t *testing.T) {
 	}
 }
 
+// TestNodeCheckOnAPIServer: a registration token for a pod on node B,
+// sent by the agent of node A, is rejected.
+func TestNodeCheckOnAPIServer(t *testing.T) {
+	tb := getTestbed(t)
+	reviewer := &server.KubeReviewer{Client: tb.Client(), Audience: curator.DefaultAudience}
+	c := curatortest.Start(t, curatortest.Options{Witnesses: 1, Scheme: scheme, Reviewer: reviewer,
+		JWKS: issuerJWKS(t, tb), NodeCheck: true})
+	nodeA, nodeB := testbed.NewNode(t, tb, "cur-node-a"), testbed.NewNode(t, tb, "cur-node-b")
+	agentA := agentPod(t, tb, nodeA)
+	agentTok := func() string {
+		tok, err := tb.RequestToken(t.Context(), agentA, curator.DefaultAudience, 10*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	for _, tc := range []struct {
+		name string
+		node *testbed.Node
+		want string
+	}{
+		{"pod on the agent's node", nodeA, ""},
+		{"pod on another node", nodeB, "the agent runs on node cur-node-a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testbed.NewPod(t, tb, tc.node, testbed.PodSpec{Namespace: "curator-test", Name: "nc-" + tc.node.Name, ServiceAccount: "workload"})
+			tok, err := tb.RequestToken(t.Context(), p, curator.DefaultAudience, 10*time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := curatortest.NewWorkload(t, tok, p.IP)
+			w.AgentToken = agentTok()
+			_, err = c.Register(t.Context(), w, fakeKey)
+			var he *curator.HTTPError
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Register = %v, want success", err)
+			case tc.want != "" && (!errors.As(err, &he) || he.Code != 403 || !strings.Contains(he.Body, tc.want)):
+				t.Fatalf("Register = %v, want HTTP 403 containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestTokenRejectionsOnAPIServer(t *testing.T) {
 	k := newKubeEnv(t, nil)
 	ctx := t.Context()

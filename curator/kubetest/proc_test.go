@@ -157,6 +157,7 @@ func freeAddr(t *testing.T) string {
 type registrar struct {
 	tb    *testbed.Testbed
 	pod   *testbed.Pod
+	agent *testbed.Pod // the node agent's pod, on pod's node
 	files files
 
 	mu    sync.Mutex
@@ -169,6 +170,11 @@ func (r *registrar) register(ctx context.Context, url string) (*server.KeyRespon
 		return nil, err
 	}
 	w := curatortest.NewWorkload(nil, tok, r.pod.IP)
+	if r.agent != nil {
+		if w.AgentToken, err = r.tb.RequestToken(ctx, r.agent, curator.DefaultAudience, 10*time.Minute); err != nil {
+			return nil, err
+		}
+	}
 	c := &curatortest.Cluster{Client: &curator.Client{URL: url}}
 	resp, err := c.Register(ctx, w, r.files.rbeKey)
 	if err != nil {
@@ -219,6 +225,11 @@ func (r *registrar) checkAcked(t *testing.T, url string, f files) {
 		}
 	}
 	t.Logf("%d acknowledged registrations present in a log of %d entries", len(ids), u.Checkpoint.Tree.N)
+}
+
+// agentPod adds a node agent's pod on node, in its own namespace.
+func agentPod(t *testing.T, tb *testbed.Testbed, node *testbed.Node) *testbed.Pod {
+	return testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: "mazu-system", Name: "agent-" + node.Name, ServiceAccount: "mazu-agent"})
 }
 
 func mustRead(t *testing.T, p string) string {

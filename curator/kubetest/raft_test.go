@@ -74,7 +74,7 @@ func TestRaftLeaderKilled(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	rg := &registrar{tb: tb, pod: pod, files: f, acked: map[curator.ID]uint64{}}
+	rg := &registrar{tb: tb, pod: pod, agent: agentPod(t, tb, node), files: f, acked: map[curator.ID]uint64{}}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	var acks atomic.Int64

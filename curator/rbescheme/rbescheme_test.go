@@ -54,7 +54,7 @@ func registration(t *testing.T, crs *rbe.CRS, slot int) *curator.Entry {
 	enc, _ := pk.MarshalBinary()
 	h, _ := json.Marshal(map[string]string{"alg": "RS256"})
 	c, _ := json.Marshal(map[string]any{"aud": curator.DefaultAudience, "exp": time.Now().Add(time.Hour).Unix(),
-		"kubernetes.io": map[string]any{"pod": map[string]string{"name": "p", "uid": "u"}}})
+		"kubernetes.io": map[string]any{"pod": map[string]string{"name": "p", "uid": "u"}, "node": map[string]string{"name": "n"}}})
 	e := &curator.Entry{Kind: curator.KindRegistration, TimestampMS: uint64(time.Now().UnixMilli()), ID: curator.ID{byte(slot)},
 		PrevIndex: curator.NoPrev, Slot: uint32(slot), RBEKey: enc, TLSKey: der, PodIP: []byte{10, 0, 0, 1},
 		TokenClaims: []byte(base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(c))}

@@ -37,7 +37,8 @@ func (benchReviewer) Review(context.Context, string) (*server.PodIdentity, error
 
 var benchClaims = func() string {
 	b, _ := json.Marshal(map[string]any{"aud": []string{curator.DefaultAudience}, "exp": time.Now().Add(24 * time.Hour).Unix(),
-		"kubernetes.io": map[string]any{"namespace": "ns", "pod": map[string]string{"name": "p", "uid": "u"}}})
+		"kubernetes.io": map[string]any{"namespace": "ns", "pod": map[string]string{"name": "p", "uid": "u"},
+			"node": map[string]string{"name": "n"}}})
 	return "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ." + b64(b)
 }()
 

@@ -38,6 +38,10 @@ type KeyRequest struct {
 	// Token is the pod-bound service-account token, with audience
 	// mazu-curator. Registration only; its hash is the ID.
 	Token string `json:"token,omitempty"`
+	// AgentToken is the sending node agent's own pod-bound token, with the
+	// same audience. With Config.NodeCheck, the registration token's node
+	// must be the agent's node.
+	AgentToken string `json:"agent_token,omitempty"`
 	// ID and PrevIndex name the entry a rotation or revocation replaces.
 	ID        *curator.ID `json:"id,omitempty"`
 	PrevIndex uint64      `json:"prev_index,omitempty"`
@@ -241,6 +245,9 @@ func (l *Log) buildEntry(ctx context.Context, kind curator.Kind, req *KeyRequest
 		if err != nil {
 			return nil, nil, err
 		}
+		if err := l.checkNode(ctx, pod, req.AgentToken); err != nil {
+			return nil, nil, err
+		}
 		if !containsAddr(pod.PodIPs, ip) {
 			return nil, nil, fmt.Errorf("%w: pod IP %v is not an IP of pod %s/%s (%v)", ErrUnauthorized, ip, pod.Namespace, pod.PodName, pod.PodIPs)
 		}
@@ -274,6 +281,32 @@ func (l *Log) buildEntry(ctx context.Context, kind curator.Kind, req *KeyRequest
 		}
 	}
 	return e, tokenSig, nil
+}
+
+// checkNode closes the window in which the API server's admission cache
+// has not yet seen a new pod: the registration token's node must be the
+// node of the agent that sends it.
+func (l *Log) checkNode(ctx context.Context, pod *PodIdentity, agentToken string) error {
+	if !l.cfg.NodeCheck {
+		return nil
+	}
+	if agentToken == "" {
+		return fmt.Errorf("%w: agent_token missing: the node agent must send its own token for audience %s", ErrUnauthorized, l.cfg.Audience)
+	}
+	agent, err := l.checkToken(ctx, agentToken)
+	if err != nil {
+		return fmt.Errorf("agent token: %w", err)
+	}
+	if sa := l.cfg.AgentServiceAccount; sa != "" && agent.Namespace+"/"+agent.ServiceAccount != sa {
+		return fmt.Errorf("%w: agent token belongs to %s/%s, want the agent service account %s", ErrUnauthorized, agent.Namespace, agent.ServiceAccount, sa)
+	}
+	if pod.NodeName == "" || agent.NodeName == "" {
+		return fmt.Errorf("%w: token without a node claim", ErrUnauthorized)
+	}
+	if pod.NodeName != agent.NodeName {
+		return fmt.Errorf("%w: registration token is for node %s, the agent runs on node %s", ErrUnauthorized, pod.NodeName, agent.NodeName)
+	}
+	return nil
 }
 
 func containsAddr(l []netip.Addr, a netip.Addr) bool {

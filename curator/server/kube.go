@@ -25,6 +25,7 @@ type PodIdentity struct {
 	ServiceAccount string
 	PodName        string
 	PodUID         string
+	NodeName       string       // the node the token's pod runs on
 	PodIPs         []netip.Addr // the pod's current IPs, from the API server
 }
 
@@ -62,8 +63,9 @@ func (k *KubeReviewer) Review(ctx context.Context, token string) (*PodIdentity, 
 		return ""
 	}
 	id := &PodIdentity{
-		PodName: one("authentication.kubernetes.io/pod-name"),
-		PodUID:  one("authentication.kubernetes.io/pod-uid"),
+		PodName:  one("authentication.kubernetes.io/pod-name"),
+		PodUID:   one("authentication.kubernetes.io/pod-uid"),
+		NodeName: one("authentication.kubernetes.io/node-name"),
 	}
 	var ns, sa string
 	if _, err := fmt.Sscanf(st.User.Username, "system:serviceaccount:%s", &ns); err == nil {

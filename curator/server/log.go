@@ -39,6 +39,13 @@ type Config struct {
 	Scheme      curator.Scheme
 	Reviewer    TokenReviewer
 	Audience    string // token audience; default curator.DefaultAudience
+	// NodeCheck requires each registration to carry the sending agent's
+	// own token, and the registration token's node claim to name the
+	// agent's node.
+	NodeCheck bool
+	// AgentServiceAccount, as "namespace/name", is the only service account
+	// whose tokens count as agent tokens; empty accepts any.
+	AgentServiceAccount string
 
 	Witnesses      []Witness     // cosigners asked for every checkpoint
 	Quorum         int           // cosignatures required; default ⌊2n/3⌋+1

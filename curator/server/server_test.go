@@ -166,6 +166,38 @@ func TestTokenRejections(t *testing.T) {
 	}
 }
 
+func TestNodeCheck(t *testing.T) {
+	is := curatortest.NewIssuer(t)
+	c := curatortest.Start(t, curatortest.Options{Scheme: scheme, Reviewer: is, JWKS: is.JWKS(), NodeCheck: true})
+	ip := netip.MustParseAddr("10.1.0.7")
+	agentHere := is.AddPod("mazu-system", "agent-a", netip.MustParseAddr("10.1.0.100"))
+	agentThere := is.AddPod("mazu-system", "agent-b", netip.MustParseAddr("10.1.0.101"))
+	agentThere.Node = "node-2"
+	now := time.Now()
+	for _, tc := range []struct {
+		name, agentToken, want string
+	}{
+		{"missing agent token", "", "agent_token missing"},
+		{"agent on another node", is.Token(agentThere, curator.DefaultAudience, now, 10*time.Minute), "the agent runs on node node-2"},
+		{"agent token with wrong audience", is.Token(agentHere, "other", now, 10*time.Minute), "agent token"},
+		{"agent on the same node", is.Token(agentHere, curator.DefaultAudience, now, 10*time.Minute), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := is.AddPod("default", "w", ip)
+			w := curatortest.NewWorkload(t, is.Token(p, curator.DefaultAudience, now, 10*time.Minute), ip)
+			w.AgentToken = tc.agentToken
+			_, err := c.Register(t.Context(), w, fakeKey)
+			var he *curator.HTTPError
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Register = %v, want success", err)
+			case tc.want != "" && (!errors.As(err, &he) || he.Code != 403 || !strings.Contains(he.Body, tc.want)):
+				t.Fatalf("Register = %v, want HTTP 403 containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestWrongPodIPRejected(t *testing.T) {
 	e := newEnv(t, 0)
 	p := e.is.AddPod("default", "pod", netip.MustParseAddr("10.1.0.1"))

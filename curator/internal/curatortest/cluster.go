@@ -47,6 +47,7 @@ type Options struct {
 	MaxBatch  int
 	Now       func() time.Time // the curator's clock; nil is time.Now
 	Registry  prometheus.Registerer
+	NodeCheck bool
 }
 
 // A Cluster is a curator with its witnesses, all on loopback.
@@ -145,7 +146,8 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	c.Store = st
 	l, err := server.New(server.Config{Origin: Origin, Signer: signer, VerifierKey: c.Key.VKey, Store: st,
 		Scheme: opts.Scheme, Reviewer: opts.Reviewer, Witnesses: ws, WitnessTimeout: 5 * time.Second, MaxBatch: opts.MaxBatch,
-		Logger: TestLogger(tb), Now: opts.Now, Registry: opts.Registry})
+		Logger: TestLogger(tb), Now: opts.Now, Registry: opts.Registry,
+		NodeCheck: opts.NodeCheck})
 	if err != nil {
 		tb.Fatal(err)
 	}

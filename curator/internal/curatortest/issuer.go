@@ -37,6 +37,7 @@ type Issuer struct {
 // A Pod is a pod known to the issuer.
 type Pod struct {
 	Namespace, Name, UID, SA string
+	Node                     string
 	IP                       netip.Addr
 	Deleted                  bool
 }
@@ -65,7 +66,7 @@ func (is *Issuer) JWKS() []byte {
 func (is *Issuer) AddPod(ns, name string, ip netip.Addr) *Pod {
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	p := &Pod{Namespace: ns, Name: name, UID: fmt.Sprintf("uid-%s-%s-%d", ns, name, len(is.pods)), SA: "default", IP: ip}
+	p := &Pod{Namespace: ns, Name: name, UID: fmt.Sprintf("uid-%s-%s-%d", ns, name, len(is.pods)), SA: "default", Node: "node-1", IP: ip}
 	is.pods[p.UID] = p
 	return p
 }
@@ -102,6 +103,7 @@ func (is *Issuer) sign(k *rsa.PrivateKey, p *Pod, aud string, now time.Time, ttl
 		"kubernetes.io": map[string]any{
 			"namespace":      p.Namespace,
 			"pod":            map[string]string{"name": p.Name, "uid": p.UID},
+			"node":           map[string]string{"name": p.Node, "uid": "node-uid-" + p.Node},
 			"serviceaccount": map[string]string{"name": p.SA, "uid": "sa-uid"},
 		},
 	})
@@ -136,7 +138,8 @@ func (is *Issuer) Review(_ context.Context, token string) (*server.PodIdentity, 
 	if !ok || p.Deleted {
 		return nil, fmt.Errorf("%w: pod %s has been deleted", server.ErrUnauthorized, c.K8s.Pod.Name)
 	}
-	return &server.PodIdentity{Namespace: p.Namespace, ServiceAccount: p.SA, PodName: p.Name, PodUID: p.UID, PodIPs: []netip.Addr{p.IP}}, nil
+	return &server.PodIdentity{Namespace: p.Namespace, ServiceAccount: p.SA, PodName: p.Name, PodUID: p.UID,
+		NodeName: p.Node, PodIPs: []netip.Addr{p.IP}}, nil
 }
 
 // A KeyMaker returns an RBE key for a slot, in the encoding the scheme
@@ -149,6 +152,9 @@ type Workload struct {
 	TLSDER []byte
 	IP     netip.Addr
 	Token  string
+	// AgentToken is the node agent's own token, sent along for the
+	// curator's node check.
+	AgentToken string
 }
 
 // NewWorkload returns a workload with a fresh Ed25519 TLS key.
@@ -173,7 +179,7 @@ func (w *Workload) RegisterRequest(block, slot uint32, mk KeyMaker) (*server.Key
 	if err != nil {
 		return nil, err
 	}
-	return &server.KeyRequest{Token: w.Token, Block: block, Slot: slot, RBEKey: pk, RBEHelpers: helpers,
+	return &server.KeyRequest{Token: w.Token, AgentToken: w.AgentToken, Block: block, Slot: slot, RBEKey: pk, RBEHelpers: helpers,
 		TLSKey: w.TLSDER, PodIP: w.IP.String(), PoPSig: sig}, nil
 }
 
