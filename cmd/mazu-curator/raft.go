@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -13,14 +14,23 @@ import (
 	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
 )
 
-func parsePeers(s string) ([]raftlog.Peer, error) {
+func parsePeers(s, listen string) ([]raftlog.Peer, error) {
 	var peers []raftlog.Peer
+	_, apiPort, _ := net.SplitHostPort(listen)
 	for _, p := range strings.Split(s, ",") {
 		f := strings.SplitN(p, "=", 3)
-		if len(f) != 3 {
-			return nil, fmt.Errorf("invalid -raft-peers entry %q: want ID=RAFTADDR=APIURL", p)
+		switch len(f) {
+		case 3:
+			peers = append(peers, raftlog.Peer{ID: f[0], RaftAddr: f[1], APIURL: f[2]})
+		case 1:
+			host, _, err := net.SplitHostPort(p)
+			if err != nil || apiPort == "" || apiPort == "0" {
+				return nil, fmt.Errorf("invalid -raft-peers entry %q: want host:port with a fixed -listen port, or ID=RAFTADDR=APIURL", p)
+			}
+			peers = append(peers, raftlog.Peer{ID: p, RaftAddr: p, APIURL: "http://" + net.JoinHostPort(host, apiPort)})
+		default:
+			return nil, fmt.Errorf("invalid -raft-peers entry %q: want ID=RAFTADDR=APIURL or RAFTADDR", p)
 		}
-		peers = append(peers, raftlog.Peer{ID: f[0], RaftAddr: f[1], APIURL: f[2]})
 	}
 	return peers, nil
 }
@@ -29,7 +39,7 @@ func startRaft(_ context.Context, log *slog.Logger, cfg server.Config, ro *raftO
 	if *ro.dir == "" || *ro.peers == "" {
 		return nil, nil, errors.New("raft needs -raft-dir and -raft-peers")
 	}
-	peers, err := parsePeers(*ro.peers)
+	peers, err := parsePeers(*ro.peers, ro.listen)
 	if err != nil {
 		return nil, nil, err
 	}

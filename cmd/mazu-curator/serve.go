@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -69,22 +70,29 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	var lf logFlags
 	lf.register(fs)
-	listen := fs.String("listen", "127.0.0.1:8443", "API address (host:port; port 0 picks one, printed on stdout)")
-	metricsAddr := fs.String("metrics-listen", "127.0.0.1:0", "Prometheus metrics address; empty disables")
-	dbPath := fs.String("db", "curator.db", "bbolt log file")
-	keyPath := fs.String("key", "", "the log's note signing key (from keygen -kind log)")
+	dataDir := envOr("MAZU_DATA_DIR", "")
+	listen := fs.String("listen", envOr("MAZU_HTTP_ADDRESS", "127.0.0.1:8443"), "API address (host:port; port 0 picks one, printed on stdout) (env MAZU_HTTP_ADDRESS)")
+	metricsAddr := fs.String("metrics-listen", envOr("MAZU_METRICS_ADDRESS", "127.0.0.1:0"), "Prometheus metrics address; empty disables (env MAZU_METRICS_ADDRESS)")
+	dbPath := fs.String("db", cmpOr(dataPath(dataDir, "curator.db"), "curator.db"), "bbolt log file (default $MAZU_DATA_DIR/curator.db)")
+	keyPath := fs.String("key", dataPath(dataDir, "log.key"), "the log's note signing key (from keygen -kind log); under $MAZU_DATA_DIR it is generated on first start")
 	vkeyPath := fs.String("vkey", "", "its verifier key; default: the -key path with .vkey for .key")
-	crsPath := fs.String("crs", "", "RBE CRS file")
+	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", dataPath(dataDir, "crs.bin")), "RBE CRS file (env MAZU_CRS_FILE, default $MAZU_DATA_DIR/crs.bin)")
+	origin := fs.String("origin", envOr("MAZU_LOG_ORIGIN", ""), "log origin; must match the key's name (env MAZU_LOG_ORIGIN)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for TokenReview; empty means in-cluster")
-	audience := fs.String("audience", curator.DefaultAudience, "token audience reserved for the curator")
+	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (default $MAZU_LOG_ORIGIN, else mazu-curator)")
+	policyPath := fs.String("witness-policy", envOr("MAZU_WITNESS_POLICY_FILE", ""), "C2SP tlog-policy file naming the witnesses (with URLs) and the quorum (env MAZU_WITNESS_POLICY_FILE)")
 	nodeCheck := fs.Bool("node-check", true, "require the sending agent's own token and the registration token's node to be the agent's node")
 	agentSA := fs.String("agent-service-account", "", "namespace/name of the node agents' service account; empty accepts any agent token")
 	var witnesses multiFlag
 	fs.Var(&witnesses, "witness", "witness as URL=VKEY (repeat); the log publishes a checkpoint once a quorum cosigns")
 	quorum := fs.Int("quorum", 0, "cosignatures required; 0 means ⌊2n/3⌋+1 of the n witnesses")
-	batch := fs.Duration("batch-interval", 0, "how long a batch waits for more requests after its first; 0 takes what queued during the previous write")
+	defBatch, err := time.ParseDuration(envOr("MAZU_BATCH_INTERVAL", "0s"))
+	if err != nil {
+		return fmt.Errorf("invalid MAZU_BATCH_INTERVAL: %w", err)
+	}
+	batch := fs.Duration("batch-interval", defBatch, "how long a batch waits for more requests after its first; 0 takes what queued during the previous write (env MAZU_BATCH_INTERVAL)")
 	maxBatch := fs.Int("max-batch", 1024, "most key entries per batch")
-	raftFlags := registerRaftFlags(fs)
+	raftFlags := registerRaftFlags(fs, dataDir)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,11 +100,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if *keyPath == "" || *crsPath == "" {
-		return errors.New("serve needs -key and -crs")
+	if *keyPath == "" || *crsPath == "" || *dbPath == "" {
+		return errors.New("serve needs -key, -crs and -db, or MAZU_DATA_DIR")
 	}
 	if *vkeyPath == "" {
 		*vkeyPath = strings.TrimSuffix(*keyPath, ".key") + ".vkey"
+	}
+	if err := ensureLogKey(*keyPath, *vkeyPath, *origin, dataDir, stdout); err != nil {
+		return err
 	}
 	skey, err := readTrimmed(*keyPath)
 	if err != nil {
@@ -109,6 +120,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	signer, err := note.NewSigner(skey)
 	if err != nil {
 		return fmt.Errorf("parse -key: %w", err)
+	}
+	if *origin != "" && signer.Name() != *origin {
+		return fmt.Errorf("the log key is named %q, but the origin is %q: use a key made for the origin", signer.Name(), *origin)
 	}
 	scheme, err := loadScheme(*crsPath)
 	if err != nil {
@@ -123,6 +137,30 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		ws = append(ws, server.Witness{URL: u, Verifier: v})
 	}
+	quorumK := *quorum
+	if *policyPath != "" {
+		text, err := os.ReadFile(*policyPath)
+		if err != nil {
+			return fmt.Errorf("read -witness-policy: %w", err)
+		}
+		pf, err := curator.ParsePolicyFile(string(text))
+		if err != nil {
+			return err
+		}
+		if pf.LogVKey != vkey {
+			return fmt.Errorf("witness policy names log key %q, this curator's key is %q", pf.LogVKey, vkey)
+		}
+		for _, w := range pf.Witnesses {
+			v, _ := curator.NewCosignatureVerifier(w.VKey)
+			if w.URL == "" {
+				return fmt.Errorf("witness %s in the policy has no URL for add-checkpoint", w.Name)
+			}
+			ws = append(ws, server.Witness{URL: w.URL, Verifier: v})
+		}
+		if quorumK == 0 {
+			quorumK = pf.Quorum
+		}
+	}
 	var reviewer server.TokenReviewer
 	if kc, err := kubeClient(*kubeconfig); err == nil {
 		reviewer = &server.KubeReviewer{Client: kc, Audience: *audience}
@@ -136,8 +174,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	cfg := server.Config{Origin: signer.Name(), Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
-		Reviewer: reviewer, Audience: *audience, NodeCheck: *nodeCheck, AgentServiceAccount: *agentSA, Witnesses: ws, Quorum: *quorum, BatchInterval: *batch,
+		Reviewer: reviewer, Audience: *audience, NodeCheck: *nodeCheck, AgentServiceAccount: *agentSA, Witnesses: ws, Quorum: quorumK, BatchInterval: *batch,
 		MaxBatch: *maxBatch, Logger: log, Registry: reg}
+	raftFlags.listen = *listen
 	handler, closeFn, err := startLog(ctx, log, cfg, raftFlags)
 	if err != nil {
 		return err

@@ -85,6 +85,15 @@ func (s *Service) Handler() http.Handler {
 			json.NewEncoder(w).Encode(map[string]string{"state": s.node.Raft.State().String(), "leader_id": string(id), "leader_addr": string(addr)})
 			return
 		}
+		if r.URL.Path == "/healthz/ready" {
+			// A replica is ready when it can serve or forward.
+			if addr, _ := s.node.Raft.LeaderWithID(); addr == "" {
+				http.Error(w, "no raft leader", http.StatusServiceUnavailable)
+				return
+			}
+			w.Write([]byte("ready\n"))
+			return
+		}
 		if s.node.Raft.State() == raft.Leader {
 			h.ServeHTTP(w, r)
 			return

@@ -96,6 +96,7 @@ type ReserveResponse struct {
 //	GET  /checkpoint                         C2SP tlog-checkpoint
 //	GET  /tile/<L>/<N>[.p/<W>]               C2SP tlog-tiles
 //	GET  /tile/entries/<N>[.p/<W>]
+//	GET  /healthz/ready                      readiness: the log is loaded
 func (l *Log) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/reserve", l.handleReserve)
@@ -108,6 +109,9 @@ func (l *Log) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/token-signatures", l.handleTokenSigs)
 	mux.HandleFunc("GET /checkpoint", l.handleCheckpoint)
 	mux.HandleFunc("GET /tile/", l.handleTile)
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ready\n"))
+	})
 	return mux
 }
 

@@ -161,11 +161,14 @@ func (w *Witness) reload() error {
 	return nil
 }
 
-// Handler serves POST /add-checkpoint and GET /checkpoint (the latest
-// checkpoint this witness cosigned).
+// Handler serves POST /add-checkpoint, GET /checkpoint (the latest
+// checkpoint this witness cosigned) and GET /healthz/ready.
 func (w *Witness) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /add-checkpoint", w.handleAdd)
+	mux.HandleFunc("GET /healthz/ready", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Write([]byte("ready\n"))
+	})
 	mux.HandleFunc("GET /checkpoint", func(rw http.ResponseWriter, r *http.Request) {
 		w.mu.Lock()
 		cp := w.latest
