@@ -41,3 +41,10 @@ type CeremonyVerifier interface {
 	// the new CRS encoding and its fingerprint.
 	VerifyContribution(prev, contribution []byte) (next []byte, fingerprint [32]byte, err error)
 }
+
+// A CRSFollower is a Scheme whose CRS comes from the log: the State hands
+// it the CRS after each ceremony entry, so witnesses and auditors need no
+// CRS file.
+type CRSFollower interface {
+	SetCRS(encoding []byte) error
+}

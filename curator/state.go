@@ -73,6 +73,8 @@ type State struct {
 
 	ceremonyCRS []byte    // the CRS after the last ceremony entry
 	ceremonyFP  *[32]byte // its fingerprint; nil before any ceremony entry
+	// contributions counts the ceremony entries.
+	contributions int
 }
 
 // NewState returns the state of an empty log.
@@ -91,6 +93,12 @@ func (s *State) SetTokenSignatureCheck(f func(index uint64, e *Entry) error) {
 // Skip counts a rejected entry without applying it, so an auditor can go
 // on replaying the entries after it.
 func (s *State) Skip() { s.size++ }
+
+// Contributions returns the number of ceremony entries applied.
+func (s *State) Contributions() int { return s.contributions }
+
+// CeremonyCRS returns the CRS encoding after the last ceremony entry, or nil.
+func (s *State) CeremonyCRS() []byte { return s.ceremonyCRS }
 
 // NumIDs returns the number of IDs ever registered.
 func (s *State) NumIDs() int { return len(s.ids) }
@@ -333,7 +341,13 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 		if err != nil {
 			return err
 		}
+		if f, ok := s.cfg.Scheme.(CRSFollower); ok {
+			if err := f.SetCRS(next); err != nil {
+				return err
+			}
+		}
 		s.ceremonyCRS, s.ceremonyFP = next, &fp
+		s.contributions++
 		return nil
 	default:
 		return nil

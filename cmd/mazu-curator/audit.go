@@ -19,7 +19,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	url := fs.String("url", "", "curator base URL")
 	logKeyPath := fs.String("log-key", "", "the curator's verifier key file (.vkey)")
-	crsPath := fs.String("crs", "", "RBE CRS file")
+	crsPath := fs.String("crs", "", "RBE CRS file; empty takes the CRS from the log's ceremony entries")
 	var witnessKeys, others multiFlag
 	fs.Var(&witnessKeys, "witness-key", "witness verifier key (repeat); none accepts log-signed checkpoints")
 	fs.Var(&others, "checkpoint", "another signed checkpoint file to check for a fork (repeat)")
@@ -27,8 +27,8 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *url == "" || *logKeyPath == "" || *crsPath == "" {
-		return errors.New("audit needs -url, -log-key and -crs")
+	if *url == "" || *logKeyPath == "" {
+		return errors.New("audit needs -url and -log-key")
 	}
 	vkey, err := readTrimmed(*logKeyPath)
 	if err != nil {
@@ -39,7 +39,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	scheme, err := loadScheme(*crsPath)
+	scheme, err := loadSchemeOrFollow(*crsPath, true)
 	if err != nil {
 		return err
 	}

@@ -113,6 +113,18 @@ func runCRS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	return os.WriteFile(*out, b, 0o644)
 }
 
+// loadSchemeOrFollow loads the CRS file, or, when path is empty or the file
+// does not exist and follow is set, returns a scheme that takes its CRS from
+// the log's ceremony entries.
+func loadSchemeOrFollow(path string, follow bool) (curator.Scheme, error) {
+	if follow {
+		if _, err := os.Stat(path); path == "" || errors.Is(err, os.ErrNotExist) {
+			return rbescheme.NewFollower(), nil
+		}
+	}
+	return loadScheme(path)
+}
+
 func loadScheme(path string) (curator.Scheme, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

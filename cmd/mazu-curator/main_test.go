@@ -36,7 +36,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"frobnicate"}, "unknown subcommand"},
 		{[]string{"keygen", "-kind", "other", "-name", "x", "-out", t.TempDir() + "/k"}, "invalid -kind"},
 		{[]string{"serve", "-db", "", "-key", "", "-crs", ""}, "serve needs"},
-		{[]string{"witness", "-key", ""}, "witness needs"},
+		{[]string{"witness", "-key", "", "-curator", ""}, "witness needs"},
 		{[]string{"audit"}, "audit needs"},
 	} {
 		var out, errOut bytes.Buffer

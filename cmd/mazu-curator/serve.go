@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -92,6 +93,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	batch := fs.Duration("batch-interval", defBatch, "how long a batch waits for more requests after its first; 0 takes what queued during the previous write (env MAZU_BATCH_INTERVAL)")
 	maxBatch := fs.Int("max-batch", 1024, "most key entries per batch")
+	ceremony := fs.Bool("ceremony", envOr("MAZU_CEREMONY_ENABLED", "") == "true", "without a CRS file, take the CRS from ceremony contributions posted to /v1/ceremony (env MAZU_CEREMONY_ENABLED)")
+	minContrib, err := strconv.Atoi(envOr("MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS", "0"))
+	if err != nil {
+		return fmt.Errorf("invalid MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS: %w", err)
+	}
+	minContributions := fs.Int("ceremony-min-contributions", minContrib, "ceremony contributions required before registrations open (env MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS)")
 	raftFlags := registerRaftFlags(fs, dataDir)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -100,8 +107,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if *keyPath == "" || *crsPath == "" || *dbPath == "" {
-		return errors.New("serve needs -key, -crs and -db, or MAZU_DATA_DIR")
+	if *keyPath == "" || (*crsPath == "" && !*ceremony) || *dbPath == "" {
+		return errors.New("serve needs -key, -crs (or -ceremony) and -db, or MAZU_DATA_DIR")
 	}
 	if *vkeyPath == "" {
 		*vkeyPath = strings.TrimSuffix(*keyPath, ".key") + ".vkey"
@@ -124,7 +131,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *origin != "" && signer.Name() != *origin {
 		return fmt.Errorf("the log key is named %q, but the origin is %q: use a key made for the origin", signer.Name(), *origin)
 	}
-	scheme, err := loadScheme(*crsPath)
+	scheme, err := loadSchemeOrFollow(*crsPath, *ceremony)
 	if err != nil {
 		return err
 	}
@@ -174,7 +181,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	cfg := server.Config{Origin: signer.Name(), Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
-		Reviewer: reviewer, Audience: *audience, NodeCheck: *nodeCheck, AgentServiceAccount: *agentSA, Witnesses: ws, Quorum: quorumK, BatchInterval: *batch,
+		Reviewer: reviewer, Audience: *audience, NodeCheck: *nodeCheck, MinContributions: *minContributions, AgentServiceAccount: *agentSA, Witnesses: ws, Quorum: quorumK, BatchInterval: *batch,
 		MaxBatch: *maxBatch, Logger: log, Registry: reg}
 	raftFlags.listen = *listen
 	handler, closeFn, err := startLog(ctx, log, cfg, raftFlags)

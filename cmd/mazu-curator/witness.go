@@ -33,7 +33,7 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	dbPath := fs.String("db", cmpOr(dataPath(dataDir, "witness.db"), "witness.db"), "bbolt state file (default $MAZU_DATA_DIR/witness.db)")
 	keyPath := fs.String("key", dataPath(dataDir, "witness.key"), "witness key (from keygen -kind witness); under $MAZU_DATA_DIR it is generated on first start, named $MAZU_WITNESS_NAME")
 	logKeyPath := fs.String("log-key", envOr("MAZU_LOG_KEY_FILE", ""), "the curator's verifier key file (.vkey) (env MAZU_LOG_KEY_FILE)")
-	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", dataPath(dataDir, "crs.bin")), "RBE CRS file (env MAZU_CRS_FILE)")
+	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", ""), "RBE CRS file; empty takes the CRS from the log's ceremony entries (env MAZU_CRS_FILE)")
 	curatorURL := fs.String("curator", envOr("MAZU_CURATOR_URL", ""), "curator base URL, for tiles and token signatures (env MAZU_CURATOR_URL)")
 	jwksPath := fs.String("jwks", envOr("MAZU_JWKS_FILE", ""), "service-account issuer JWKS file; if it is missing or empty, /openid/v1/jwks is fetched once and written there (env MAZU_JWKS_FILE)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig to fetch the issuer JWKS; empty means in-cluster")
@@ -46,8 +46,8 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	if *keyPath == "" || *logKeyPath == "" || *crsPath == "" || *curatorURL == "" {
-		return errors.New("witness needs -key, -log-key, -crs and -curator")
+	if *keyPath == "" || *logKeyPath == "" || *curatorURL == "" {
+		return errors.New("witness needs -key, -log-key and -curator")
 	}
 	if err := ensureWitnessKey(*keyPath, dataDir); err != nil {
 		return err
@@ -72,7 +72,8 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	scheme, err := loadScheme(*crsPath)
+	// Without a CRS file the witness takes the CRS from the log's ceremony.
+	scheme, err := loadSchemeOrFollow(*crsPath, true)
 	if err != nil {
 		return err
 	}

@@ -134,3 +134,56 @@ func (s *Scheme) VerifyContribution(prev, contribution []byte) ([]byte, [32]byte
 	}
 	return bytes.Clone(crsBytes), next.Fingerprint(), nil
 }
+
+// A Follower is a Scheme without a CRS until the log's ceremony entries
+// provide one (curator.CRSFollower). Until then it accepts only ceremony
+// contributions: BlockSize is 0, and every key fails CheckKey.
+type Follower struct {
+	Scheme
+	ready bool
+}
+
+// NewFollower returns a scheme that takes its CRS from the log.
+func NewFollower() *Follower { return &Follower{} }
+
+// SetCRS implements curator.CRSFollower.
+func (f *Follower) SetCRS(encoding []byte) error {
+	crs, err := rbe.ParseCRS(bytes.Clone(encoding))
+	if err != nil {
+		return fmt.Errorf("set CRS from the log: %w", err)
+	}
+	crs.Precompute()
+	f.CRS, f.ready = crs, true
+	return nil
+}
+
+// Ready reports whether the log has provided a CRS.
+func (f *Follower) Ready() bool { return f.ready }
+
+func (f *Follower) BlockSize() int {
+	if !f.ready {
+		return 0
+	}
+	return f.Scheme.BlockSize()
+}
+
+func (f *Follower) Fingerprint() [32]byte {
+	if !f.ready {
+		return [32]byte{}
+	}
+	return f.Scheme.Fingerprint()
+}
+
+func (f *Follower) CheckKey(slot int, pk, helpers []byte) error {
+	if !f.ready {
+		return errors.New("no CRS yet: the log has no ceremony contribution")
+	}
+	return f.Scheme.CheckKey(slot, pk, helpers)
+}
+
+func (f *Follower) NewBlock() curator.Block {
+	if !f.ready {
+		panic("rbescheme: NewBlock before the CRS is set")
+	}
+	return f.Scheme.NewBlock()
+}

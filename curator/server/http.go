@@ -327,6 +327,9 @@ func containsAddr(l []netip.Addr, a netip.Addr) bool {
 func (l *Log) checkReservation(e *curator.Entry) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.ceremonyDoneLocked(); err != nil {
+		return err
+	}
 	n := uint64(l.cfg.Scheme.BlockSize())
 	if e.Slot < 1 || uint64(e.Slot) > n {
 		return fmt.Errorf("slot %d outside [1, %d]: %w", e.Slot, n, errBadRequest)
@@ -346,6 +349,17 @@ func (l *Log) checkReservation(e *curator.Entry) error {
 // are accepted only before the first registration, and each must extend
 // the previous one; the rule engine checks both.
 func (l *Log) handleCeremony(w http.ResponseWriter, r *http.Request) {
+	// Contributors authenticate with a pod-bound token, which bounds who
+	// can make the curator verify and log a contribution.
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		httpError(w, fmt.Errorf("%w: contributions need an Authorization: Bearer header with a pod-bound token", ErrUnauthorized))
+		return
+	}
+	if _, err := l.checkToken(r.Context(), token); err != nil {
+		httpError(w, err)
+		return
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, curator.MaxEntrySize+1))
 	if err != nil || len(body) > curator.MaxEntrySize-16 {
 		httpError(w, fmt.Errorf("contribution missing or over %d bytes: %w", curator.MaxEntrySize-16, errBadRequest))

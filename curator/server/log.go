@@ -43,6 +43,10 @@ type Config struct {
 	// own token, and the registration token's node claim to name the
 	// agent's node.
 	NodeCheck bool
+	// MinContributions is the number of CRS ceremony contributions the
+	// log must hold before the first registration; 0 accepts a log with
+	// none, where the CRS comes from Scheme alone.
+	MinContributions int
 	// AgentServiceAccount, as "namespace/name", is the only service account
 	// whose tokens count as agent tokens; empty accepts any.
 	AgentServiceAccount string
@@ -232,6 +236,18 @@ func (l *Log) verifier() note.Verifier {
 // VerifierKey returns the vkey of the log's checkpoint key.
 func (l *Log) VerifierKey() string { return l.cfg.VerifierKey }
 
+// ceremonyDoneLocked reports an error until the log holds the required
+// ceremony contributions and the scheme has a CRS.
+func (l *Log) ceremonyDoneLocked() error {
+	if n := l.state.Contributions(); n < l.cfg.MinContributions {
+		return fmt.Errorf("CRS ceremony has %d of %d contributions, registrations open after it: %w", n, l.cfg.MinContributions, errUnavailable)
+	}
+	if l.cfg.Scheme.BlockSize() == 0 {
+		return fmt.Errorf("no CRS yet, registrations open after the ceremony: %w", errUnavailable)
+	}
+	return nil
+}
+
 // maxReservations bounds the open slot reservations.
 const maxReservations = 1 << 16
 
@@ -242,6 +258,9 @@ func (l *Log) Reserve(id curator.ID) (block, slot uint32, expires time.Time, err
 	defer l.mu.Unlock()
 	if _, ok := l.state.Lookup(id); ok {
 		return 0, 0, time.Time{}, fmt.Errorf("reserve slot: %w: %w", ErrConflict, curator.ErrReRegistration)
+	}
+	if err := l.ceremonyDoneLocked(); err != nil {
+		return 0, 0, time.Time{}, fmt.Errorf("reserve slot: %w", err)
 	}
 	now := l.cfg.Now()
 	if len(l.reserved) >= maxReservations {
