@@ -27,22 +27,27 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+
 	if *url == "" || *logKeyPath == "" {
 		return errors.New("audit needs -url and -log-key")
 	}
+
 	vkey, err := readTrimmed(*logKeyPath)
 	if err != nil {
 		return fmt.Errorf("read -log-key: %w", err)
 	}
+
 	name, _, _ := cutName(vkey)
 	policy, err := curator.NewPolicy(name, vkey, witnessKeys, *quorum)
 	if err != nil {
 		return err
 	}
+
 	scheme, err := loadSchemeOrFollow(*crsPath, true)
 	if err != nil {
 		return err
 	}
+
 	var notes [][]byte
 	for _, p := range others {
 		b, err := os.ReadFile(p)
@@ -51,14 +56,17 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		notes = append(notes, b)
 	}
+
 	r, err := audit.Audit(ctx, audit.Config{Client: &curator.Client{URL: *url}, Policy: policy, Scheme: scheme, Others: notes})
 	if err != nil {
 		return err
 	}
+
 	printReport(stdout, r)
 	if !r.OK() {
 		return fmt.Errorf("audit found %d violations and %d forks", len(r.Violations), len(r.Forks))
 	}
+
 	return nil
 }
 
@@ -68,6 +76,7 @@ func cutName(vkey string) (string, string, bool) {
 			return vkey[:i], vkey[i+1:], true
 		}
 	}
+
 	return vkey, "", false
 }
 
@@ -77,17 +86,21 @@ func printReport(w io.Writer, r *audit.Report) {
 	for k := range r.Entries {
 		kinds = append(kinds, int(k))
 	}
+
 	sort.Ints(kinds)
 	for _, k := range kinds {
 		fmt.Fprintf(w, "  %-12v %d\n", curator.Kind(k), r.Entries[curator.Kind(k)])
 	}
+
 	fmt.Fprintf(w, "IDs %d\n", r.IDs)
 	for _, v := range r.Violations {
 		fmt.Fprintf(w, "VIOLATION entry %d (%v, ID %v): %s\n  entry %s\n", v.Index, v.Kind, v.ID, v.Err, base64.StdEncoding.EncodeToString(v.Entry))
 	}
+
 	for _, f := range r.Forks {
 		fmt.Fprintf(w, "FORK\n--- checkpoint\n%s--- inconsistent with\n%s--- consistency proof %v\n", f.Old, f.New, f.Proof)
 	}
+
 	if r.OK() {
 		fmt.Fprintln(w, "OK")
 	}

@@ -34,9 +34,11 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	} else {
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
+
 	if err != nil {
 		return nil, fmt.Errorf("load Kubernetes client config (set -kubeconfig outside a cluster): %w", err)
 	}
+
 	return kubernetes.NewForConfig(cfg)
 }
 
@@ -47,6 +49,7 @@ func serveHTTP(ctx context.Context, log *slog.Logger, what, addr string, h http.
 	if err != nil {
 		return "", nil, fmt.Errorf("listen for %s on %s: %w", what, addr, err)
 	}
+
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
@@ -63,6 +66,7 @@ func serveHTTP(ctx context.Context, log *slog.Logger, what, addr string, h http.
 		}
 		return nil
 	}
+
 	return ln.Addr().String(), wait, nil
 }
 
@@ -91,6 +95,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("invalid MAZU_BATCH_INTERVAL: %w", err)
 	}
+
 	batch := fs.Duration("batch-interval", defBatch, "how long a batch waits for more requests after its first; 0 takes what queued during the previous write (env MAZU_BATCH_INTERVAL)")
 	maxBatch := fs.Int("max-batch", 1024, "most key entries per batch")
 	ceremony := fs.Bool("ceremony", envOr("MAZU_CEREMONY_ENABLED", "") == "true", "without a CRS file, take the CRS from ceremony contributions posted to /v1/ceremony (env MAZU_CEREMONY_ENABLED)")
@@ -98,43 +103,54 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("invalid MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS: %w", err)
 	}
+
 	minContributions := fs.Int("ceremony-min-contributions", minContrib, "ceremony contributions required before registrations open (env MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS)")
 	raftFlags := registerRaftFlags(fs, dataDir)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
 	}
+
 	if *keyPath == "" || (*crsPath == "" && !*ceremony) || *dbPath == "" {
 		return errors.New("serve needs -key, -crs (or -ceremony) and -db, or MAZU_DATA_DIR")
 	}
+
 	if *vkeyPath == "" {
 		*vkeyPath = strings.TrimSuffix(*keyPath, ".key") + ".vkey"
 	}
+
 	if err := ensureLogKey(*keyPath, *vkeyPath, *origin, dataDir, stdout); err != nil {
 		return err
 	}
+
 	skey, err := readTrimmed(*keyPath)
 	if err != nil {
 		return fmt.Errorf("read -key: %w", err)
 	}
+
 	vkey, err := readTrimmed(*vkeyPath)
 	if err != nil {
 		return fmt.Errorf("read -vkey: %w", err)
 	}
+
 	signer, err := note.NewSigner(skey)
 	if err != nil {
 		return fmt.Errorf("parse -key: %w", err)
 	}
+
 	if *origin != "" && signer.Name() != *origin {
 		return fmt.Errorf("the log key is named %q, but the origin is %q: use a key made for the origin", signer.Name(), *origin)
 	}
+
 	scheme, err := loadSchemeOrFollow(*crsPath, *ceremony)
 	if err != nil {
 		return err
 	}
+
 	var ws []server.Witness
 	for _, w := range witnesses {
 		u, vk, ok := strings.Cut(w, "=")
@@ -144,6 +160,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		ws = append(ws, server.Witness{URL: u, Verifier: v})
 	}
+
 	quorumK := *quorum
 	if *policyPath != "" {
 		text, err := os.ReadFile(*policyPath)
@@ -168,16 +185,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			quorumK = pf.Quorum
 		}
 	}
+
 	var reviewer server.TokenReviewer
 	if kc, err := kubeClient(*kubeconfig); err == nil {
 		reviewer = &server.KubeReviewer{Client: kc, Audience: *audience}
 	} else {
 		return err
 	}
+
 	st, err := store.Open(*dbPath)
 	if err != nil {
 		return err
 	}
+
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	cfg := server.Config{Origin: signer.Name(), Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
@@ -188,16 +208,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+
 	defer closeFn()
 	if *metricsAddr != "" {
 		if _, _, err := serveHTTP(ctx, log, "metrics", *metricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
 			return err
 		}
 	}
+
 	addr, wait, err := serveHTTP(ctx, log, "curator API", *listen, handler)
 	if err != nil {
 		return err
 	}
+
 	fmt.Fprintf(stdout, "listening on %s\n", addr)
 	return wait()
 }

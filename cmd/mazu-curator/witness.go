@@ -42,32 +42,40 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
 	}
+
 	if *keyPath == "" || *logKeyPath == "" || *curatorURL == "" {
 		return errors.New("witness needs -key, -log-key and -curator")
 	}
+
 	if err := ensureWitnessKey(*keyPath, dataDir); err != nil {
 		return err
 	}
+
 	signer, err := loadWitnessKey(*keyPath)
 	if err != nil {
 		return err
 	}
+
 	vkey, err := readTrimmed(*logKeyPath)
 	if err != nil {
 		return fmt.Errorf("read -log-key: %w", err)
 	}
+
 	logVerifier, err := note.NewVerifier(vkey)
 	if err != nil {
 		return fmt.Errorf("parse -log-key: %w", err)
 	}
+
 	jwksData, err := loadJWKS(ctx, *jwksPath, *kubeconfig)
 	if err != nil {
 		return fmt.Errorf("load issuer JWKS: %w", err)
 	}
+
 	jwks, err := curator.ParseJWKS(jwksData)
 	if err != nil {
 		return err
@@ -77,15 +85,18 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+
 	if *evidence != "" {
 		if err := os.MkdirAll(*evidence, 0o700); err != nil {
 			return err
 		}
 	}
+
 	st, err := store.Open(*dbPath)
 	if err != nil {
 		return err
 	}
+
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	w, err := witness.New(witness.Config{Origin: logVerifier.Name(), LogVerifier: logVerifier, Signer: signer, Store: st,
@@ -94,15 +105,18 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+
 	if *metricsAddr != "" {
 		if _, _, err := serveHTTP(ctx, log, "metrics", *metricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
 			return err
 		}
 	}
+
 	addr, wait, err := serveHTTP(ctx, log, "witness", *listen, w.Handler())
 	if err != nil {
 		return err
 	}
+
 	fmt.Fprintf(stdout, "listening on %s\n", addr)
 	return wait()
 }
@@ -112,6 +126,7 @@ func fetchJWKS(ctx context.Context, kubeconfig string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	return kc.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 }
 
@@ -128,15 +143,18 @@ func loadJWKS(ctx context.Context, path, kubeconfig string) ([]byte, error) {
 			return nil, err
 		}
 	}
+
 	b, err := fetchJWKS(ctx, kubeconfig)
 	if err != nil {
 		return nil, err
 	}
+
 	if path != "" {
 		if err := os.WriteFile(path, b, 0o644); err != nil {
 			return nil, fmt.Errorf("keep fetched JWKS: %w", err)
 		}
 	}
+
 	return b, nil
 }
 
@@ -146,6 +164,7 @@ func ensureWitnessKey(keyPath, dataDir string) error {
 	if _, err := os.Stat(keyPath); err == nil || dataDir == "" || keyPath != dataPath(dataDir, "witness.key") {
 		return nil
 	}
+
 	name := os.Getenv("MAZU_WITNESS_NAME")
 	if name == "" {
 		return errors.New("no witness key in MAZU_DATA_DIR, and no MAZU_WITNESS_NAME to name a new one")
@@ -154,10 +173,12 @@ func ensureWitnessKey(keyPath, dataDir string) error {
 	if err != nil {
 		return err
 	}
+
 	skey := witnessKeyPrefix + name + "+" + base64.StdEncoding.EncodeToString(k.Seed())
 	if err := os.WriteFile(keyPath, []byte(skey+"\n"), 0o600); err != nil {
 		return err
 	}
+
 	vkey := curator.NewCosignatureSigner(name, k).VerifierKey()
 	return os.WriteFile(strings.TrimSuffix(keyPath, ".key")+".vkey", []byte(vkey+"\n"), 0o644)
 }
