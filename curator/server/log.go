@@ -83,13 +83,14 @@ type Log struct {
 
 	publishMu sync.Mutex // serializes checkpoint publication
 
-	mu         sync.RWMutex
-	state      *curator.State // guarded by mu
-	tree       tlog.Tree      // guarded by mu
-	checkpoint []byte         // latest signed and cosigned note, guarded by mu
-	nextSlot   uint64         // next global slot to reserve, guarded by mu
-	reserved   map[curator.ID]reservation
-	witnessAt  map[string]int64 // each witness's last known size, guarded by mu
+	mu             sync.RWMutex
+	state          *curator.State // guarded by mu
+	tree           tlog.Tree      // guarded by mu
+	checkpoint     []byte         // latest signed and cosigned note, guarded by mu
+	checkpointTree tlog.Tree      // the tree checkpoint names, guarded by mu
+	nextSlot       uint64         // next global slot to reserve, guarded by mu
+	reserved       map[curator.ID]reservation
+	witnessAt      map[string]int64 // each witness's last known size, guarded by mu
 }
 
 type reservation struct {
@@ -204,25 +205,34 @@ func (l *Log) Reload() error {
 	}
 	l.state, l.tree = st, tlog.Tree{N: n, Hash: th}
 	l.nextSlot = max(l.nextSlot, st.SlotEnd())
-	l.checkpoint = cp
-	if n > 0 && (cp == nil || !l.checkpointMatchesLocked(cp)) {
-		// The process stopped between the append and the checkpoint:
-		// sign and cosign the current tree again.
-		l.checkpoint = nil
-		go l.publish(context.Background(), tlog.Tree{N: n, Hash: th})
+	l.checkpoint, l.checkpointTree = nil, tlog.Tree{}
+	if t, ok := l.openOwn(cp); ok && t.N <= n {
+		// Keep serving the stored checkpoint: it is valid, and the tree
+		// it names is a prefix of the store.
+		l.checkpoint, l.checkpointTree = cp, t
+	}
+	if n > 0 && l.checkpointTree != l.tree {
+		// The process stopped between the append and the checkpoint, or
+		// the witnesses did not cosign: sign and cosign the tree again.
+		go l.publish(context.Background(), l.tree)
 	}
 	l.m.logSize.Set(float64(n))
 	l.log.Info("log loaded", "entries", n, "epoch", st.Epoch())
 	return nil
 }
 
-func (l *Log) checkpointMatchesLocked(cp []byte) bool {
+// openOwn verifies a checkpoint note under the log's key and returns its
+// tree.
+func (l *Log) openOwn(cp []byte) (tlog.Tree, bool) {
+	if cp == nil {
+		return tlog.Tree{}, false
+	}
 	n, err := note.Open(cp, note.VerifierList(l.verifier()))
 	if err != nil {
-		return false
+		return tlog.Tree{}, false
 	}
 	_, t, err := curator.ParseCheckpoint(n.Text)
-	return err == nil && t == l.tree
+	return t, err == nil
 }
 
 func (l *Log) verifier() note.Verifier {

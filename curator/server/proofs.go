@@ -3,7 +3,6 @@ package server
 import (
 	"fmt"
 
-	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
@@ -12,17 +11,12 @@ import (
 // published returns the latest published checkpoint and its tree.
 func (l *Log) published() ([]byte, tlog.Tree, error) {
 	l.mu.RLock()
-	cp := l.checkpoint
+	cp, t := l.checkpoint, l.checkpointTree
 	l.mu.RUnlock()
 	if cp == nil {
 		return nil, tlog.Tree{}, fmt.Errorf("no checkpoint published yet")
 	}
-	n, err := note.Open(cp, note.VerifierList(l.verifier()))
-	if err != nil {
-		return nil, tlog.Tree{}, fmt.Errorf("open own checkpoint: %w", err)
-	}
-	_, t, err := curator.ParseCheckpoint(n.Text)
-	return cp, t, err
+	return cp, t, nil
 }
 
 // Bundle returns the proof bundle of id at the latest published checkpoint.
