@@ -54,6 +54,9 @@ type NodeConfig struct {
 	AuditInterval  time.Duration
 	Endpoints      EndpointsConfig
 	Logger         *slog.Logger
+	// Started, when set, is called once the agent and its endpoints are
+	// up, for tests and the demo to reach them.
+	Started func(*Agent, *Endpoints, *prometheus.Registry)
 }
 
 // RunNode assembles and runs a node agent until ctx ends.
@@ -116,6 +119,13 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	if err != nil {
 		return err
 	}
+	// The agent reads original destinations from the capture maps, so its
+	// cgroup is optional; the cgroup2 root is refused, because programs
+	// there would see every process of the node.
+	if root, err := bpf.Cgroup2Root(); err == nil && filepath.Clean(ownCgroup) == filepath.Clean(root) {
+		log.Info("agent runs in the cgroup2 root; not attaching agent-cgroup programs")
+		ownCgroup = ""
+	}
 	capture, err := bpf.Open(bpf.Options{PinDir: cfg.PinDir, AgentCgroup: ownCgroup, Logger: log})
 	if err != nil {
 		return fmt.Errorf("load eBPF capture: %w", err)
@@ -146,6 +156,9 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	registry.MustRegister(alerts)
 	go workloads.Run(ctx)
 	go a.audit(ctx, monitor, workloads, alerts, cfg.AuditInterval)
+	if cfg.Started != nil {
+		cfg.Started(a, srv, registry)
+	}
 	return a.Run(ctx)
 }
 
