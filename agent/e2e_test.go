@@ -313,4 +313,3 @@ func TestAgentsCarryTrafficOverHBONE(t *testing.T) {
 		t.Errorf("server agent counted %v inbound connections, want at least %d", n, 2*requests)
 	}
 }
-

@@ -263,11 +263,13 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 		return err
 	}
 	p.outbound, err = tunnel.NewOutbound(tunnel.OutboundConfig{
-		Pool:            p.pool,
-		Resolve:         a.resolver(p),
-		DialPassthrough: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) { return a.markedDialIn(ns)(ctx, netip.Addr{}, dst) },
-		Metrics:         a.metrics,
-		Logger:          a.log,
+		Pool:    p.pool,
+		Resolve: a.resolver(p),
+		DialPassthrough: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			return a.markedDialIn(ns)(ctx, netip.Addr{}, dst)
+		},
+		Metrics: a.metrics,
+		Logger:  a.log,
 	})
 	if err != nil {
 		return err

@@ -178,7 +178,7 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 	c.stores = append(c.stores, st)
 	c.log, err = server.New(server.Config{
 		Origin: Origin, Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
-		Reviewer: &server.KubeReviewer{Client: opts.Client, Audience: curator.DefaultAudience},
+		Reviewer:  &server.KubeReviewer{Client: opts.Client, Audience: curator.DefaultAudience},
 		Witnesses: witnesses, WitnessTimeout: 10 * time.Second, Logger: opts.Logger,
 	})
 	if err != nil {
