@@ -137,6 +137,13 @@ func New(cfg Config) (*Agent, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("new agent: watch pods: %w", err)
 	}
+	// A namespace gaining or losing the ambient label changes no pod, so
+	// its pods are looked at again here.
+	if err := view.OnNamespaceEvent(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj any) { a.onNamespace(obj) },
+	}); err != nil {
+		return nil, fmt.Errorf("new agent: watch namespaces: %w", err)
+	}
 	return a, nil
 }
 

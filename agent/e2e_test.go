@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,8 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/mazu-mesh/mazu-ztunnel/bpf"
-	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/meshtest"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
@@ -32,6 +29,9 @@ const (
 	envRole   = "MAZU_E2E_ROLE"
 	envTarget = "MAZU_E2E_TARGET"
 	envCount  = "MAZU_E2E_COUNT"
+	// envInterval is the pause between the client's requests (a Go
+	// duration); empty means none.
+	envInterval = "MAZU_E2E_INTERVAL"
 )
 
 // clientReport is what the client role prints.
@@ -54,9 +54,13 @@ func runRole(role string) int {
 		return 0
 	case "http-client":
 		n, _ := strconv.Atoi(os.Getenv(envCount))
+		interval, _ := time.ParseDuration(os.Getenv(envInterval))
 		var report clientReport
 		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		for range n {
+		for i := range n {
+			if i > 0 {
+				time.Sleep(interval)
+			}
 			resp, err := client.Get(os.Getenv(envTarget))
 			if err != nil {
 				report.Errors = append(report.Errors, err.Error())
@@ -78,14 +82,6 @@ func runRole(role string) int {
 	return 2
 }
 
-// nodeAgent is one node's agent run in this process.
-type nodeAgent struct {
-	node     *testbed.Node
-	socket   string
-	agent    *Agent
-	registry *prometheus.Registry
-}
-
 func buildCNI(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "mazu-cni")
@@ -93,57 +89,6 @@ func buildCNI(t *testing.T) string {
 		t.Fatalf("build mazu-cni: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// startAgent runs a node agent for node until the test ends, and removes
-// its eBPF objects afterwards.
-func startAgent(t *testing.T, tb *testbed.Testbed, mesh *meshtest.Curator, node *testbed.Node) *nodeAgent {
-	t.Helper()
-	dir := t.TempDir()
-	na := &nodeAgent{node: node, socket: filepath.Join(dir, "cni.sock")}
-	pins := filepath.Join(dir, "pins")
-	started := make(chan struct{})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	cfg := NodeConfig{
-		REST: tb.RESTConfig(), NodeName: node.Name, TrustDomain: testbed.TrustDomain,
-		RootNamespace: "istio-system", Audience: curator.DefaultAudience, CuratorURL: mesh.URL,
-		CRSFile: mesh.CRSFile, LogKey: mesh.LogVKey, WitnessKeys: mesh.WitnessVKeys,
-		CgroupRoot: node.CgroupRoot, PinDir: pins, CNISocket: na.socket, StateDir: filepath.Join(dir, "state"),
-		AuditInterval: time.Second,
-		Endpoints:     EndpointsConfig{AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", ReadinessAddr: "127.0.0.1:0"},
-		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Started: func(a *Agent, _ *Endpoints, reg *prometheus.Registry) {
-			na.agent, na.registry = a, reg
-			close(started)
-		},
-	}
-	go func() { done <- RunNode(ctx, cfg) }()
-	select {
-	case <-started:
-	case err := <-done:
-		cancel()
-		t.Fatalf("agent for %s failed to start: %v", node.Name, err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		t.Fatalf("agent for %s not started after 60 s", node.Name)
-	}
-	eventually(t, 30*time.Second, "agent ready", func() bool { ok, _ := na.agent.Ready(); return ok })
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent for %s: %v", node.Name, err)
-		}
-		capture, err := bpf.Open(bpf.Options{PinDir: pins})
-		if err != nil {
-			t.Errorf("reopen capture to remove it: %v", err)
-			return
-		}
-		if err := capture.Remove(); err != nil {
-			t.Errorf("remove capture: %v", err)
-		}
-	})
-	return na
 }
 
 // testWriter sends agent logs to the test log.

@@ -411,6 +411,20 @@ func (a *Agent) onPod(obj any) {
 	}
 }
 
+// onNamespace re-evaluates this node's pods of a namespace whose labels
+// may have changed.
+func (a *Agent) onNamespace(obj any) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return
+	}
+	for _, pod := range a.view.PodsOnNode(a.cfg.NodeName) {
+		if pod.Namespace == ns.Name {
+			a.onPod(pod)
+		}
+	}
+}
+
 func (a *Agent) onPodDelete(obj any) {
 	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = tomb.Obj

@@ -44,6 +44,7 @@ type View struct {
 	dynFactory dynamicinformer.DynamicSharedInformerFactory
 
 	pods       cache.SharedIndexInformer
+	nsInformer cache.SharedIndexInformer
 	services   cache.SharedIndexInformer
 	slices     discoverylisters.EndpointSliceLister
 	namespaces listersv1.NamespaceLister
@@ -68,6 +69,7 @@ func NewView(client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logge
 	}
 	v.slices = factory.Discovery().V1().EndpointSlices().Lister()
 	v.namespaces = factory.Core().V1().Namespaces().Lister()
+	v.nsInformer = factory.Core().V1().Namespaces().Informer()
 	policyInformer := dynFactory.ForResource(authorizationPolicies)
 	peerAuthInformer := dynFactory.ForResource(peerAuthentications)
 	v.policies, v.peerAuths = policyInformer.Lister(), peerAuthInformer.Lister()
@@ -96,6 +98,12 @@ func (v *View) Start(ctx context.Context, syncTimeout time.Duration) error {
 // OnPodEvent registers handlers for pod changes.
 func (v *View) OnPodEvent(h cache.ResourceEventHandler) error {
 	_, err := v.pods.AddEventHandler(h)
+	return err
+}
+
+// OnNamespaceEvent registers handlers for namespace changes.
+func (v *View) OnNamespaceEvent(h cache.ResourceEventHandler) error {
+	_, err := v.nsInformer.AddEventHandler(h)
 	return err
 }
 

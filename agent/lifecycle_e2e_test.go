@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/mazu-mesh/mazu-ztunnel/testbed"
+)
+
+// TestEnrollmentLifecycle drives one node's agent through Istio's ambient
+// opt-in and opt-out: mazu-cni enrolls pods of an ambient namespace, a pod
+// labelled istio.io/dataplane-mode=none stays out, and a pod label, a pod
+// deletion and the namespace label each unenroll. It also reads the agent's
+// HTTP endpoints.
+func TestEnrollmentLifecycle(t *testing.T) {
+	tb := testbed.Get(t)
+	mesh := startMesh(t, tb)
+	cni := buildCNI(t)
+	node := testbed.NewNode(t, tb, "at-life")
+	na := startAgent(t, tb, mesh, node)
+	const ns = "at-life"
+	ambientNamespace(t, tb, ns)
+	add := cniAdd(cni, na.socket)
+
+	web := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "web", ServiceAccount: "web", Labels: map[string]string{"app": "web"}, OnNetwork: add})
+	startServer(t, web)
+	optout := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "optout", Labels: map[string]string{DataplaneModeLabel: "none"}, OnNetwork: add})
+	leaver := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "leaver", OnNetwork: add})
+	doomed := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "doomed", OnNetwork: add})
+	for _, p := range []*testbed.Pod{web, leaver, doomed} {
+		waitEnrolled(t, tb, p)
+		if !captured(t, na, p.UID) {
+			t.Fatalf("pod %s is annotated but not in the eBPF capture", p.Name)
+		}
+	}
+
+	// The opted-out pod's CNI ADD succeeded (NewPod would have failed
+	// otherwise), but nothing captures it.
+	if na.agent.IsEnrolled(optout.UID) || captured(t, na, optout.UID) || podAnnotation(t, tb, optout) != "" {
+		t.Fatal("pod labelled istio.io/dataplane-mode=none was enrolled")
+	}
+
+	t.Run("endpoints", func(t *testing.T) {
+		code, body := endpointGet(t, na, 0, "/healthz/ready")
+		if code != 200 || strings.TrimSpace(string(body)) != "ready" {
+			t.Errorf("/healthz/ready = %d %q", code, body)
+		}
+		code, body = endpointGet(t, na, 2, "/config_dump")
+		if code != 200 {
+			t.Fatalf("/config_dump = %d %q", code, body)
+		}
+		var dump struct {
+			Node      string         `json:"node"`
+			Workloads []WorkloadDump `json:"workloads"`
+			Certs     []struct {
+				UID   string         `json:"uid"`
+				State map[string]any `json:"state"`
+			} `json:"certificates"`
+		}
+		if err := json.Unmarshal(body, &dump); err != nil {
+			t.Fatalf("/config_dump is not JSON: %v", err)
+		}
+		names := map[string]WorkloadDump{}
+		for _, w := range dump.Workloads {
+			names[w.Name] = w
+		}
+		for _, p := range []*testbed.Pod{web, leaver, doomed} {
+			w, ok := names[p.Name]
+			if !ok || w.UID != string(p.UID) || w.IP != p.IP.String() || w.Namespace != ns {
+				t.Errorf("config_dump workload for %s = %+v, want UID %s IP %s", p.Name, w, p.UID, p.IP)
+			}
+		}
+		if _, ok := names["optout"]; ok || len(dump.Workloads) != 3 || dump.Node != node.Name {
+			t.Errorf("config_dump lists %d workloads on %q: %+v", len(dump.Workloads), dump.Node, dump.Workloads)
+		}
+		if names["web"].Identity != "spiffe://cluster.local/ns/at-life/sa/web" {
+			t.Errorf("web identity = %q", names["web"].Identity)
+		}
+		if len(dump.Certs) != 3 {
+			t.Fatalf("config_dump has %d certificate states, want 3", len(dump.Certs))
+		}
+		for _, c := range dump.Certs {
+			if c.State["registered"] != true || c.State["identity"] == nil {
+				t.Errorf("certificate state of %s = %v, want registered", c.UID, c.State)
+			}
+		}
+	})
+
+	// The opted-out pod's connection to an enrolled pod is not captured on
+	// its side, so it reaches the server's plaintext inbound listener.
+	t.Run("opted out pod goes direct", func(t *testing.T) {
+		outboundBefore := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source", "source_workload": "optout"})
+		plainBefore := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_workload": "web", "connection_security_policy": "unknown"})
+		expectOK(t, optout, podURL(web), 3, "hello from web")
+		if n := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source", "source_workload": "optout"}); n != outboundBefore {
+			t.Errorf("agent proxied %v outbound connections of the opted-out pod", n-outboundBefore)
+		}
+		if n := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_workload": "web", "connection_security_policy": "unknown"}); n-plainBefore != 3 {
+			t.Errorf("server's plaintext inbound counted %v connections, want 3", n-plainBefore)
+		}
+		code, body := endpointGet(t, na, 1, "/metrics")
+		if code != 200 || !strings.Contains(string(body), "istio_tcp_connections_opened_total{") {
+			t.Errorf("/metrics = %d without istio_tcp_connections_opened_total", code)
+		}
+	})
+
+	t.Run("pod label none unenrolls", func(t *testing.T) {
+		labelPod(t, tb, ns, leaver.Name, map[string]any{DataplaneModeLabel: "none"})
+		waitUnenrolled(t, tb, na, leaver)
+		// Its traffic is no longer proxied on its side.
+		before := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source", "source_workload": "leaver"})
+		expectOK(t, leaver, podURL(web), 1, "hello from web")
+		if n := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source", "source_workload": "leaver"}); n != before {
+			t.Errorf("agent still proxies the unenrolled pod's connections")
+		}
+	})
+
+	t.Run("pod deletion unenrolls", func(t *testing.T) {
+		if err := tb.DeletePod(context.Background(), doomed); err != nil {
+			t.Fatal(err)
+		}
+		waitUnenrolled(t, tb, na, doomed)
+	})
+
+	t.Run("namespace label removal unenrolls", func(t *testing.T) {
+		labelNamespace(t, tb, ns, map[string]any{DataplaneModeLabel: nil})
+		waitUnenrolled(t, tb, na, web)
+		if n := na.agent.EnrolledCount(); n != 0 {
+			t.Errorf("agent still has %d pods enrolled", n)
+		}
+	})
+}
