@@ -54,6 +54,10 @@ type podProxy struct {
 	stopOnce sync.Once
 }
 
+// certificateWait bounds how long a handshake waits for the pod's
+// registration to complete.
+const certificateWait = 10 * time.Second
+
 // errNotOnNode rejects a request for a pod that another node's agent serves.
 var errNotOnNode = errors.New("pod is not scheduled to this node")
 
@@ -231,7 +235,17 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 			p.stop(context.Background())
 		}
 	}()
-	certificate := func() (*tls.Certificate, error) { return a.cfg.Identities.Certificate(p.uid) }
+	certificate := func() (*tls.Certificate, error) {
+		// The pod's first connections may come before its registration
+		// finished: the kubelet publishes the pod's IP only after CNI
+		// returns, and a restarted agent registers adopted pods anew.
+		// They wait for the certificate instead of failing.
+		select {
+		case <-p.registered:
+		case <-time.After(certificateWait):
+		}
+		return a.cfg.Identities.Certificate(p.uid)
+	}
 
 	inbound := tunnel.InboundConfig{
 		TLSConfig: func() (*tls.Config, error) {
