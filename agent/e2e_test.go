@@ -127,6 +127,9 @@ func ambientNamespace(t *testing.T, tb *testbed.Testbed, name string) {
 	if _, err := tb.Client().CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = tb.Client().CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
 }
 
 func waitEnrolled(t *testing.T, tb *testbed.Testbed, pod *testbed.Pod) {

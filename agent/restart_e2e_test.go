@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mazu-mesh/mazu-ztunnel/testbed"
+)
+
+// TestRollingRestartUnderTraffic replaces a node's agent the way a
+// DaemonSet rolling update with surge does: a second agent for the same
+// node starts on the same pins and state while the first still serves,
+// then the first stops. A client opens new connections all along, and
+// none may fail.
+func TestRollingRestartUnderTraffic(t *testing.T) {
+	tb := testbed.Get(t)
+	mesh := startMesh(t, tb)
+	cni := buildCNI(t)
+	node := testbed.NewNode(t, tb, "at-restart")
+	dir := t.TempDir()
+	first := startAgentWith(t, tb, mesh, node, agentOptions{Dir: dir})
+	const ns = "at-restart"
+	ambientNamespace(t, tb, ns)
+	add := cniAdd(cni, first.socket)
+	web := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "web", ServiceAccount: "web", OnNetwork: add})
+	startServer(t, web)
+	client := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "client", ServiceAccount: "client", OnNetwork: add})
+	waitEnrolled(t, tb, web)
+	waitEnrolled(t, tb, client)
+	expectOK(t, client, podURL(web), 1, "hello from web")
+
+	const requests, interval = 200, 50 * time.Millisecond
+	reports := make(chan clientReport, 1)
+	go func() { reports <- httpFrom(t, client, podURL(web), requests, interval) }()
+
+	time.Sleep(2 * time.Second)
+	second := startAgentWith(t, tb, mesh, node, agentOptions{Dir: dir, Socket: filepath.Join(t.TempDir(), "cni.sock")})
+	for _, p := range []*testbed.Pod{web, client} {
+		if !second.agent.IsEnrolled(p.UID) {
+			t.Errorf("second agent did not adopt %s", p.Name)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	// During the overlap both agents' listeners take connections.
+	mtlsIn := map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls"}
+	firstIn := counterSum(t, first.registry, "istio_tcp_connections_opened_total", mtlsIn)
+	secondIn := counterSum(t, second.registry, "istio_tcp_connections_opened_total", mtlsIn)
+	out := map[string]string{"reporter": "source"}
+	t.Logf("before the first agent stops: inbound HBONE first %v, second %v; outbound first %v, second %v", firstIn, secondIn,
+		counterSum(t, first.registry, "istio_tcp_connections_opened_total", out), counterSum(t, second.registry, "istio_tcp_connections_opened_total", out))
+	first.stop()
+
+	report := <-reports
+	if report.OK != requests {
+		t.Errorf("%d of %d new connections failed across the restart: %v", requests-report.OK, requests, report.Errors)
+	}
+	// The second agent carried traffic over HBONE after the first left.
+	inbound := counterSum(t, second.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls"})
+	if inbound == 0 {
+		t.Error("second agent carried no inbound HBONE connection")
+	}
+	expectOK(t, client, podURL(web), 3, "hello from web")
+	for _, p := range []*testbed.Pod{web, client} {
+		if podAnnotation(t, tb, p) != "enabled" || !captured(t, second, p.UID) {
+			t.Errorf("pod %s lost its enrollment across the restart", p.Name)
+		}
+	}
+}
+
+// TestCNIAddWaitsForAgent checks mazu-cni's ordering guarantee: without a
+// running agent a pod's CNI ADD fails and the pod never runs; with one,
+// the pod's very first connection is already captured and goes through
+// HBONE.
+func TestCNIAddWaitsForAgent(t *testing.T) {
+	tb := testbed.Get(t)
+	mesh := startMesh(t, tb)
+	cni := buildCNI(t)
+	nodeA := testbed.NewNode(t, tb, "at-order-a")
+	nodeB := testbed.NewNode(t, tb, "at-order-b")
+	agentB := startAgent(t, tb, mesh, nodeB)
+	const ns = "at-order"
+	ambientNamespace(t, tb, ns)
+	web := testbed.NewPod(t, tb, nodeB, testbed.PodSpec{Namespace: ns, Name: "web", ServiceAccount: "web", OnNetwork: cniAdd(cni, agentB.socket)})
+	startServer(t, web)
+	waitEnrolled(t, tb, web)
+
+	dirA := t.TempDir()
+	socketA := filepath.Join(dirA, "cni.sock")
+	ctx := context.Background()
+	spec := testbed.PodSpec{Namespace: ns, Name: "client", ServiceAccount: "client", OnNetwork: cniAdd(cni, socketA)}
+	if pod, err := tb.AddPod(ctx, nodeA, spec); err == nil {
+		_ = tb.DeletePod(ctx, pod)
+		t.Fatal("pod added although no agent listens on its node")
+	}
+	if obj, err := tb.Client().CoreV1().Pods(ns).Get(ctx, "client", metav1.GetOptions{}); err == nil && obj.Status.Phase == corev1.PodRunning {
+		t.Fatal("pod runs although its CNI ADD failed")
+	}
+
+	agentA := startAgentWith(t, tb, mesh, nodeA, agentOptions{Dir: dirA})
+	client, err := tb.AddPod(ctx, nodeA, spec)
+	if err != nil {
+		t.Fatalf("add pod with the agent up: %v", err)
+	}
+	t.Cleanup(func() { _ = tb.DeletePod(context.Background(), client) })
+	// The first process of the pod starts right after ADD returned.
+	report := httpFrom(t, client, podURL(web), 1, 0)
+	if report.OK != 1 {
+		t.Fatalf("first request from the new pod failed: %v", report.Errors)
+	}
+	mtls := map[string]string{"reporter": "destination", "source_workload": "client", "connection_security_policy": "mutual_tls"}
+	if n := counterSum(t, agentB.registry, "istio_tcp_connections_opened_total", mtls); n != 1 {
+		t.Errorf("server agent counted %v HBONE connections from the new pod, want 1", n)
+	}
+	if n := counterSum(t, agentA.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "source", "source_workload": "client"}); n != 1 {
+		t.Errorf("client agent proxied %v connections of the new pod, want 1", n)
+	}
+	if !agentA.agent.IsEnrolled(client.UID) {
+		t.Error(fmt.Sprintf("agent on %s does not list the pod as enrolled", nodeA.Name))
+	}
+}
