@@ -188,8 +188,8 @@ func expectOK(t *testing.T, pod *testbed.Pod, url string, n int, wantBody string
 	}
 }
 
-// expectRefused fails the test unless every one of n requests fails.
-func expectRefused(t *testing.T, pod *testbed.Pod, url string, n int) {
+// expectRejected fails the test unless every one of n requests fails.
+func expectRejected(t *testing.T, pod *testbed.Pod, url string, n int) {
 	t.Helper()
 	report := httpFrom(t, pod, url, n, 0)
 	if report.OK != 0 {

@@ -131,4 +131,19 @@ func TestEnrollmentLifecycle(t *testing.T) {
 			t.Errorf("agent still has %d pods enrolled", n)
 		}
 	})
+
+	// Labelling the namespace again enrolls the running pod, whose network
+	// namespace the agent finds from the process in its cgroup.
+	t.Run("namespace label enrolls running pods", func(t *testing.T) {
+		labelNamespace(t, tb, ns, map[string]any{DataplaneModeLabel: "ambient"})
+		waitEnrolled(t, tb, web)
+		if !captured(t, na, web.UID) {
+			t.Fatal("re-enrolled pod is not in the eBPF capture")
+		}
+		before := counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_workload": "web"})
+		expectOK(t, optout, podURL(web), 1, "hello from web")
+		if counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_workload": "web"}) == before {
+			t.Error("re-enrolled pod's inbound traffic bypassed the agent")
+		}
+	})
 }

@@ -49,9 +49,9 @@ func TestPolicyEnforcement(t *testing.T) {
 		})
 		expectOK(t, a, url, 2, "hello from web")
 		denied := deniedHBONE(t, na, "client-b")
-		expectRefused(t, b, url, 2)
+		expectRejected(t, b, url, 2)
 		eventually(t, 5*time.Second, "2 HBONE streams from b denied", func() bool { return deniedHBONE(t, na, "client-b")-denied == 2 })
-		expectRefused(t, plain, url, 1)
+		expectRejected(t, plain, url, 1)
 		deleteSecurity(t, dyn, na, "AuthorizationPolicy", ns, "allow-a")
 		expectOK(t, b, url, 1, "hello from web")
 	})
@@ -64,7 +64,7 @@ func TestPolicyEnforcement(t *testing.T) {
 			}}}}},
 		})
 		denied := deniedHBONE(t, na, "client-c")
-		expectRefused(t, c, url, 2)
+		expectRejected(t, c, url, 2)
 		eventually(t, 5*time.Second, "2 HBONE streams from c denied", func() bool { return deniedHBONE(t, na, "client-c")-denied == 2 })
 		expectOK(t, a, url, 1, "hello from web")
 		expectOK(t, b, url, 1, "hello from web")
@@ -83,7 +83,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		}
 		applySecurity(t, dyn, na, "PeerAuthentication", ns, "mtls", map[string]any{"mtls": map[string]any{"mode": "STRICT"}})
 		denied := plaintext("istio_tcp_connections_closed_total", "DENY")
-		expectRefused(t, plain, url, 2)
+		expectRejected(t, plain, url, 2)
 		eventually(t, 5*time.Second, "2 plaintext connections denied", func() bool {
 			return plaintext("istio_tcp_connections_closed_total", "DENY")-denied == 2
 		})

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -66,6 +65,14 @@ func TestRollingRestartUnderTraffic(t *testing.T) {
 		t.Error("second agent carried no inbound HBONE connection")
 	}
 	expectOK(t, client, podURL(web), 3, "hello from web")
+	// Each agent audits the curator's log for its node; the other agent's
+	// registrations of the same pods must not read as foreign entries.
+	time.Sleep(1500 * time.Millisecond) // more than one audit interval
+	for i, na := range []*nodeAgent{first, second} {
+		if n := counterSum(t, na.registry, "mazu_curator_alerts_total", nil); n != 0 {
+			t.Errorf("agent %d raised %v curator audit alerts during the restart", i+1, n)
+		}
+	}
 	for _, p := range []*testbed.Pod{web, client} {
 		if podAnnotation(t, tb, p) != "enabled" || !captured(t, second, p.UID) {
 			t.Errorf("pod %s lost its enrollment across the restart", p.Name)
@@ -121,6 +128,6 @@ func TestCNIAddWaitsForAgent(t *testing.T) {
 		t.Errorf("client agent proxied %v connections of the new pod, want 1", n)
 	}
 	if !agentA.agent.IsEnrolled(client.UID) {
-		t.Error(fmt.Sprintf("agent on %s does not list the pod as enrolled", nodeA.Name))
+		t.Errorf("agent on %s does not list the pod as enrolled", nodeA.Name)
 	}
 }
