@@ -83,12 +83,15 @@ type Agent struct {
 	metrics *tunnel.Metrics
 	cni     *cni.Server
 
-	mu      sync.Mutex
-	pods    map[types.UID]*podProxy
-	ready   bool
-	reasons string
-	state   *stateFile
-	cancel  context.CancelFunc
+	mu   sync.Mutex
+	pods map[types.UID]*podProxy
+	// tornDown holds pods whose sandbox mazu-cni tore down (CNI DEL).
+	// Their pod events must not enroll them again; a new CNI ADD does.
+	tornDown map[types.UID]bool
+	ready    bool
+	reasons  string
+	state    *stateFile
+	cancel   context.CancelFunc
 }
 
 // New validates cfg and builds an Agent. Run starts it.
@@ -129,7 +132,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, view: view, metrics: metrics, pods: map[types.UID]*podProxy{}, state: state, reasons: "starting"}
+	a := &Agent{cfg: cfg, log: cfg.Logger, view: view, metrics: metrics, pods: map[types.UID]*podProxy{}, tornDown: map[types.UID]bool{}, state: state, reasons: "starting"}
 	if err := view.OnPodEvent(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { a.onPod(obj) },
 		UpdateFunc: func(_, obj any) { a.onPod(obj) },

@@ -121,6 +121,23 @@ func cniAdd(bin, socket string) func(context.Context, *testbed.Pod) error {
 	}
 }
 
+// cniDel invokes mazu-cni's DEL for a pod, as a container runtime does when
+// it tears the pod's sandbox down.
+func cniDel(ctx context.Context, bin, socket string, pod *testbed.Pod) error {
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"testbed","type":"mazu-cni","socket":%q,"timeoutSeconds":30}`, socket)
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = []string{
+		"CNI_COMMAND=DEL", "CNI_CONTAINERID=" + string(pod.UID), "CNI_NETNS=" + pod.NetnsPath(), "CNI_IFNAME=eth0",
+		"CNI_PATH=/opt/cni/bin",
+		fmt.Sprintf("CNI_ARGS=K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_UID=%s", pod.Namespace, pod.Name, pod.UID),
+	}
+	cmd.Stdin = strings.NewReader(conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("mazu-cni DEL: %v: %s", err, out)
+	}
+	return nil
+}
+
 func ambientNamespace(t *testing.T, tb *testbed.Testbed, name string) {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{DataplaneModeLabel: "ambient"}}}

@@ -73,9 +73,13 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	}
 	a.mu.Lock()
 	_, done := a.pods[pod.UID]
+	tornDown := a.tornDown[pod.UID]
 	a.mu.Unlock()
 	if done {
 		return true, nil
+	}
+	if tornDown {
+		return false, nil
 	}
 	ip, err := podIP(pod)
 	if err != nil {
@@ -408,7 +412,10 @@ func (a *Agent) onPod(obj any) {
 		return
 	}
 	enrolled := a.IsEnrolled(pod.UID)
-	wants := ShouldEnroll(pod, a.view.NamespaceLabels(pod.Namespace)) && pod.DeletionTimestamp == nil
+	a.mu.Lock()
+	tornDown := a.tornDown[pod.UID]
+	a.mu.Unlock()
+	wants := ShouldEnroll(pod, a.view.NamespaceLabels(pod.Namespace)) && pod.DeletionTimestamp == nil && !tornDown
 	switch {
 	case wants && !enrolled && pod.Status.Phase == corev1.PodRunning:
 		go func() {
@@ -448,6 +455,7 @@ func (a *Agent) onPodDelete(obj any) {
 		return
 	}
 	a.cfg.Verifier.ForgetPod(string(pod.UID))
+	a.setTornDown(pod.UID, false)
 	if a.IsEnrolled(pod.UID) {
 		go func() {
 			if err := a.Unenroll(context.Background(), pod.UID); err != nil {
@@ -508,17 +516,32 @@ func (h cniHandler) Enroll(ctx context.Context, req cni.Request) (bool, error) {
 	if pod.Status.Phase == "" {
 		pod.Status.Phase = corev1.PodPending
 	}
+	h.a.setTornDown(pod.UID, false)
 	return h.a.Enroll(ctx, pod, req.Netns)
 }
 
 func (h cniHandler) Unenroll(ctx context.Context, req cni.Request) error {
-	if req.UID != "" {
-		return h.a.Unenroll(ctx, types.UID(req.UID))
+	uid := types.UID(req.UID)
+	if uid == "" {
+		pod := h.a.view.Pod(req.Namespace, req.Name)
+		if pod == nil {
+			return nil
+		}
+		uid = pod.UID
 	}
-	if pod := h.a.view.Pod(req.Namespace, req.Name); pod != nil {
-		return h.a.Unenroll(ctx, pod.UID)
+	h.a.setTornDown(uid, true)
+	return h.a.Unenroll(ctx, uid)
+}
+
+// setTornDown records whether a pod's sandbox was torn down by CNI DEL.
+func (a *Agent) setTornDown(uid types.UID, tornDown bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if tornDown {
+		a.tornDown[uid] = true
+	} else {
+		delete(a.tornDown, uid)
 	}
-	return nil
 }
 
 func (h cniHandler) Enrolled(_ context.Context, req cni.Request) (bool, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
@@ -29,7 +30,12 @@ func TestEnrollmentLifecycle(t *testing.T) {
 	optout := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "optout", Labels: map[string]string{DataplaneModeLabel: "none"}, OnNetwork: add})
 	leaver := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "leaver", OnNetwork: add})
 	doomed := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "doomed", OnNetwork: add})
-	for _, p := range []*testbed.Pod{web, leaver, doomed} {
+	torndown := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "torndown", OnNetwork: add})
+	// A process in the pod's cgroup lets the agent find its network
+	// namespace, so nothing but the agent's bookkeeping keeps it from
+	// capturing the pod again after CNI DEL.
+	startServer(t, torndown)
+	for _, p := range []*testbed.Pod{web, leaver, doomed, torndown} {
 		waitEnrolled(t, tb, p)
 		if !captured(t, na, p.UID) {
 			t.Fatalf("pod %s is annotated but not in the eBPF capture", p.Name)
@@ -66,20 +72,20 @@ func TestEnrollmentLifecycle(t *testing.T) {
 		for _, w := range dump.Workloads {
 			names[w.Name] = w
 		}
-		for _, p := range []*testbed.Pod{web, leaver, doomed} {
+		for _, p := range []*testbed.Pod{web, leaver, doomed, torndown} {
 			w, ok := names[p.Name]
 			if !ok || w.UID != string(p.UID) || w.IP != p.IP.String() || w.Namespace != ns {
 				t.Errorf("config_dump workload for %s = %+v, want UID %s IP %s", p.Name, w, p.UID, p.IP)
 			}
 		}
-		if _, ok := names["optout"]; ok || len(dump.Workloads) != 3 || dump.Node != node.Name {
+		if _, ok := names["optout"]; ok || len(dump.Workloads) != 4 || dump.Node != node.Name {
 			t.Errorf("config_dump lists %d workloads on %q: %+v", len(dump.Workloads), dump.Node, dump.Workloads)
 		}
 		if names["web"].Identity != "spiffe://cluster.local/ns/at-life/sa/web" {
 			t.Errorf("web identity = %q", names["web"].Identity)
 		}
-		if len(dump.Certs) != 3 {
-			t.Fatalf("config_dump has %d certificate states, want 3", len(dump.Certs))
+		if len(dump.Certs) != 4 {
+			t.Fatalf("config_dump has %d certificate states, want 4", len(dump.Certs))
 		}
 		for _, c := range dump.Certs {
 			if c.State["registered"] != true || c.State["identity"] == nil {
@@ -122,6 +128,19 @@ func TestEnrollmentLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitUnenrolled(t, tb, na, doomed)
+	})
+
+	t.Run("CNI DEL unenrolls", func(t *testing.T) {
+		if err := cniDel(context.Background(), cni, na.socket, torndown); err != nil {
+			t.Fatal(err)
+		}
+		waitUnenrolled(t, tb, na, torndown)
+		// Its later pod events (the annotation removal among them) must
+		// not enroll it again: only a new CNI ADD does.
+		time.Sleep(500 * time.Millisecond)
+		if na.agent.IsEnrolled(torndown.UID) || captured(t, na, torndown.UID) {
+			t.Fatal("agent enrolled the pod again after its CNI DEL")
+		}
 	})
 
 	t.Run("namespace label removal unenrolls", func(t *testing.T) {

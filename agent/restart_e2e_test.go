@@ -131,3 +131,43 @@ func TestCNIAddWaitsForAgent(t *testing.T) {
 		t.Errorf("agent on %s does not list the pod as enrolled", nodeA.Name)
 	}
 }
+
+// TestRestartForgetsDepartedPods stops a node's agent, deletes one of its
+// enrolled pods while none runs, and starts a new agent on the same pins
+// and state: it adopts the remaining pod and removes the departed one's
+// capture and state.
+func TestRestartForgetsDepartedPods(t *testing.T) {
+	tb := testbed.Get(t)
+	mesh := startMesh(t, tb)
+	cni := buildCNI(t)
+	node := testbed.NewNode(t, tb, "at-depart")
+	dir := t.TempDir()
+	first := startAgentWith(t, tb, mesh, node, agentOptions{Dir: dir})
+	const ns = "at-depart"
+	ambientNamespace(t, tb, ns)
+	add := cniAdd(cni, first.socket)
+	web := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "web", ServiceAccount: "web", OnNetwork: add})
+	startServer(t, web)
+	gone := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "gone", OnNetwork: add})
+	client := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "client", Labels: map[string]string{DataplaneModeLabel: "none"}, OnNetwork: add})
+	waitEnrolled(t, tb, web)
+	waitEnrolled(t, tb, gone)
+
+	first.stop()
+	if err := tb.DeletePod(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	second := startAgentWith(t, tb, mesh, node, agentOptions{Dir: dir})
+	if captured(t, second, gone.UID) || second.agent.IsEnrolled(gone.UID) || second.agent.state.netns(string(gone.UID)) != "" {
+		t.Error("new agent kept the capture or state of a pod deleted while no agent ran")
+	}
+	if !second.agent.IsEnrolled(web.UID) || !captured(t, second, web.UID) {
+		t.Fatal("new agent did not adopt the remaining pod")
+	}
+	<-second.agent.Registered(web.UID)
+	before := counterSum(t, second.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_workload": "web"})
+	expectOK(t, client, podURL(web), 2, "hello from web")
+	if got := counterSum(t, second.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "destination_workload": "web"}) - before; got != 2 {
+		t.Errorf("new agent carried %v connections to the adopted pod, want 2", got)
+	}
+}
