@@ -83,15 +83,16 @@ type Agent struct {
 	metrics *tunnel.Metrics
 	cni     *cni.Server
 
-	mu   sync.Mutex
-	pods map[types.UID]*podProxy
+	mu      sync.Mutex
+	pods    map[types.UID]*podProxy
+	ready   bool
+	reasons string
+	state   *stateFile
+	cancel  context.CancelFunc
+
 	// tornDown holds pods whose sandbox mazu-cni tore down (CNI DEL).
 	// Their pod events must not enroll them again; a new CNI ADD does.
 	tornDown map[types.UID]bool
-	ready    bool
-	reasons  string
-	state    *stateFile
-	cancel   context.CancelFunc
 }
 
 // New validates cfg and builds an Agent. Run starts it.
