@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -239,6 +240,13 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 			p.stop(context.Background())
 		}
 	}()
+	// In a rolling restart the old agent closes its listeners while the new
+	// agent's share their ports (SO_REUSEPORT). The kernel then moves the
+	// connections queued on a closed listener to a remaining one instead of
+	// resetting them.
+	if err := ns.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte("1"), 0o644) }); err != nil {
+		a.log.Warn("queued connections may be reset when this agent restarts", "pod", p.namespace+"/"+p.name, "error", fmt.Errorf("set net.ipv4.tcp_migrate_req in the pod: %w", err))
+	}
 	certificate := func() (*tls.Certificate, error) {
 		// The pod's first connections may come before its registration
 		// finished: the kubelet publishes the pod's IP only after CNI

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -84,7 +85,7 @@ func startAgentWith(t *testing.T, tb *testbed.Testbed, mesh *meshtest.Curator, n
 		CgroupRoot: node.CgroupRoot, PinDir: pins, CNISocket: socket, StateDir: filepath.Join(dir, "state"),
 		AuditInterval: time.Second,
 		Endpoints:     EndpointsConfig{AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", ReadinessAddr: "127.0.0.1:0"},
-		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: agentLogLevel()})),
 		Started: func(a *Agent, e *Endpoints, reg *prometheus.Registry) {
 			na.agent, na.endpoints, na.registry = a, e, reg
 			close(started)
@@ -131,6 +132,16 @@ func startAgentWith(t *testing.T, tb *testbed.Testbed, mesh *meshtest.Curator, n
 	}
 	eventually(t, 30*time.Second, "agent ready", func() bool { ok, _ := na.agent.Ready(); return ok })
 	return na
+}
+
+// agentLogLevel is Warn, or the level named by MAZU_TEST_AGENT_LOG (debug,
+// info) to see the agents' access logs.
+func agentLogLevel() slog.Level {
+	var level slog.Level = slog.LevelWarn
+	if v := os.Getenv("MAZU_TEST_AGENT_LOG"); v != "" {
+		_ = level.UnmarshalText([]byte(v))
+	}
+	return level
 }
 
 // startMesh starts a curator with two witnesses for the test.

@@ -169,15 +169,27 @@ type tracker struct {
 	conns    map[net.Conn]struct{}
 	wg       sync.WaitGroup
 	draining bool
+
+	// accepted holds connections that serve accepted but whose handler has
+	// not reached add yet. They count as live, so a Shutdown that starts in
+	// between drains them instead of closing them unserved, which clients
+	// of a restarting proxy would see as resets.
+	accepted map[net.Conn]struct{}
 }
 
 func newTracker() tracker {
-	return tracker{lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	return tracker{lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, accepted: map[net.Conn]struct{}{}}
 }
 
 func (t *tracker) add(c net.Conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if _, ok := t.accepted[c]; ok {
+		// serve counted it in wg already.
+		delete(t.accepted, c)
+		t.conns[c] = struct{}{}
+		return true
+	}
 	if t.draining {
 		return false
 	}
@@ -214,7 +226,22 @@ func (t *tracker) serve(ln net.Listener, handle func(net.Conn)) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		go handle(nc)
+		t.mu.Lock()
+		t.accepted[nc] = struct{}{}
+		t.wg.Add(1)
+		t.mu.Unlock()
+		go func() {
+			handle(nc)
+			// A handler that returned without reaching add (no original
+			// destination, for example) releases the count here.
+			t.mu.Lock()
+			_, unclaimed := t.accepted[nc]
+			delete(t.accepted, nc)
+			t.mu.Unlock()
+			if unclaimed {
+				t.wg.Done()
+			}
+		}()
 	}
 }
 
@@ -236,6 +263,9 @@ func (t *tracker) Shutdown(ctx context.Context) error {
 	}
 	t.mu.Lock()
 	for c := range t.conns {
+		_ = c.Close()
+	}
+	for c := range t.accepted {
 		_ = c.Close()
 	}
 	t.mu.Unlock()
