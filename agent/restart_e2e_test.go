@@ -15,8 +15,8 @@ import (
 // TestRollingRestartUnderTraffic replaces a node's agent the way a
 // DaemonSet rolling update with surge does: a second agent for the same
 // node starts on the same pins and state while the first still serves,
-// then the first stops. A client opens new connections all along, and
-// none may fail.
+// then the first stops. Clients open new connections all along, and none
+// may fail.
 func TestRollingRestartUnderTraffic(t *testing.T) {
 	tb := testbed.Get(t)
 	mesh := startMesh(t, tb)
