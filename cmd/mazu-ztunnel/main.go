@@ -70,6 +70,11 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Endpoints.AdminAddr, "admin-addr", agent.DefaultAdminAddr, "admin server address (/config_dump)")
 	fs.StringVar(&cfg.Endpoints.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "Prometheus /metrics address")
 	fs.StringVar(&cfg.Endpoints.ReadinessAddr, "readiness-addr", agent.DefaultReadinessAddr, "/healthz/ready address")
+	compat := fs.Bool("istiod-compat", os.Getenv("MAZU_ISTIOD_COMPAT") == "true", "compatibility mode: also obtain istiod-issued certificates and use them only toward peers that trust only Istio's CA (MAZU_ISTIOD_COMPAT); off is strict mode")
+	var compatCfg agent.CompatConfig
+	fs.StringVar(&compatCfg.CAAddress, "ca-address", env("CA_ADDRESS", "istiod.istio-system.svc:15012"), "istiod CA address host:port, compatibility mode only (CA_ADDRESS)")
+	fs.StringVar(&compatCfg.RootCertFile, "ca-root-cert", env("MAZU_ISTIO_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "Istio root certificate (istio-ca-root-cert ConfigMap), compatibility mode only")
+	fs.StringVar(&compatCfg.CAServerName, "ca-server-name", "", "name in istiod's serving certificate; empty means the host of -ca-address")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,6 +99,9 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("read -witness-key: %w", err)
 		}
 		cfg.WitnessKeys = append(cfg.WitnessKeys, strings.TrimSpace(string(b)))
+	}
+	if *compat {
+		cfg.Compat = &compatCfg
 	}
 	if cfg.REST, err = restConfig(*kubeconfig); err != nil {
 		return err
