@@ -41,6 +41,16 @@ type CompatConfig struct {
 	CAServerName string
 	// CertValidity is requested for each certificate; zero means 24 h.
 	CertValidity time.Duration
+	// NodeTokenFile holds the agent's own istio-ca token (the chart mounts
+	// it at /var/run/secrets/tokens/istio-token). When set, each CSR
+	// impersonates the pod's identity as ztunnel's do, and istiod's
+	// CA_TRUSTED_NODE_ACCOUNTS must list the agent's service account. Empty
+	// means each CSR carries a token bound to the pod itself, which needs
+	// the agent's token policy to allow the audience istio-ca.
+	NodeTokenFile string
+	// ClusterID is sent to istiod with impersonated requests
+	// (ISTIO_META_CLUSTER_ID).
+	ClusterID string
 }
 
 // compatSetup holds what RunNode builds for compatibility mode.
@@ -72,8 +82,17 @@ func openCompat(cfg *CompatConfig, client kubernetes.Interface, trustDomain stri
 	if err != nil {
 		return nil, fmt.Errorf("compatibility mode: %w", err)
 	}
+	var nodeToken func(context.Context) (string, error)
+	if cfg.NodeTokenFile != "" {
+		// The kubelet rotates the projected token, so read it each time.
+		nodeToken = func(context.Context) (string, error) {
+			b, err := os.ReadFile(cfg.NodeTokenFile)
+			return strings.TrimSpace(string(b)), err
+		}
+	}
 	certs, err := rbeauth.NewIstioCertificates(rbeauth.IstioCertificatesOptions{
-		Client: client, Signer: ca, TrustDomain: trustDomain, Validity: cfg.CertValidity, Logger: log,
+		Client: client, Signer: ca, TrustDomain: trustDomain, Validity: cfg.CertValidity,
+		NodeToken: nodeToken, ClusterID: cfg.ClusterID, Logger: log,
 	})
 	if err != nil {
 		_ = ca.Close()

@@ -27,7 +27,11 @@ const IstioCAAudience = "istio-ca"
 // CASigner signs a CSR for a SPIFFE identity, authenticated by a token.
 // internal/istioca.Client implements it against istiod.
 type CASigner interface {
+	// Sign authenticates with a token of the identity itself.
 	Sign(ctx context.Context, token string, key crypto.Signer, spiffeID string, validity time.Duration) ([]*x509.Certificate, error)
+	// SignImpersonated authenticates with the node proxy's own token and
+	// names spiffeID as the impersonated identity.
+	SignImpersonated(ctx context.Context, token, clusterID string, key crypto.Signer, spiffeID string, validity time.Duration) ([]*x509.Certificate, error)
 }
 
 // IstioCertificatesOptions configures IstioCertificates.
@@ -39,20 +43,30 @@ type IstioCertificatesOptions struct {
 	// Validity requested for each certificate; zero means 24 h, as
 	// ztunnel's SECRET_TTL.
 	Validity time.Duration
-	Logger   *slog.Logger
+	// NodeToken, when set, returns the agent's own istio-ca token, and
+	// each CSR impersonates the pod's identity as ztunnel's do. Nil means
+	// each CSR carries a token bound to the pod itself.
+	NodeToken func(ctx context.Context) (string, error)
+	// ClusterID is sent with impersonated requests (ISTIO_META_CLUSTER_ID).
+	ClusterID string
+	Logger    *slog.Logger
 }
 
 // IstioCertificates holds an istiod-issued certificate for each enrolled
-// pod, for compatibility mode only. Each CSR is authenticated with a token
-// bound to the pod itself, for the audience istio-ca, so istiod signs only
-// the identity of a pod that exists. ztunnel instead authenticates as its
-// own service account and names the pod's identity in ImpersonatedIdentity,
-// which istiod allows only for accounts listed in CA_TRUSTED_NODE_ACCOUNTS;
-// the pod-bound token needs no istiod configuration. A certificate is
+// pod, for compatibility mode only. Each CSR is authenticated in one of two
+// ways. With NodeToken, as ztunnel does: the agent's own istio-ca token
+// with the pod's identity as ImpersonatedIdentity, which istiod allows only
+// for accounts listed in CA_TRUSTED_NODE_ACCOUNTS and only for identities
+// with a pod on the agent's node. Without it: a token bound to the pod
+// itself, for the audience istio-ca, which needs no istiod configuration
+// but needs the agent to be allowed to request that audience. Either way
+// istiod signs only identities of pods that exist. A certificate is
 // renewed at half its lifetime; on failure the valid one is kept.
 type IstioCertificates struct {
 	client      kubernetes.Interface
 	signer      CASigner
+	nodeToken   func(context.Context) (string, error)
+	clusterID   string
 	trustDomain string
 	validity    time.Duration
 	log         *slog.Logger
@@ -86,6 +100,7 @@ func NewIstioCertificates(opts IstioCertificatesOptions) (*IstioCertificates, er
 	}
 	return &IstioCertificates{
 		client: opts.Client, signer: opts.Signer, trustDomain: opts.TrustDomain,
+		nodeToken: opts.NodeToken, clusterID: opts.ClusterID,
 		validity: validity, log: log, now: time.Now, certs: map[types.UID]*caCert{},
 	}, nil
 }
@@ -100,6 +115,10 @@ func (c *IstioCertificates) Obtain(ctx context.Context, pod *corev1.Pod) error {
 	if err := c.sign(ctx, pod.UID, entry); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		// The pod left while its certificate was being issued.
+		return fmt.Errorf("istiod certificate for %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
 	c.mu.Lock()
 	c.certs[pod.UID] = entry
 	c.mu.Unlock()
@@ -108,27 +127,29 @@ func (c *IstioCertificates) Obtain(ctx context.Context, pod *corev1.Pod) error {
 
 func (c *IstioCertificates) sign(ctx context.Context, uid types.UID, entry *caCert) error {
 	id := Identity{TrustDomain: c.trustDomain, Namespace: entry.namespace, ServiceAccount: entry.serviceAccount}
-	// The token lives only for this request; 10 minutes is the API
-	// server's minimum.
-	seconds := int64(600)
-	resp, err := c.client.CoreV1().ServiceAccounts(entry.namespace).CreateToken(ctx, entry.serviceAccount, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			Audiences:         []string{IstioCAAudience},
-			ExpirationSeconds: &seconds,
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: entry.name, UID: uid},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return fmt.Errorf("istiod certificate for %s/%s: request %s token: %w", entry.namespace, entry.name, IstioCAAudience, err)
-	}
 	// ECDSA P-256, as ztunnel's CSRs.
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("istiod certificate for %s/%s: generate key: %w", entry.namespace, entry.name, err)
 	}
-	chain, err := c.signer.Sign(ctx, resp.Status.Token, key, id.String(), c.validity)
-	if err != nil {
-		return fmt.Errorf("istiod certificate for %s/%s: %w", entry.namespace, entry.name, err)
+	var chain []*x509.Certificate
+	if c.nodeToken != nil {
+		token, err := c.nodeToken(ctx)
+		if err != nil {
+			return fmt.Errorf("istiod certificate for %s/%s: read the agent's %s token: %w", entry.namespace, entry.name, IstioCAAudience, err)
+		}
+		chain, err = c.signer.SignImpersonated(ctx, token, c.clusterID, key, id.String(), c.validity)
+		if err != nil {
+			return fmt.Errorf("istiod certificate for %s/%s: %w (istiod's CA_TRUSTED_NODE_ACCOUNTS must list the agent's service account)", entry.namespace, entry.name, err)
+		}
+	} else {
+		token, err := c.podToken(ctx, uid, entry)
+		if err != nil {
+			return err
+		}
+		if chain, err = c.signer.Sign(ctx, token, key, id.String(), c.validity); err != nil {
+			return fmt.Errorf("istiod certificate for %s/%s: %w", entry.namespace, entry.name, err)
+		}
 	}
 	leaf := chain[0]
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
@@ -147,6 +168,23 @@ func (c *IstioCertificates) sign(ctx context.Context, uid types.UID, entry *caCe
 	c.mu.Unlock()
 	c.log.Info("istiod certificate issued for compatibility mode", "pod", entry.namespace+"/"+entry.name, "identity", id.String(), "not_after", leaf.NotAfter)
 	return nil
+}
+
+// podToken requests a token bound to the pod for istiod. It lives only
+// for this request; 10 minutes is the API server's minimum.
+func (c *IstioCertificates) podToken(ctx context.Context, uid types.UID, entry *caCert) (string, error) {
+	seconds := int64(600)
+	resp, err := c.client.CoreV1().ServiceAccounts(entry.namespace).CreateToken(ctx, entry.serviceAccount, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			Audiences:         []string{IstioCAAudience},
+			ExpirationSeconds: &seconds,
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: entry.name, UID: uid},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("istiod certificate for %s/%s: request %s token: %w", entry.namespace, entry.name, IstioCAAudience, err)
+	}
+	return resp.Status.Token, nil
 }
 
 func isSelfSigned(cert *x509.Certificate) bool {

@@ -192,6 +192,19 @@ func serveStockHBONE(t *testing.T, pod *testbed.Pod, conf *tls.Config) {
 	})
 }
 
+func writeToken(t *testing.T, tb *testbed.Testbed, pod *testbed.Pod) string {
+	t.Helper()
+	token, err := tb.RequestToken(context.Background(), pod, rbeauth.IstioCAAudience, 12*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "istio-token")
+	if err := os.WriteFile(path, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // TestCompatModeWithIstiod runs a compat agent and a strict agent against
 // a real istiod, plus stock peers configured as Istio's ztunnel: they
 // trust only istiod's root, check URI SANs and speak ALPN h2.
@@ -223,7 +236,13 @@ func TestCompatModeWithIstiod(t *testing.T) {
 	nodeA := testbed.NewNode(t, tb, "compat-a")
 	nodeS := testbed.NewNode(t, tb, "strict-s")
 	nodeX := testbed.NewNode(t, tb, "stock-x")
-	compatAgent := startAgent(t, tb, mesh, nodeA, &agent.CompatConfig{CAAddress: tb.IstiodCAAddr(), RootCertFile: rootFile, CertValidity: time.Hour})
+	// The agent authenticates to istiod as ztunnel does: with its own pod's
+	// istio-ca token, impersonating each workload.
+	agentPod := testbed.NewPod(t, tb, nodeA, testbed.PodSpec{Namespace: testbed.IstioNamespace, Name: "mazu-ztunnel-a", ServiceAccount: "mazu-ztunnel"})
+	compatAgent := startAgent(t, tb, mesh, nodeA, &agent.CompatConfig{
+		CAAddress: tb.IstiodCAAddr(), RootCertFile: rootFile, CertValidity: time.Hour,
+		NodeTokenFile: writeToken(t, tb, agentPod), ClusterID: "Kubernetes",
+	})
 	strictAgent := startAgent(t, tb, mesh, nodeS, nil)
 	createNamespace(t, tb, "compat", map[string]string{agent.DataplaneModeLabel: "ambient"})
 	createNamespace(t, tb, "legacy", nil)

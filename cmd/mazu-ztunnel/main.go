@@ -75,6 +75,8 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&compatCfg.CAAddress, "ca-address", env("CA_ADDRESS", "istiod.istio-system.svc:15012"), "istiod CA address host:port, compatibility mode only (CA_ADDRESS)")
 	fs.StringVar(&compatCfg.RootCertFile, "ca-root-cert", env("MAZU_ISTIO_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "Istio root certificate (istio-ca-root-cert ConfigMap), compatibility mode only")
 	fs.StringVar(&compatCfg.CAServerName, "ca-server-name", "", "name in istiod's serving certificate; empty means the host of -ca-address")
+	fs.StringVar(&compatCfg.NodeTokenFile, "ca-node-token-file", env("MAZU_ISTIO_TOKEN_FILE", "/var/run/secrets/tokens/istio-token"), "the agent's own istio-ca token; CSRs then impersonate each pod's identity as ztunnel's do (istiod's CA_TRUSTED_NODE_ACCOUNTS must list the agent). Empty: each CSR carries a token bound to the pod")
+	fs.StringVar(&compatCfg.ClusterID, "cluster-id", env("ISTIO_META_CLUSTER_ID", "Kubernetes"), "cluster ID sent to istiod (ISTIO_META_CLUSTER_ID)")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
