@@ -170,6 +170,9 @@ type viewDirectory struct {
 	trustDomain string
 }
 
+// isMazuPod reports whether a mazu agent annotated the pod as enrolled.
+// NOTE: whoever may patch a pod can remove the annotation, and then
+// compatibility mode accepts a CA-only peer at that pod's address.
 func isMazuPod(pod *corev1.Pod) bool {
 	return pod.Annotations[MazuEnrolledAnnotation] == "true"
 }

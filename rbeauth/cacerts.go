@@ -61,7 +61,7 @@ type IstioCertificatesOptions struct {
 // itself, for the audience istio-ca, which needs no istiod configuration
 // but needs the agent to be allowed to request that audience. Either way
 // istiod signs only identities of pods that exist. A certificate is
-// renewed at half its lifetime; on failure the valid one is kept.
+// renewed at half its lifetime, and the valid one is kept when renewal fails.
 type IstioCertificates struct {
 	client      kubernetes.Interface
 	signer      CASigner
@@ -156,7 +156,7 @@ func (c *IstioCertificates) sign(ctx context.Context, uid types.UID, entry *caCe
 		return fmt.Errorf("istiod certificate for %s/%s: the CA issued URI SANs %v, want [%s]", entry.namespace, entry.name, leaf.URIs, id)
 	}
 	cert := &tls.Certificate{PrivateKey: key, Leaf: leaf}
-	// Send the leaf and intermediates; peers hold the root.
+	// Send the leaf and intermediates. Peers have the root.
 	for i, x := range chain {
 		if i > 0 && i == len(chain)-1 && isSelfSigned(x) {
 			break

@@ -129,7 +129,7 @@ func (p hbonePath) String() string {
 }
 
 // serverPath picks the server's path from the client's ALPN offer. compat
-// is false in strict mode; peer and known describe the client's address.
+// is false in strict mode, and peer and known describe the client's address.
 func serverPath(offered []string, compat bool, peer PodFacts, known bool) (hbonePath, error) {
 	switch {
 	case slices.Contains(offered, ALPNRBE):
@@ -142,10 +142,10 @@ func serverPath(offered []string, compat bool, peer PodFacts, known bool) (hbone
 	return pathCA, nil
 }
 
-// clientOffer returns the ALPN values a client offers. A client in strict
-// mode, or one whose destination Kubernetes shows is a mazu pod, needs RBE
-// whatever the server selects; only a compat client toward a peer not
-// known as mazu may accept a CA-trusted server.
+// clientOffer returns the ALPN values a client offers, and whether it may
+// accept a CA-trusted server. Only a compat client toward a peer that
+// Kubernetes does not show as a mazu pod may. A client toward a mazu pod
+// offers ALPNRBE alone, so a server cannot downgrade it to "h2".
 func clientOffer(compat, dstMazu bool) (offer []string, caAllowed bool) {
 	switch {
 	case !compat:
@@ -323,6 +323,8 @@ func (v *Verifier) clientConfig(c *Compat, rbeCert, caCert func() (*tls.Certific
 	// The certificate depends on the path, which the server's ALPN choice
 	// decides. In TLS 1.3 the client verifies the server (VerifyConnection)
 	// before it sends its own certificate, so the path is known by then.
+	// NOTE: crypto/tls does not document this order. TestCompatPeersUseRBE
+	// and TestCompatClientTrustsStockServerStrictRefuses fail if it changes.
 	var mu sync.Mutex
 	var path hbonePath
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {

@@ -196,14 +196,14 @@ func (srv *Server) ServeConn(nc net.Conn) {
 
 // ALPNMazuRBE is the ALPN value two mazu peers negotiate to say that both
 // authenticate with registration-based certificates. The connection then
-// speaks HTTP/2 exactly as under "h2"; only the authentication differs.
+// speaks HTTP/2 exactly as under "h2". Only the authentication differs.
 const ALPNMazuRBE = "mazu-rbe-h2"
 
 // isHBONEProtocol reports whether an ALPN value frames HTTP/2 as HBONE needs.
 func isHBONEProtocol(p string) bool { return p == http2.NextProtoTLS || p == ALPNMazuRBE }
 
 // hboneProtocols keeps the caller's ALPN list when every value in it frames
-// HTTP/2, so that the caller can offer ALPNMazuRBE; otherwise it forces h2.
+// HTTP/2, so that the caller can offer ALPNMazuRBE. Otherwise it forces h2.
 func hboneProtocols(offered []string) []string {
 	if len(offered) == 0 {
 		return []string{http2.NextProtoTLS}

@@ -321,7 +321,7 @@ func TestCompatModeWithIstiod(t *testing.T) {
 
 	t.Run("CA-only client claiming a mazu identity rejected", func(t *testing.T) {
 		// istiod signs the mazu client's identity for anyone holding a
-		// token of that pod; the compat agent must still refuse it.
+		// token of that pod, so the compat agent must reject it itself.
 		forged := istiodCertificate(t, tb, ca, client)
 		before := counterSum(t, compatAgent.registry, "mazu_peer_verifications_total", map[string]string{"result": "rejected", "reason": "mazu_peer_without_rbe"})
 		if _, err := stockGet(legacy, stockClientTLS(roots, forged, spiffe(web)), web.IP, spiffe(web)); err == nil {
