@@ -8,11 +8,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"math/big"
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -438,5 +440,49 @@ func TestCompatClientTrustsStockServerStrictRefuses(t *testing.T) {
 	_, clientErr, _ = tlsPair(t, f.stock, f.client.pod, stockConfig(f.ca, f.stockCert, true, Identity{}), strict.ClientConfig(rbe, f.stock.IP, []Identity{stockID}))
 	if !errors.Is(clientErr, ErrCertificateInvalid) {
 		t.Fatalf("strict client error = %v, want %v", clientErr, ErrCertificateInvalid)
+	}
+}
+
+func TestRootsFromFile(t *testing.T) {
+	ca1, ca2 := newTestCA(t), newTestCA(t)
+	path := t.TempDir() + "/root-cert.pem"
+	write := func(ca *testCA, mod time.Time) {
+		t.Helper()
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mod, mod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trusts := func(pool *x509.CertPool, ca *testCA) bool {
+		_, err := ca.cert.Verify(x509.VerifyOptions{Roots: pool})
+		return err == nil
+	}
+	roots := RootsFromFile(path)
+	if _, err := roots(); err == nil {
+		t.Fatal("missing root file accepted")
+	}
+	write(ca1, time.Now().Add(-time.Hour))
+	pool, err := roots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !trusts(pool, ca1) || trusts(pool, ca2) {
+		t.Fatal("first read does not contain exactly the first root")
+	}
+	// A rotated root takes effect once the file changes.
+	write(ca2, time.Now())
+	if pool, err = roots(); err != nil {
+		t.Fatal(err)
+	}
+	if !trusts(pool, ca2) || trusts(pool, ca1) {
+		t.Fatal("rotated root not picked up")
+	}
+	if err := os.WriteFile(path, []byte("not PEM"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := roots(); err == nil {
+		t.Fatal("a root file without PEM was accepted")
 	}
 }
