@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -70,7 +71,15 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Endpoints.AdminAddr, "admin-addr", agent.DefaultAdminAddr, "admin server address (/config_dump)")
 	fs.StringVar(&cfg.Endpoints.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "Prometheus /metrics address")
 	fs.StringVar(&cfg.Endpoints.ReadinessAddr, "readiness-addr", agent.DefaultReadinessAddr, "/healthz/ready address")
-	compat := fs.Bool("istiod-compat", os.Getenv("MAZU_ISTIOD_COMPAT") == "true", "compatibility mode: also obtain istiod-issued certificates and use them only toward peers that trust only Istio's CA (MAZU_ISTIOD_COMPAT); off is strict mode")
+	compatDefault := false
+	if v := os.Getenv("MAZU_ISTIOD_COMPAT"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("invalid MAZU_ISTIOD_COMPAT %q: want true or false", v)
+		}
+		compatDefault = b
+	}
+	compat := fs.Bool("istiod-compat", compatDefault, "compatibility mode: also obtain istiod-issued certificates and use them only toward peers that trust only Istio's CA (MAZU_ISTIOD_COMPAT); off is strict mode")
 	var compatCfg agent.CompatConfig
 	fs.StringVar(&compatCfg.CAAddress, "ca-address", env("CA_ADDRESS", "istiod.istio-system.svc:15012"), "istiod CA address host:port, compatibility mode only (CA_ADDRESS)")
 	fs.StringVar(&compatCfg.RootCertFile, "ca-root-cert", env("MAZU_ISTIO_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "Istio root certificate (istio-ca-root-cert ConfigMap), compatibility mode only")
