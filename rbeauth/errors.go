@@ -41,6 +41,8 @@ var reasons = []struct {
 	{ErrCheckpointQuorum, "checkpoint_quorum"},
 	{ErrLogFork, "log_fork"},
 	{ErrKubernetesUnavailable, "kubernetes_unavailable"},
+	{ErrMazuPeerWithoutRBE, "mazu_peer_without_rbe"},
+	{ErrCAChain, "ca_chain_invalid"},
 }
 
 // Reason returns the metric label for a verification error: "ok" for nil
