@@ -444,6 +444,7 @@ func (r *run) startAgent(ctx context.Context, node *testbed.Node) (*agentProc, e
 	if err := os.MkdirAll(a.cgroup, 0o755); err != nil {
 		return nil, fmt.Errorf("create the agent's cgroup: %w", err)
 	}
+
 	args := []string{
 		"-kubeconfig", r.tb.Kubeconfig(), "-node-name", node.Name, "-curator-url", r.mesh.URL(node.Name),
 		"-crs", r.mesh.CRSFile, "-log-key", r.mesh.LogKeyFile,
@@ -463,6 +464,7 @@ func (r *run) startAgent(ctx context.Context, node *testbed.Node) (*agentProc, e
 		return nil, err
 	}
 	defer cg.Close()
+
 	a.cmd = exec.Command(filepath.Join(r.cfg.BinDir, "mazu-ztunnel"), args...)
 	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Pdeathsig: syscall.SIGKILL, Setpgid: true}
@@ -470,6 +472,7 @@ func (r *run) startAgent(ctx context.Context, node *testbed.Node) (*agentProc, e
 		return nil, fmt.Errorf("start mazu-ztunnel for %s: %w", node.Name, err)
 	}
 	go func() { a.cmd.Wait(); close(a.exited) }()
+
 	ready := "http://" + ports[2] + "/healthz/ready"
 	err = poll(ctx, 90*time.Second, "mazu-ztunnel on "+node.Name+" ready", func() (bool, error) {
 		select {

@@ -318,6 +318,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	if err != nil {
 		return nil, err
 	}
+
 	// The curator keeps each token's signature for the witnesses, so it
 	// holds the whole token. It builds the attacker's RBE key in a new slot
 	// from that token, as an honest registration would be built.
@@ -353,6 +354,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	if err != nil {
 		return nil, err
 	}
+
 	// The state entry cannot be computed under the rules, which refuse the
 	// registration; a rogue curator writes the one it likes.
 	stateEntry, err := st.NextState(ms).Marshal()
@@ -363,6 +365,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	if err != nil {
 		return nil, err
 	}
+
 	out := &ReRegistration{Index: n}
 	c.fronts[witnessFront].set(rawLog(rogueStore, tree.N))
 	defer c.fronts[witnessFront].set(c.log.Handler())
@@ -459,6 +462,7 @@ func (c *Curator) StartFork(ctx context.Context, base int64, frontName string, r
 	if err != nil {
 		return nil, err
 	}
+
 	honest, err := c.store.Size()
 	if err != nil {
 		return nil, err
@@ -487,12 +491,14 @@ func (c *Curator) StartFork(ctx context.Context, base int64, frontName string, r
 		return nil, err
 	}
 	tree := tlog.Tree{N: n, Hash: hash}
+
 	out := &Fork{Base: base, Size: n}
 	// The fork's log requested cosignatures as it grew. Request them once
 	// more with the witnesses' size, so that the rejection is on record here.
 	if out.Rejections, _, err = c.askWitnesses(ctx, st, tree, honest); err != nil {
 		return nil, err
 	}
+
 	signed, err := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(Origin, tree))}, c.signer)
 	if err != nil {
 		return nil, err
