@@ -286,6 +286,22 @@ func (r *run) createPods(ctx context.Context) error {
 	if err := server.Start(r.inPod(ctx, server, "http-server", envTarget+"=:8080")); err != nil {
 		return err
 	}
+	// Wait until the server listens, dialling from a thread in its network
+	// namespace. That thread is outside the pod's cgroup, so eBPF does not
+	// capture the dial.
+	err = poll(ctx, 30*time.Second, "web listening on :8080", func() (bool, error) {
+		dialErr := server.Do(func() error {
+			conn, err := net.DialTimeout("tcp", "127.0.0.1:8080", time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+		return dialErr == nil, nil
+	})
+	if err != nil {
+		return err
+	}
 	svc, err := r.tb.AddService(ctx, demoNS, "web", map[string]string{"app": "web"},
 		corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)})
 	if err != nil {
