@@ -139,6 +139,9 @@ func Start(ctx context.Context, opts Options) (_ *Curator, err error) {
 	}
 	for _, name := range append([]string{witnessFront}, opts.Fronts...) {
 		f := &front{}
+		f.set(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "curator starting", http.StatusServiceUnavailable)
+		}))
 		if f.url, err = c.serve(f); err != nil {
 			return nil, err
 		}
