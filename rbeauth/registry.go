@@ -101,7 +101,10 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 		if fork := audit.CheckFork(ctx, r.logKey, trusted.Note, trusted.Tree, hr, reg.Checkpoint.Note); fork != nil {
 			return fmt.Errorf("%w: %v", ErrLogFork, fork)
 		}
-		resp, err := r.client.Updates(ctx, 0, []curator.ID{reg.ID})
+		// The reply's consistency proof starts at since, so since must be
+		// the trusted size: from 0 the proof is empty and any newer
+		// checkpoint would look like a fork.
+		resp, err := r.client.Updates(ctx, trusted.Tree.N, []curator.ID{reg.ID})
 		if err != nil {
 			return fmt.Errorf("%w: check a stale bundle: %v", ErrKubernetesUnavailable, err)
 		}
