@@ -33,7 +33,7 @@ unit-test:
 
 ## demo: build what the showcase needs, then run it (root; see README "Demo")
 demo: system-deps
-	@echo "demo: [1/3] control-plane binaries (cached; a cold build takes 15-20 min)"
+	@echo "demo: [1/3] control-plane binaries (cached; a cold build takes about 22 min)"
 	@.ci/k8s/build.sh all >/dev/null
 	@echo "demo: [2/3] building mazu-ztunnel, mazu-cni, mazu-curator and mazu-demo into bin/"
 	$(GO) build -o bin/ ./cmd/mazu-ztunnel ./cmd/mazu-cni ./cmd/mazu-curator ./cmd/mazu-demo
