@@ -44,6 +44,15 @@ func NewCuratorRegistry(policy *curator.Policy, crs *rbe.CRS, client *curator.Cl
 	return &CuratorRegistry{policy: policy, crs: crs, client: client, trusted: trusted, logKey: policy.Log, now: time.Now}, nil
 }
 
+// TrustedSize implements TrustedSizer: the size of the node's trusted
+// checkpoint, or -1 before the first one.
+func (r *CuratorRegistry) TrustedSize() int64 {
+	if cp := r.trusted(); cp != nil {
+		return cp.Tree.N
+	}
+	return -1
+}
+
 // VerifyRegistration implements Registry.
 func (r *CuratorRegistry) VerifyRegistration(ctx context.Context, claim RegistrationClaim) (Checkpoint, error) {
 	staple, err := ParseStaple(claim.Bundle)
@@ -77,7 +86,8 @@ func (r *CuratorRegistry) VerifyRegistration(ctx context.Context, claim Registra
 // Equal sizes must have equal roots. A newer bundle must extend the node's
 // tree. An older one must still name the ID's current entry at the node's
 // checkpoint, which an online query answers; that is what rejects a proof
-// replayed after its ID was re-registered.
+// replayed after its ID was re-registered. A fork error wraps a
+// *curator.ForkError with the two signed notes as evidence.
 func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.Registration) error {
 	trusted := r.trusted()
 	if trusted == nil {
@@ -87,27 +97,27 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 	switch {
 	case bundleTree.N == trusted.Tree.N:
 		if bundleTree.Hash != trusted.Tree.Hash {
-			return fmt.Errorf("%w: peer's checkpoint of size %d has root %v, this node's %v", ErrLogFork, bundleTree.N, bundleTree.Hash, trusted.Tree.Hash)
+			// Two signed checkpoints of one size with different roots are
+			// the whole evidence; no consistency proof can link them.
+			fork := &curator.ForkError{Old: trusted.Note, New: reg.Checkpoint.Note}
+			return fmt.Errorf("%w: peer's checkpoint of size %d has root %v, this node's %v: %w", ErrLogFork, bundleTree.N, bundleTree.Hash, trusted.Tree.Hash, fork)
 		}
 		return nil
 	case bundleTree.N > trusted.Tree.N:
-		hr := tlog.TileHashReader(bundleTree, r.client.TileReader(ctx))
-		if fork := audit.CheckFork(ctx, r.logKey, reg.Checkpoint.Note, bundleTree, hr, trusted.Note); fork != nil {
-			return fmt.Errorf("%w: %v", ErrLogFork, fork)
-		}
-		return nil
+		return r.checkFork(ctx, reg.Checkpoint.Note, bundleTree, trusted.Note)
 	default:
-		hr := tlog.TileHashReader(trusted.Tree, r.client.TileReader(ctx))
-		if fork := audit.CheckFork(ctx, r.logKey, trusted.Note, trusted.Tree, hr, reg.Checkpoint.Note); fork != nil {
-			return fmt.Errorf("%w: %v", ErrLogFork, fork)
+		if err := r.checkFork(ctx, trusted.Note, trusted.Tree, reg.Checkpoint.Note); err != nil {
+			return err
 		}
-		resp, err := r.client.Updates(ctx, 0, []curator.ID{reg.ID})
+		// The request starts at the trusted size because VerifyUpdates
+		// checks the consistency proof and the ID's entry chain from there.
+		resp, err := r.client.Updates(ctx, trusted.Tree.N, []curator.ID{reg.ID})
 		if err != nil {
-			return fmt.Errorf("%w: check a stale bundle: %v", ErrKubernetesUnavailable, err)
+			return fmt.Errorf("%w: check a stale bundle: %v", ErrCuratorUnavailable, err)
 		}
 		updates, err := curator.VerifyUpdates(resp, r.policy, trusted, []curator.ID{reg.ID}, r.now())
 		if err != nil {
-			return fmt.Errorf("%w: check a stale bundle: %v", ErrLogFork, err)
+			return fmt.Errorf("%w: check a stale bundle: %w", ErrLogFork, err)
 		}
 		current := updates.IDs[reg.ID]
 		if current == nil || current.Current == nil || current.Index != reg.Index || current.Current.Kind == curator.KindRevocation {
@@ -115,6 +125,39 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 		}
 		return nil
 	}
+}
+
+// checkFork checks that the checkpoint in olderNote is a prefix of newer,
+// reading newer's hashes from the curator. A tile the curator fails to
+// serve is not evidence of a fork, so it yields ErrCuratorUnavailable
+// instead: audit.CheckFork alone would report a fork with an empty proof.
+func (r *CuratorRegistry) checkFork(ctx context.Context, newerNote []byte, newer tlog.Tree, olderNote []byte) error {
+	tiles := &recordingTileReader{TileReader: r.client.TileReader(ctx)}
+	hr := tlog.TileHashReader(newer, tiles)
+	fork := audit.CheckFork(ctx, r.logKey, newerNote, newer, hr, olderNote)
+	if fork == nil {
+		return nil
+	}
+	if tiles.err != nil {
+		return fmt.Errorf("%w: read tiles to check the peer's checkpoint against this node's: %v", ErrCuratorUnavailable, tiles.err)
+	}
+	return fmt.Errorf("%w: %w", ErrLogFork, fork)
+}
+
+// recordingTileReader keeps the first error of the tile reader it wraps,
+// so that a failed fetch can be told apart from tiles that do not hash to
+// the tree.
+type recordingTileReader struct {
+	tlog.TileReader
+	err error
+}
+
+func (r *recordingTileReader) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
+	data, err := r.TileReader.ReadTiles(tiles)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return data, err
 }
 
 // checkMembership derives the peer's RBE key from its token, IP and TLS
