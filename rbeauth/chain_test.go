@@ -625,3 +625,80 @@ func TestChainRenewalKeepsOpenConnection(t *testing.T) {
 	}
 	echo(first, "old connection still open")
 }
+
+// stapleCheckpoint returns the cosigned checkpoint of w's staple.
+func stapleCheckpoint(t testing.TB, policy *curator.Policy, w *testWorkload) *curator.Checkpoint {
+	t.Helper()
+	st, err := ParseStaple(w.cert.SignedCertificateTimestamps[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := curator.ParseBundle(st.Bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := policy.Open(bundle.Checkpoint, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+// TestChainAcceptsStapleOlderThanNode covers a peer whose staple predates
+// the node's checkpoint while the log has grown past both, which the
+// registry resolves with an online check.
+func TestChainAcceptsStapleOlderThanNode(t *testing.T) {
+	f := newChainFixture(t, "chain-stale")
+	if stapled, trusted := stapleCheckpoint(t, f.mesh.Policy, f.client).Tree.N, f.b.view.trusted().Tree.N; stapled >= trusted {
+		t.Fatalf("client's staple is at size %d, node B trusts %d: want it older", stapled, trusted)
+	}
+	extra := testbed.NewPod(t, f.tb, f.a.node, testbed.PodSpec{Namespace: "chain-stale", Name: "extra", ServiceAccount: "extra"})
+	register(t, f.tb, f.a.workloads, extra)
+
+	clientErr, serverErr := handshake(t, f.a.verifier, f.b.verifier, f.client, f.client.pod, f.server, nil)
+	if clientErr != nil || serverErr != nil {
+		t.Fatalf("handshake with a staple older than the node's checkpoint failed: client %v, server %v", clientErr, serverErr)
+	}
+}
+
+// TestChainCuratorOutageIsNotFork checks a staple newer than the node's
+// checkpoint while the curator is unreachable: the handshake fails, but as
+// an outage, not as a fork.
+func TestChainCuratorOutageIsNotFork(t *testing.T) {
+	f := newChainFixture(t, "chain-outage")
+	// Node A trusts the checkpoint of the client's registration; the
+	// server registered later.
+	view := &nodeView{cp: stapleCheckpoint(t, f.mesh.Policy, f.client)}
+	if server := stapleCheckpoint(t, f.mesh.Policy, f.server); server.Tree.N <= view.cp.Tree.N {
+		t.Fatalf("server's staple is at size %d, node A trusts %d: want it newer", server.Tree.N, view.cp.Tree.N)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadURL := "http://" + ln.Addr().String()
+	ln.Close()
+
+	for _, tc := range []struct {
+		name, url string
+		want      error
+	}{
+		{"curator reachable", f.mesh.URL, nil},
+		{"curator unreachable", deadURL, ErrCuratorUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg, err := NewCuratorRegistry(f.mesh.Policy, f.mesh.CRS, &curator.Client{URL: tc.url}, view.trusted)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clientErr, _ := handshake(t, newChainVerifier(t, f.tb, reg), f.b.verifier, f.client, f.client.pod, f.server, nil)
+			if tc.want == nil {
+				if clientErr != nil {
+					t.Fatalf("client error = %v, want none", clientErr)
+				}
+				return
+			}
+			wantRejected(t, clientErr, tc.want, "curator_unavailable")
+		})
+	}
+}
