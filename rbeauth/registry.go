@@ -1,6 +1,7 @@
 package rbeauth
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -164,19 +165,25 @@ func (r *recordingTileReader) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 // key, checks that it is the logged key, and checks RBE membership in the
 // block digest that the bundle's state entry commits to.
 func (r *CuratorRegistry) checkMembership(reg *curator.Registration, staple *Staple, claim RegistrationClaim) error {
-	var logged rbe.PublicKey
-	if err := logged.UnmarshalBinary(reg.RBEKey); err != nil {
+	// Only the key point matters here, so the logged key's helper values
+	// are not decoded: the witnesses checked them when they replayed the
+	// entry, and decoding them costs a subgroup check each.
+	crs, loggedSlot, loggedPK, err := rbe.PublicKeyFields(reg.RBEKey)
+	if err != nil {
 		return fmt.Errorf("%w: logged RBE key: %v", ErrRegistrationKey, err)
 	}
-	if logged.CRS != r.crs.Fingerprint() {
-		return fmt.Errorf("%w: registered under CRS %x, this node uses %x", ErrRegistrationKey, logged.CRS[:8], r.crs.Fingerprint())
+	if crs != r.crs.Fingerprint() {
+		return fmt.Errorf("%w: registered under CRS %x, this node uses %x", ErrRegistrationKey, crs[:8], r.crs.Fingerprint())
 	}
 	slot := int(reg.Slot)
+	if loggedSlot != slot {
+		return fmt.Errorf("%w: the logged RBE key is for slot %d, the entry names slot %d", ErrRegistrationKey, loggedSlot, slot)
+	}
 	pk, err := DerivePublicPoint(r.crs, claim.Token, claim.PeerIP.Unmap().AsSlice(), claim.TLSPublicKey, slot)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRegistrationKey, err)
 	}
-	if !pk.IsEqual(&logged.PK) {
+	if !bytes.Equal(pk.BytesCompressed(), loggedPK) {
 		return fmt.Errorf("%w: the key derived from the token, IP and TLS key is not the registered one", ErrRegistrationKey)
 	}
 
@@ -211,17 +218,16 @@ func (r *CuratorRegistry) checkMembership(reg *curator.Registration, staple *Sta
 
 // DerivePublicPoint returns pk = sk·P_slot for the secret key derived from
 // a workload's token, pod IP and TLS key (rbe.DeriveSecretKey). It costs one
-// scalar multiplication, unlike KeyGen, which also computes the helpers.
+// scalar multiplication, a fixed-base one after crs.Precompute, unlike
+// KeyGen, which also computes the helpers.
 func DerivePublicPoint(crs *rbe.CRS, token string, podIP, tlsPublicKey []byte, slot int) (*bls12381.G1, error) {
 	sk, err := rbe.DeriveSecretKey([]byte(token), podIP, tlsPublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("derive registration key: %w", err)
 	}
-	base, err := crs.P(slot)
+	pk, err := crs.PublicPoint(sk, slot)
 	if err != nil {
-		return nil, fmt.Errorf("derive registration key for slot %d: %w", slot, err)
+		return nil, fmt.Errorf("derive registration key: %w", err)
 	}
-	var pk bls12381.G1
-	pk.ScalarMult(sk.Scalar(), base)
-	return &pk, nil
+	return pk, nil
 }
