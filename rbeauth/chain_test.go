@@ -197,7 +197,7 @@ func newChainFixture(t *testing.T, namespace string) *chainFixture {
 }
 
 // attackServer runs one handshake from source, presenting attacker, to the
-// fixture's server with a fresh verifier on node B, and returns the
+// fixture's server, verified by node B's verifier, and returns the
 // server's error.
 func (f *chainFixture) attackServer(t *testing.T, attacker *testWorkload, source *testbed.Pod) error {
 	t.Helper()
@@ -270,7 +270,7 @@ func TestChainRejectsTokenCopiedToAnotherIP(t *testing.T) {
 	f := newChainFixture(t, "chain-copied")
 	thief := testbed.NewPod(t, f.tb, f.a.node, testbed.PodSpec{Namespace: "chain-copied", Name: "thief", ServiceAccount: "thief"})
 
-	// The curator refuses a second registration of the stolen token, so
+	// The curator rejects a second registration of the stolen token, so
 	// the thief cannot bind it to its own IP.
 	obj, err := f.tb.Client().CoreV1().Pods("chain-copied").Get(context.Background(), "thief", metav1.GetOptions{})
 	if err != nil {
@@ -339,7 +339,7 @@ func TestChainRejectsTokenAfterIPReuse(t *testing.T) {
 	}
 	// A new pod takes the victim's address at once, inside the API
 	// server's review cache, and replays the victim's whole identity. Node
-	// B's pod watch would call ForgetPod; a verifier that never saw the
+	// B's pod watch would call ForgetPod, so a verifier that never saw the
 	// victim stands for it here.
 	squatter := testbed.NewPod(t, f.tb, f.a.node, testbed.PodSpec{Namespace: "chain-reuse", Name: "squatter", ServiceAccount: "client", IP: victimIP})
 	fresh := newChainVerifier(t, f.tb, f.b.registry)
@@ -418,8 +418,8 @@ func TestChainRejectsSupersededStaple(t *testing.T) {
 	f.a.view.refresh(t)
 	f.b.view.refresh(t)
 
-	// Node B verified the old certificate before; its cached verdict must
-	// not outlive the checkpoint that revokes it.
+	// Node B verified the old certificate before, and its cached verdict
+	// must not outlive the checkpoint that revokes it.
 	_, serverErr := handshake(t, f.a.verifier, f.b.verifier, old, old.pod, f.server, nil)
 	wantRejected(t, serverErr, ErrRegistrationSuperseded, "registration_superseded")
 	_, serverErr = handshake(t, f.a.verifier, newChainVerifier(t, f.tb, f.b.registry), old, old.pod, f.server, nil)

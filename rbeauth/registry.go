@@ -99,7 +99,7 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 	case bundleTree.N == trusted.Tree.N:
 		if bundleTree.Hash != trusted.Tree.Hash {
 			// Two signed checkpoints of one size with different roots are
-			// the whole evidence; no consistency proof can link them.
+			// the whole evidence, because no consistency proof can link them.
 			fork := &curator.ForkError{Old: trusted.Note, New: reg.Checkpoint.Note}
 			return fmt.Errorf("%w: peer's checkpoint of size %d has root %v, this node's %v: %w", ErrLogFork, bundleTree.N, bundleTree.Hash, trusted.Tree.Hash, fork)
 		}
@@ -132,6 +132,11 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 // reading newer's hashes from the curator. A tile the curator fails to
 // serve is not evidence of a fork, so it yields ErrCuratorUnavailable
 // instead: audit.CheckFork alone would report a fork with an empty proof.
+//
+// NOTE: a curator that shows this node a smaller fork than the peer's also
+// fails to serve the peer's tiles, so that fork is rejected as an outage
+// rather than reported as a fork. An auditor that compares the two
+// checkpoints proves it.
 func (r *CuratorRegistry) checkFork(ctx context.Context, newerNote []byte, newer tlog.Tree, olderNote []byte) error {
 	tiles := &recordingTileReader{TileReader: r.client.TileReader(ctx)}
 	hr := tlog.TileHashReader(newer, tiles)
@@ -146,7 +151,7 @@ func (r *CuratorRegistry) checkFork(ctx context.Context, newerNote []byte, newer
 }
 
 // recordingTileReader keeps the first error of the tile reader it wraps,
-// so that a failed fetch can be told apart from tiles that do not hash to
+// so that a failed fetch is distinguished from tiles that do not hash to
 // the tree.
 type recordingTileReader struct {
 	tlog.TileReader
