@@ -145,7 +145,18 @@ func newStaticCA(b *testing.B) *staticCA {
 // Both ends run in this process, so each handshake's time is the CPU of
 // both sides. The liveness caches (TokenReview, pod lookup) stay warm in
 // every variant; they refresh once per 10 s. The CRS has block size 16.
-func BenchmarkHandshake(b *testing.B) {
+// handshakeSetup is the state both handshake benchmarks share.
+type handshakeSetup struct {
+	mazuServer, mazuClient *tls.Config
+	plain                  *staticCA
+	a, bn                  *meshNode
+	serverIP, clientIP     netip.Addr
+	// membership runs one RBE membership check on the client's staple.
+	membership func() error
+}
+
+func newHandshakeSetup(b *testing.B) *handshakeSetup {
+	b.Helper()
 	tb := testbed.Get(b)
 	mesh := startMesh(b, tb, nil)
 	// The node agent builds the fixed-base tables at start; so does the
@@ -169,79 +180,147 @@ func BenchmarkHandshake(b *testing.B) {
 	a.view.refresh(b)
 	bn.view.refresh(b)
 
-	mazuServer := bn.verifier.ServerConfig(func(netip.Addr) (*tls.Certificate, error) { return &server.cert, nil })
-	mazuClient := a.verifier.ClientConfig(func() (*tls.Certificate, error) { return &client.cert, nil }, serverPod.IP, []Identity{server.id})
-	forget := func(v *Verifier) { v.verified.remove(func(verifiedKey, verifiedPeer) bool { return true }) }
+	st, err := ParseStaple(client.cert.SignedCertificateTimestamps[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	var digest rbe.Digest
+	if err := digest.UnmarshalBinary(st.Digest); err != nil {
+		b.Fatal(err)
+	}
+	var opening rbe.Opening
+	if err := opening.UnmarshalBinary(st.Opening); err != nil {
+		b.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(client.cert.Certificate[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	clientWL.mu.Lock()
+	slot := int(clientWL.slot)
+	clientWL.mu.Unlock()
+	pk, err := DerivePublicPoint(mesh.CRS, client.token, clientPod.IP.AsSlice(), leaf.RawSubjectPublicKeyInfo, slot)
+	if err != nil {
+		b.Fatal(err)
+	}
+	membership := func() error { return mesh.CRS.VerifyMembership(digest, slot, pk, opening) }
+	if err := membership(); err != nil {
+		b.Fatal(err)
+	}
 
+	return &handshakeSetup{
+		mazuServer: bn.verifier.ServerConfig(func(netip.Addr) (*tls.Certificate, error) { return &server.cert, nil }),
+		mazuClient: a.verifier.ClientConfig(func() (*tls.Certificate, error) { return &client.cert, nil }, serverPod.IP, []Identity{server.id}),
+		plain:      newStaticCA(b),
+		a:          a, bn: bn,
+		serverIP: serverPod.IP, clientIP: clientPod.IP,
+		membership: membership,
+	}
+}
+
+func forgetAll(v *Verifier) { v.verified.remove(func(verifiedKey, verifiedPeer) bool { return true }) }
+
+// BenchmarkHandshake compares, in one run, a full TLS 1.3 handshake with
+// ECDSA P-256 keys over loopback between two goroutines of this process:
+//
+//   - plain-mtls: a static CA, chain verification on both sides;
+//   - mazu-warm: both verifiers have the peer's verdict cached;
+//   - mazu-cold-server: the server verifies the client from scratch;
+//   - mazu-cold: both sides verify from scratch (token signature, bundle
+//     and cosignatures, key derivation and the RBE membership pairing);
+//
+// and membership, one RBE membership check (a product of two pairings).
+// Both ends run in this process, so each handshake's time is the CPU of
+// both sides. The liveness caches (TokenReview, pod lookup) stay warm in
+// every variant; they refresh once per 10 s. The CRS has block size 16.
+func BenchmarkHandshake(b *testing.B) {
+	s := newHandshakeSetup(b)
 	b.Run("plain-mtls", func(b *testing.B) {
-		ca := newStaticCA(b)
-		hb := startHandshakeServer(b, ca.server, serverPod.IP, clientPod.IP)
+		hb := startHandshakeServer(b, s.plain.server, s.serverIP, s.clientIP)
 		b.ReportAllocs()
 		for b.Loop() {
-			hb.run(b, ca.client)
+			hb.run(b, s.plain.client)
 		}
 	})
 	b.Run("mazu-warm", func(b *testing.B) {
-		hb := startHandshakeServer(b, mazuServer, serverPod.IP, clientPod.IP)
-		hb.run(b, mazuClient)
-		calls := a.registry.calls.Load() + bn.registry.calls.Load()
+		hb := startHandshakeServer(b, s.mazuServer, s.serverIP, s.clientIP)
+		hb.run(b, s.mazuClient)
+		calls := s.a.registry.calls.Load() + s.bn.registry.calls.Load()
 		b.ReportAllocs()
 		for b.Loop() {
-			hb.run(b, mazuClient)
+			hb.run(b, s.mazuClient)
 		}
-		if n := a.registry.calls.Load() + bn.registry.calls.Load(); n != calls {
+		if n := s.a.registry.calls.Load() + s.bn.registry.calls.Load(); n != calls {
 			b.Fatalf("warm handshakes called the registry %d times", n-calls)
 		}
 	})
 	b.Run("mazu-cold-server", func(b *testing.B) {
-		hb := startHandshakeServer(b, mazuServer, serverPod.IP, clientPod.IP)
+		hb := startHandshakeServer(b, s.mazuServer, s.serverIP, s.clientIP)
 		b.ReportAllocs()
 		for b.Loop() {
-			forget(bn.verifier)
-			hb.run(b, mazuClient)
+			forgetAll(s.bn.verifier)
+			hb.run(b, s.mazuClient)
 		}
 	})
 	b.Run("mazu-cold", func(b *testing.B) {
-		hb := startHandshakeServer(b, mazuServer, serverPod.IP, clientPod.IP)
+		hb := startHandshakeServer(b, s.mazuServer, s.serverIP, s.clientIP)
 		b.ReportAllocs()
 		for b.Loop() {
-			forget(a.verifier)
-			forget(bn.verifier)
-			hb.run(b, mazuClient)
+			forgetAll(s.a.verifier)
+			forgetAll(s.bn.verifier)
+			hb.run(b, s.mazuClient)
 		}
 	})
 	b.Run("membership", func(b *testing.B) {
-		st, err := ParseStaple(client.cert.SignedCertificateTimestamps[0])
-		if err != nil {
-			b.Fatal(err)
-		}
-		var digest rbe.Digest
-		if err := digest.UnmarshalBinary(st.Digest); err != nil {
-			b.Fatal(err)
-		}
-		var opening rbe.Opening
-		if err := opening.UnmarshalBinary(st.Opening); err != nil {
-			b.Fatal(err)
-		}
-		leaf, err := x509.ParseCertificate(client.cert.Certificate[0])
-		if err != nil {
-			b.Fatal(err)
-		}
-		clientWL.mu.Lock()
-		slot := int(clientWL.slot)
-		clientWL.mu.Unlock()
-		pk, err := DerivePublicPoint(mesh.CRS, client.token, clientPod.IP.AsSlice(), leaf.RawSubjectPublicKeyInfo, slot)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := mesh.CRS.VerifyMembership(digest, slot, pk, opening); err != nil {
-			b.Fatal(err)
-		}
 		b.ReportAllocs()
 		for b.Loop() {
-			if err := mesh.CRS.VerifyMembership(digest, slot, pk, opening); err != nil {
+			if err := s.membership(); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
+}
+
+// BenchmarkHandshakeInterleaved runs the variants of BenchmarkHandshake in
+// turn within each iteration, so that they share the machine's load, and
+// reports each variant's mean time and the ratios of the goals:
+// warm/plain, cold-server/(plain+membership) and
+// cold/(plain+2·membership). On a shared machine these ratios are steadier
+// than ratios of separate sub-benchmarks.
+func BenchmarkHandshakeInterleaved(b *testing.B) {
+	s := newHandshakeSetup(b)
+	plainServer := startHandshakeServer(b, s.plain.server, s.serverIP, s.clientIP)
+	mazuServer := startHandshakeServer(b, s.mazuServer, s.serverIP, s.clientIP)
+	var plain, warm, coldServer, cold, membership time.Duration
+	timed := func(total *time.Duration, fn func()) {
+		start := time.Now()
+		fn()
+		*total += time.Since(start)
+	}
+	mazuServer.run(b, s.mazuClient)
+	n := 0
+	for b.Loop() {
+		n++
+		timed(&plain, func() { plainServer.run(b, s.plain.client) })
+		timed(&warm, func() { mazuServer.run(b, s.mazuClient) })
+		forgetAll(s.bn.verifier)
+		timed(&coldServer, func() { mazuServer.run(b, s.mazuClient) })
+		forgetAll(s.a.verifier)
+		forgetAll(s.bn.verifier)
+		timed(&cold, func() { mazuServer.run(b, s.mazuClient) })
+		timed(&membership, func() {
+			if err := s.membership(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+	mean := func(d time.Duration) float64 { return float64(d) / float64(n) / 1e6 }
+	b.ReportMetric(mean(plain), "plain-ms")
+	b.ReportMetric(mean(warm), "warm-ms")
+	b.ReportMetric(mean(coldServer), "cold-server-ms")
+	b.ReportMetric(mean(cold), "cold-ms")
+	b.ReportMetric(mean(membership), "membership-ms")
+	b.ReportMetric(float64(warm)/float64(plain), "warm/plain")
+	b.ReportMetric(float64(coldServer)/float64(plain+membership), "cold-server/(plain+M)")
+	b.ReportMetric(float64(cold)/float64(plain+2*membership), "cold/(plain+2M)")
 }
