@@ -11,11 +11,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -292,10 +295,27 @@ func TestChainRejectsTokenWithAnotherTLSKey(t *testing.T) {
 	// The token and the staple are the client's, from the client's IP, but
 	// the TLS key is not the registered one.
 	attacker := withStaple(mintWorkload(t, f.client.pod, f.client.token), f.client)
-	err := f.attackServer(t, attacker, f.client.pod)
-	wantRejected(t, err, ErrRegistrationKey, "registration_key")
+	metrics := prometheus.NewRegistry()
+	serverV, err := NewVerifier(VerifierOptions{
+		Client: f.tb.Client(), TrustDomain: testbed.TrustDomain, Audience: curator.DefaultAudience,
+		Registry: f.b.registry, Registerer: metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, serverErr := handshake(t, f.a.verifier, serverV, attacker, f.client.pod, f.server, nil)
+	wantRejected(t, serverErr, ErrRegistrationKey, "registration_key")
 	if f.b.registry.calls.Load() != 1 {
 		t.Errorf("node B registry calls = %d, want 1: the key check is the registry's", f.b.registry.calls.Load())
+	}
+	// The rejection is counted under its own reason label.
+	rejected := `
+# HELP mazu_peer_verifications_total Peer verifications in TLS handshakes, by result and failure reason.
+# TYPE mazu_peer_verifications_total counter
+mazu_peer_verifications_total{reason="registration_key",result="rejected"} 1
+`
+	if err := testutil.GatherAndCompare(metrics, strings.NewReader(rejected), "mazu_peer_verifications_total"); err != nil {
+		t.Error(err)
 	}
 }
 
