@@ -7,7 +7,7 @@ export MAZU_K8S_CACHE ?= $(HOME)/.cache/mazu-k8s
 TEST_TIMEOUT ?= 40m
 FUZZTIME ?= 5s
 
-.PHONY: all build test unit-test testbed-bins system-deps fuzz fuzz-long vet clean
+.PHONY: all build test unit-test testbed-bins system-deps fuzz fuzz-long vet clean demo
 
 all: build
 
@@ -30,6 +30,15 @@ test: system-deps testbed-bins vet
 ## unit-test: tests that need neither root nor the testbed binaries
 unit-test:
 	$(GO) test -count=1 ./...
+
+## demo: build what the showcase needs, then run it (root; see README "Demo")
+demo: system-deps
+	@echo "demo: [1/3] control-plane binaries (cached; a cold build takes about 22 min)"
+	@.ci/k8s/build.sh all >/dev/null
+	@echo "demo: [2/3] building mazu-ztunnel, mazu-cni, mazu-curator and mazu-demo into bin/"
+	$(GO) build -o bin/ ./cmd/mazu-ztunnel ./cmd/mazu-cni ./cmd/mazu-curator ./cmd/mazu-demo
+	@echo "demo: [3/3] running bin/mazu-demo"
+	MAZU_K8S_BIN=$$(.ci/k8s/build.sh dir) bin/mazu-demo -bin bin
 
 vet:
 	$(GO) vet ./...

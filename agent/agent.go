@@ -7,6 +7,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -71,8 +72,12 @@ type Config struct {
 	Dynamic    dynamic.Interface
 	Identities Identities
 	Verifier   *rbeauth.Verifier
-	Registry   *prometheus.Registry
-	Logger     *slog.Logger
+	// CACertificates and IstioRoots turn on compatibility mode (see
+	// CompatConfig); nil CACertificates means strict mode.
+	CACertificates *rbeauth.IstioCertificates
+	IstioRoots     func() (*x509.CertPool, error)
+	Registry       *prometheus.Registry
+	Logger         *slog.Logger
 }
 
 // Agent enrolls pods and runs their proxies.
@@ -82,6 +87,8 @@ type Agent struct {
 	view    *View
 	metrics *tunnel.Metrics
 	cni     *cni.Server
+	// compat is nil in strict mode.
+	compat *rbeauth.Compat
 
 	mu      sync.Mutex
 	pods    map[types.UID]*podProxy
@@ -147,6 +154,9 @@ func New(cfg Config) (*Agent, error) {
 		UpdateFunc: func(_, obj any) { a.onNamespace(obj) },
 	}); err != nil {
 		return nil, fmt.Errorf("new agent: watch namespaces: %w", err)
+	}
+	if a.compat, err = a.newCompat(); err != nil {
+		return nil, fmt.Errorf("new agent: %w", err)
 	}
 	return a, nil
 }

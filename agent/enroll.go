@@ -121,6 +121,7 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	}
 	a.log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "uid", pod.UID, "ip", ip, "identity", p.identity.String())
 	go a.register(regCtx, p)
+	go a.obtainCACertificate(regCtx, p)
 	return true, nil
 }
 
@@ -197,6 +198,9 @@ func (a *Agent) Unenroll(ctx context.Context, uid types.UID) error {
 	errs = append(errs, a.state.remove(string(uid)))
 	a.cfg.Identities.Forget(uid)
 	a.cfg.Verifier.ForgetPod(string(uid))
+	if a.cfg.CACertificates != nil {
+		a.cfg.CACertificates.Forget(uid)
+	}
 	if !ok {
 		return errors.Join(errs...)
 	}
@@ -261,7 +265,7 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 
 	inbound := tunnel.InboundConfig{
 		TLSConfig: func() (*tls.Config, error) {
-			return a.cfg.Verifier.ServerConfig(func(netip.Addr) (*tls.Certificate, error) { return certificate() }), nil
+			return a.serverTLS(p, certificate), nil
 		},
 		Authorize:    a.authorizer(p),
 		Workloads:    a.inboundWorkloads(p),
@@ -279,7 +283,7 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 			if err != nil {
 				return nil, err
 			}
-			return a.cfg.Verifier.ClientConfig(certificate, key.Addr.Addr(), []rbeauth.Identity{expected}), nil
+			return a.clientTLS(p, certificate, key.Addr.Addr(), []rbeauth.Identity{expected}), nil
 		},
 		Dial: func(ctx context.Context, key tunnel.PoolKey) (net.Conn, error) {
 			return a.markedDialIn(ns)(ctx, netip.Addr{}, key.Addr)
@@ -391,13 +395,14 @@ func isNilShutdowner(s interface{ Shutdown(context.Context) error }) bool {
 }
 
 // annotate sets or clears Istio's redirection annotation, which tells peers
-// that the pod is captured and must be reached through HBONE.
+// that the pod is captured and must be reached through HBONE, and
+// MazuEnrolledAnnotation, which tells them it authenticates with RBE.
 func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, enrolled bool) error {
-	var value any
+	var value, mazu any
 	if enrolled {
-		value = "enabled"
+		value, mazu = "enabled", "true"
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{RedirectionAnnotation: value}}})
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{RedirectionAnnotation: value, MazuEnrolledAnnotation: mazu}}})
 	if err != nil {
 		return err
 	}

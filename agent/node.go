@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +54,10 @@ type NodeConfig struct {
 	StateDir       string
 	AuditInterval  time.Duration
 	Endpoints      EndpointsConfig
-	Logger         *slog.Logger
+	// Compat turns on compatibility mode with istiod's CA; nil is strict
+	// mode, which refuses peers that trust only Istio's CA.
+	Compat *CompatConfig
+	Logger *slog.Logger
 	// Started, when set, is called once the agent and its endpoints are
 	// up, for tests and the demo to reach them.
 	Started func(*Agent, *Endpoints, *prometheus.Registry)
@@ -115,6 +119,18 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		return err
 	}
 
+	var compat *compatSetup
+	var caCerts *rbeauth.IstioCertificates
+	var roots func() (*x509.CertPool, error)
+	if cfg.Compat != nil {
+		if compat, err = openCompat(cfg.Compat, client, cfg.TrustDomain, log); err != nil {
+			return err
+		}
+		defer compat.close()
+		caCerts, roots = compat.certs, compat.roots
+		log.Info("compatibility mode: istiod-issued certificates are used toward peers that trust only Istio's CA", "ca_address", cfg.Compat.CAAddress)
+	}
+
 	ownCgroup, err := selfCgroup()
 	if err != nil {
 		return err
@@ -136,7 +152,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		NodeName: cfg.NodeName, TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
 		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir,
 		Capture: capture, Client: client, Dynamic: dyn, Identities: workloads, Verifier: verifier,
-		Registry: registry, Logger: log,
+		CACertificates: caCerts, IstioRoots: roots, Registry: registry, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -155,6 +171,9 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	}, []string{"alert"})
 	registry.MustRegister(alerts)
 	go workloads.Run(ctx)
+	if compat != nil {
+		go compat.certs.Run(ctx)
+	}
 	go a.audit(ctx, monitor, workloads, alerts, cfg.AuditInterval)
 	if cfg.Started != nil {
 		cfg.Started(a, srv, registry)

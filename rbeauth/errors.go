@@ -20,6 +20,7 @@ var (
 	ErrCheckpointQuorum       = errors.New("checkpoint lacks a witness quorum")
 	ErrLogFork                = errors.New("transparency log fork detected")
 	ErrKubernetesUnavailable  = errors.New("kubernetes API unavailable")
+	ErrCuratorUnavailable     = errors.New("curator unavailable")
 )
 
 var reasons = []struct {
@@ -41,6 +42,9 @@ var reasons = []struct {
 	{ErrCheckpointQuorum, "checkpoint_quorum"},
 	{ErrLogFork, "log_fork"},
 	{ErrKubernetesUnavailable, "kubernetes_unavailable"},
+	{ErrCuratorUnavailable, "curator_unavailable"},
+	{ErrMazuPeerWithoutRBE, "mazu_peer_without_rbe"},
+	{ErrCAChain, "ca_chain_invalid"},
 }
 
 // Reason returns the metric label for a verification error: "ok" for nil

@@ -1,6 +1,7 @@
 package rbeauth
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -44,6 +45,15 @@ func NewCuratorRegistry(policy *curator.Policy, crs *rbe.CRS, client *curator.Cl
 	return &CuratorRegistry{policy: policy, crs: crs, client: client, trusted: trusted, logKey: policy.Log, now: time.Now}, nil
 }
 
+// TrustedSize implements TrustedSizer: the size of the node's trusted
+// checkpoint, or -1 before the first one.
+func (r *CuratorRegistry) TrustedSize() int64 {
+	if cp := r.trusted(); cp != nil {
+		return cp.Tree.N
+	}
+	return -1
+}
+
 // VerifyRegistration implements Registry.
 func (r *CuratorRegistry) VerifyRegistration(ctx context.Context, claim RegistrationClaim) (Checkpoint, error) {
 	staple, err := ParseStaple(claim.Bundle)
@@ -51,7 +61,7 @@ func (r *CuratorRegistry) VerifyRegistration(ctx context.Context, claim Registra
 		return Checkpoint{}, err
 	}
 	id := curator.ID(claim.ID)
-	reg, err := curator.VerifyBundle(staple.Bundle, r.policy, id, r.now())
+	reg, err := r.verifyBundle(staple.Bundle, id)
 	switch {
 	case errors.Is(err, curator.ErrQuorum) || errors.Is(err, curator.ErrStale):
 		return Checkpoint{}, fmt.Errorf("%w: %v", ErrCheckpointQuorum, err)
@@ -73,11 +83,33 @@ func (r *CuratorRegistry) VerifyRegistration(ctx context.Context, claim Registra
 	return Checkpoint{Size: uint64(reg.Tree.N), RootHash: reg.Tree.Hash}, nil
 }
 
+// verifyBundle checks the bundle under the witness policy. A bundle whose
+// checkpoint is byte for byte the node's trusted one, the usual case once
+// peers restaple, is checked against the trusted tree without repeating
+// the log signature and cosignature checks that the node already ran.
+func (r *CuratorRegistry) verifyBundle(raw []byte, id curator.ID) (*curator.Registration, error) {
+	now := r.now()
+	trusted := r.trusted()
+	fresh := trusted != nil && (r.policy.MaxAge == 0 || now.Sub(trusted.Oldest) <= r.policy.MaxAge)
+	if fresh {
+		if b, err := curator.ParseBundle(raw); err == nil && bytes.Equal(b.Checkpoint, trusted.Note) {
+			reg, err := curator.VerifyBundleTree(raw, trusted.Tree, id)
+			if err != nil {
+				return nil, err
+			}
+			reg.Checkpoint = trusted
+			return reg, nil
+		}
+	}
+	return curator.VerifyBundle(raw, r.policy, id, now)
+}
+
 // checkAgainstTrusted compares the bundle's checkpoint with the node's.
 // Equal sizes must have equal roots. A newer bundle must extend the node's
 // tree. An older one must still name the ID's current entry at the node's
 // checkpoint, which an online query answers; that is what rejects a proof
-// replayed after its ID was re-registered.
+// replayed after its ID was re-registered. A fork error wraps a
+// *curator.ForkError with the two signed notes as evidence.
 func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.Registration) error {
 	trusted := r.trusted()
 	if trusted == nil {
@@ -87,27 +119,27 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 	switch {
 	case bundleTree.N == trusted.Tree.N:
 		if bundleTree.Hash != trusted.Tree.Hash {
-			return fmt.Errorf("%w: peer's checkpoint of size %d has root %v, this node's %v", ErrLogFork, bundleTree.N, bundleTree.Hash, trusted.Tree.Hash)
+			// Two signed checkpoints of one size with different roots are
+			// the whole evidence, because no consistency proof can link them.
+			fork := &curator.ForkError{Old: trusted.Note, New: reg.Checkpoint.Note}
+			return fmt.Errorf("%w: peer's checkpoint of size %d has root %v, this node's %v: %w", ErrLogFork, bundleTree.N, bundleTree.Hash, trusted.Tree.Hash, fork)
 		}
 		return nil
 	case bundleTree.N > trusted.Tree.N:
-		hr := tlog.TileHashReader(bundleTree, r.client.TileReader(ctx))
-		if fork := audit.CheckFork(ctx, r.logKey, reg.Checkpoint.Note, bundleTree, hr, trusted.Note); fork != nil {
-			return fmt.Errorf("%w: %v", ErrLogFork, fork)
-		}
-		return nil
+		return r.checkFork(ctx, reg.Checkpoint.Note, bundleTree, trusted.Note)
 	default:
-		hr := tlog.TileHashReader(trusted.Tree, r.client.TileReader(ctx))
-		if fork := audit.CheckFork(ctx, r.logKey, trusted.Note, trusted.Tree, hr, reg.Checkpoint.Note); fork != nil {
-			return fmt.Errorf("%w: %v", ErrLogFork, fork)
+		if err := r.checkFork(ctx, trusted.Note, trusted.Tree, reg.Checkpoint.Note); err != nil {
+			return err
 		}
-		resp, err := r.client.Updates(ctx, 0, []curator.ID{reg.ID})
+		// The request starts at the trusted size because VerifyUpdates
+		// checks the consistency proof and the ID's entry chain from there.
+		resp, err := r.client.Updates(ctx, trusted.Tree.N, []curator.ID{reg.ID})
 		if err != nil {
-			return fmt.Errorf("%w: check a stale bundle: %v", ErrKubernetesUnavailable, err)
+			return fmt.Errorf("%w: check a stale bundle: %v", ErrCuratorUnavailable, err)
 		}
 		updates, err := curator.VerifyUpdates(resp, r.policy, trusted, []curator.ID{reg.ID}, r.now())
 		if err != nil {
-			return fmt.Errorf("%w: check a stale bundle: %v", ErrLogFork, err)
+			return fmt.Errorf("%w: check a stale bundle: %w", ErrLogFork, err)
 		}
 		current := updates.IDs[reg.ID]
 		if current == nil || current.Current == nil || current.Index != reg.Index || current.Current.Kind == curator.KindRevocation {
@@ -117,23 +149,67 @@ func (r *CuratorRegistry) checkAgainstTrusted(ctx context.Context, reg *curator.
 	}
 }
 
+// checkFork checks that the checkpoint in olderNote is a prefix of newer,
+// reading newer's hashes from the curator. A tile the curator fails to
+// serve is not evidence of a fork, so it yields ErrCuratorUnavailable
+// instead: audit.CheckFork alone would report a fork with an empty proof.
+//
+// NOTE: a curator that shows this node a smaller fork than the peer's also
+// fails to serve the peer's tiles, so that fork is rejected as an outage
+// rather than reported as a fork. An auditor that compares the two
+// checkpoints proves it.
+func (r *CuratorRegistry) checkFork(ctx context.Context, newerNote []byte, newer tlog.Tree, olderNote []byte) error {
+	tiles := &recordingTileReader{TileReader: r.client.TileReader(ctx)}
+	hr := tlog.TileHashReader(newer, tiles)
+	fork := audit.CheckFork(ctx, r.logKey, newerNote, newer, hr, olderNote)
+	if fork == nil {
+		return nil
+	}
+	if tiles.err != nil {
+		return fmt.Errorf("%w: read tiles to check the peer's checkpoint against this node's: %v", ErrCuratorUnavailable, tiles.err)
+	}
+	return fmt.Errorf("%w: %w", ErrLogFork, fork)
+}
+
+// recordingTileReader keeps the first error of the tile reader it wraps,
+// so that a failed fetch is distinguished from tiles that do not hash to
+// the tree.
+type recordingTileReader struct {
+	tlog.TileReader
+	err error
+}
+
+func (r *recordingTileReader) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
+	data, err := r.TileReader.ReadTiles(tiles)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return data, err
+}
+
 // checkMembership derives the peer's RBE key from its token, IP and TLS
 // key, checks that it is the logged key, and checks RBE membership in the
 // block digest that the bundle's state entry commits to.
 func (r *CuratorRegistry) checkMembership(reg *curator.Registration, staple *Staple, claim RegistrationClaim) error {
-	var logged rbe.PublicKey
-	if err := logged.UnmarshalBinary(reg.RBEKey); err != nil {
+	// Only the key point matters here, so the logged key's helper values
+	// are not decoded: the witnesses checked them when they replayed the
+	// entry, and decoding them costs a subgroup check each.
+	crs, loggedSlot, loggedPK, err := rbe.PublicKeyFields(reg.RBEKey)
+	if err != nil {
 		return fmt.Errorf("%w: logged RBE key: %v", ErrRegistrationKey, err)
 	}
-	if logged.CRS != r.crs.Fingerprint() {
-		return fmt.Errorf("%w: registered under CRS %x, this node uses %x", ErrRegistrationKey, logged.CRS[:8], r.crs.Fingerprint())
+	if crs != r.crs.Fingerprint() {
+		return fmt.Errorf("%w: registered under CRS %x, this node uses %x", ErrRegistrationKey, crs[:8], r.crs.Fingerprint())
 	}
 	slot := int(reg.Slot)
+	if loggedSlot != slot {
+		return fmt.Errorf("%w: the logged RBE key is for slot %d, the entry names slot %d", ErrRegistrationKey, loggedSlot, slot)
+	}
 	pk, err := DerivePublicPoint(r.crs, claim.Token, claim.PeerIP.Unmap().AsSlice(), claim.TLSPublicKey, slot)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrRegistrationKey, err)
 	}
-	if !pk.IsEqual(&logged.PK) {
+	if !bytes.Equal(pk.BytesCompressed(), loggedPK) {
 		return fmt.Errorf("%w: the key derived from the token, IP and TLS key is not the registered one", ErrRegistrationKey)
 	}
 
@@ -168,17 +244,16 @@ func (r *CuratorRegistry) checkMembership(reg *curator.Registration, staple *Sta
 
 // DerivePublicPoint returns pk = sk·P_slot for the secret key derived from
 // a workload's token, pod IP and TLS key (rbe.DeriveSecretKey). It costs one
-// scalar multiplication, unlike KeyGen, which also computes the helpers.
+// scalar multiplication, a fixed-base one after crs.Precompute, unlike
+// KeyGen, which also computes the helpers.
 func DerivePublicPoint(crs *rbe.CRS, token string, podIP, tlsPublicKey []byte, slot int) (*bls12381.G1, error) {
 	sk, err := rbe.DeriveSecretKey([]byte(token), podIP, tlsPublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("derive registration key: %w", err)
 	}
-	base, err := crs.P(slot)
+	pk, err := crs.PublicPoint(sk, slot)
 	if err != nil {
-		return nil, fmt.Errorf("derive registration key for slot %d: %w", slot, err)
+		return nil, fmt.Errorf("derive registration key: %w", err)
 	}
-	var pk bls12381.G1
-	pk.ScalarMult(sk.Scalar(), base)
-	return &pk, nil
+	return pk, nil
 }

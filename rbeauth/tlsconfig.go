@@ -1,7 +1,6 @@
 package rbeauth
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -37,56 +36,21 @@ func baseConfig() *tls.Config {
 	}
 }
 
-// ServerConfig returns the HBONE server configuration. Each connection gets
-// its own configuration so that the verifier has the client's address and
-// the certificate matches the local workload the client dialled.
+// ServerConfig returns the strict-mode HBONE server configuration: RBE
+// only. Each connection gets its own configuration so that the verifier has
+// the client's address and the certificate matches the local workload the
+// client dialled. It selects ALPNRBE when the client offers it, and "h2"
+// otherwise, still with RBE, so a peer that trusts only the Istio CA fails.
 func (v *Verifier) ServerConfig(getCert CertificateFunc) *tls.Config {
-	cfg := baseConfig()
-	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		peerIP, err := addrOf(hello.Conn.RemoteAddr())
-		if err != nil {
-			return nil, err
-		}
-		localIP, err := addrOf(hello.Conn.LocalAddr())
-		if err != nil {
-			return nil, err
-		}
-		cert, err := getCert(localIP)
-		if err != nil {
-			return nil, fmt.Errorf("server certificate for %s: %w", localIP, err)
-		}
-		conn := baseConfig()
-		conn.Certificates = []tls.Certificate{*cert}
-		// The client presents a self-signed certificate; VerifyConnection
-		// does every check.
-		conn.ClientAuth = tls.RequireAnyClientCert
-		conn.VerifyConnection = func(cs tls.ConnectionState) error {
-			ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
-			defer cancel()
-			_, err := v.VerifyPeer(ctx, cs, peerIP, nil)
-			return err
-		}
-		return conn, nil
-	}
-	return cfg
+	return v.serverConfig(nil, getCert, nil)
 }
 
-// ClientConfig returns the configuration for one HBONE connection from the
-// local workload whose certificate cert returns, to peerIP, which must prove
-// one of the expected identities.
+// ClientConfig returns the strict-mode configuration for one HBONE
+// connection from the local workload whose certificate cert returns, to
+// peerIP, which must prove one of the expected identities with RBE. It
+// offers ALPNRBE before "h2".
 func (v *Verifier) ClientConfig(cert func() (*tls.Certificate, error), peerIP netip.Addr, expected []Identity) *tls.Config {
-	cfg := baseConfig()
-	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert() }
-	// There is no CA chain to check: VerifyConnection does every check. No
-	// server name is sent, as in ztunnel.
-	cfg.InsecureSkipVerify = true
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
-		defer cancel()
-		_, err := v.VerifyPeer(ctx, cs, peerIP, expected)
-		return err
-	}
-	return cfg
+	return v.clientConfig(nil, cert, nil, peerIP, expected)
 }
 
 // PeerIdentity returns the identity of a peer that a configuration from this

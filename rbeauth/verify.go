@@ -39,9 +39,19 @@ type Checkpoint struct {
 // checkpoints this node has verified. The ID must be registered for exactly
 // this IP and TLS key with a valid RBE membership proof, and no later entry
 // may supersede it. Errors wrap ErrRegistrationMissing, ErrRegistrationKey,
-// ErrRegistrationSuperseded, ErrCheckpointQuorum or ErrLogFork.
+// ErrRegistrationSuperseded, ErrCheckpointQuorum, ErrLogFork or
+// ErrCuratorUnavailable.
 type Registry interface {
 	VerifyRegistration(ctx context.Context, claim RegistrationClaim) (Checkpoint, error)
+}
+
+// TrustedSizer is implemented by a Registry whose verdicts depend on the
+// node's trusted checkpoint. The Verifier reuses a cached verdict only while
+// TrustedSize returns the size it had when the verdict was reached, so a
+// registration that a newer checkpoint revokes or rotates is checked again
+// instead of staying accepted until its token expires.
+type TrustedSizer interface {
+	TrustedSize() int64
 }
 
 // Peer is a verified peer.
@@ -91,8 +101,15 @@ type Verifier struct {
 	// verified caches the pairing-heavy registration result, keyed by
 	// certificate, peer IP and proof bundle. The bundle commits to its
 	// checkpoint, so the key changes with the checkpoint.
-	verified *ttlCache[verifiedKey, *Peer]
+	verified *ttlCache[verifiedKey, verifiedPeer]
 	results  *prometheus.CounterVec
+}
+
+// verifiedPeer is a cached verdict and the node's trusted checkpoint size
+// (-1 when the registry has none) when it was reached.
+type verifiedPeer struct {
+	peer        *Peer
+	trustedSize int64
 }
 
 type verifiedKey struct {
@@ -139,7 +156,7 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 		skew:        skew,
 		log:         log,
 		now:         time.Now,
-		verified:    newTTLCache[verifiedKey, *Peer](size),
+		verified:    newTTLCache[verifiedKey, verifiedPeer](size),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mazu_peer_verifications_total",
 			Help: "Peer verifications in TLS handshakes, by result and failure reason.",
@@ -188,7 +205,13 @@ func (v *Verifier) verifyPeer(ctx context.Context, cs tls.ConnectionState, peerI
 	if err != nil {
 		return nil, err
 	}
+	trustedSize := v.trustedSize()
 	cached, warm := v.verified.get(key, now)
+	if warm && cached.trustedSize != trustedSize {
+		// The node's checkpoint moved on: a newer log entry may supersede
+		// the cached registration.
+		warm = false
+	}
 	if !warm {
 		if err := v.checkTokenSignature(ctx, token); err != nil {
 			return nil, err
@@ -211,7 +234,7 @@ func (v *Verifier) verifyPeer(ctx context.Context, cs tls.ConnectionState, peerI
 		return nil, err
 	}
 	if warm {
-		return cached, nil
+		return cached.peer, nil
 	}
 
 	checkpoint, err := v.registry.VerifyRegistration(ctx, RegistrationClaim{
@@ -234,8 +257,15 @@ func (v *Verifier) verifyPeer(ctx context.Context, cs tls.ConnectionState, peerI
 		Checkpoint:  checkpoint,
 		TokenExpiry: time.Unix(token.claims.Expiry, 0),
 	}
-	v.verified.put(key, peer, peer.TokenExpiry)
+	v.verified.put(key, verifiedPeer{peer: peer, trustedSize: trustedSize}, peer.TokenExpiry)
 	return peer, nil
+}
+
+func (v *Verifier) trustedSize() int64 {
+	if s, ok := v.registry.(TrustedSizer); ok {
+		return s.TrustedSize()
+	}
+	return -1
 }
 
 // checkTokenSignature checks the issuer, signature and audience.
@@ -277,14 +307,14 @@ func (v *Verifier) checkIdentity(id Identity, claims *Claims, expected []Identit
 }
 
 func (v *Verifier) forgetKey(key verifiedKey) {
-	v.verified.remove(func(k verifiedKey, _ *Peer) bool { return k == key })
+	v.verified.remove(func(k verifiedKey, _ verifiedPeer) bool { return k == key })
 }
 
 // ForgetPod drops every cached result for a pod. The node agent calls it
 // when its pod watch reports the pod deleted.
 func (v *Verifier) ForgetPod(uid string) {
 	v.live.forgetPod(uid)
-	v.verified.remove(func(_ verifiedKey, p *Peer) bool { return p.PodUID == uid })
+	v.verified.remove(func(_ verifiedKey, p verifiedPeer) bool { return p.peer.PodUID == uid })
 }
 
 // CachedPeers returns how many verified peers are cached.

@@ -55,6 +55,10 @@ func (tb *Testbed) startIstiod(ctx context.Context, detach bool) error {
 		"POD_NAMESPACE=" + IstioNamespace, "POD_NAME=istiod-testbed", "REVISION=default",
 		"PILOT_ENABLE_AMBIENT=true", "JWT_POLICY=third-party-jwt", "PILOT_CERT_PROVIDER=istiod",
 		"CLUSTER_ID=Kubernetes", "KUBECONFIG=" + tb.Kubeconfig(),
+		// Node proxies that may request certificates for other identities
+		// (ImpersonatedIdentity), as Istio's chart and mazu's install guide
+		// set it: Istio's ztunnel and the mazu agent.
+		"CA_TRUSTED_NODE_ACCOUNTS=" + IstioNamespace + "/ztunnel," + IstioNamespace + "/mazu-ztunnel",
 	}
 	proc, err := tb.start("pilot-discovery", args, env, detach)
 	if err != nil {

@@ -22,8 +22,9 @@
 //     optionally inside a pod's network namespace.
 //
 // TLS configuration comes from the caller (ClientConfig.TLSConfig,
-// InboundConfig.TLSConfig); the package forces TLS 1.3 and ALPN h2 and reads
-// peer identities from URI SANs.
+// InboundConfig.TLSConfig); the package forces TLS 1.3 and an HTTP/2 ALPN
+// value (h2, or ALPNMazuRBE between mazu peers) and reads peer identities
+// from URI SANs.
 //
 // # Wire behaviour
 //

@@ -32,8 +32,9 @@ type PoolKey struct {
 type ClientConfig struct {
 	// TLSConfig returns the client TLS configuration for a connection with
 	// key. It must present key.SrcIdentity's certificate and verify that the
-	// server at key.Addr holds key.DstIdentity. The pool forces TLS 1.3 and
-	// ALPN h2 on a clone.
+	// server at key.Addr holds key.DstIdentity. The pool forces TLS 1.3 on a
+	// clone, and ALPN h2 unless every value the configuration lists is h2 or
+	// ALPNMazuRBE.
 	TLSConfig func(key PoolKey) (*tls.Config, error)
 	// Dial opens the TCP connection for key. The default dials key.Addr from
 	// key.SrcIP with ztunnel's socket settings. Replace it to dial from
@@ -196,7 +197,7 @@ func (p *Pool) dial(ctx context.Context, key PoolKey) (*h2conn, error) {
 	setNoDelay(nc)
 	conf := base.Clone()
 	conf.MinVersion, conf.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
-	conf.NextProtos = []string{http2.NextProtoTLS}
+	conf.NextProtos = hboneProtocols(conf.NextProtos)
 	bc := newBufConn(nc)
 	tc := tls.Client(bc, conf)
 	if err := tc.HandshakeContext(dctx); err != nil {

@@ -43,7 +43,8 @@ type Authorizer func(ctx context.Context, r *InboundRequest) error
 type InboundConfig struct {
 	// TLSConfig returns the server TLS configuration for a new connection. It
 	// must require and verify a client certificate. The server forces TLS 1.3
-	// and ALPN h2 on a clone of it. Required for HBONE.
+	// on a clone of it, and ALPN h2 unless every value the configuration
+	// lists is h2 or ALPNMazuRBE. Required for HBONE.
 	TLSConfig func() (*tls.Config, error)
 	// Authorize checks each connection; nil allows every authenticated one.
 	Authorize Authorizer
@@ -155,7 +156,7 @@ func (srv *Server) ServeConn(nc net.Conn) {
 	}
 	conf := base.Clone()
 	conf.MinVersion, conf.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
-	conf.NextProtos = []string{http2.NextProtoTLS}
+	conf.NextProtos = hboneProtocols(conf.NextProtos)
 	bc := newBufConn(nc)
 	tc := tls.Server(bc, conf)
 	timeout := srv.cfg.HandshakeTimeout
@@ -193,13 +194,35 @@ func (srv *Server) ServeConn(nc net.Conn) {
 	srv.mu.Unlock()
 }
 
-// checkConnState enforces TLS 1.3, ALPN h2 and, on the server, a client
-// certificate.
+// ALPNMazuRBE is the ALPN value two mazu peers negotiate to say that both
+// authenticate with registration-based certificates. The connection then
+// speaks HTTP/2 exactly as under "h2". Only the authentication differs.
+const ALPNMazuRBE = "mazu-rbe-h2"
+
+// isHBONEProtocol reports whether an ALPN value frames HTTP/2 as HBONE needs.
+func isHBONEProtocol(p string) bool { return p == http2.NextProtoTLS || p == ALPNMazuRBE }
+
+// hboneProtocols keeps the caller's ALPN list when every value in it frames
+// HTTP/2, so that the caller can offer ALPNMazuRBE. Otherwise it forces h2.
+func hboneProtocols(offered []string) []string {
+	if len(offered) == 0 {
+		return []string{http2.NextProtoTLS}
+	}
+	for _, p := range offered {
+		if !isHBONEProtocol(p) {
+			return []string{http2.NextProtoTLS}
+		}
+	}
+	return offered
+}
+
+// checkConnState enforces TLS 1.3, an HTTP/2 ALPN value (h2 or
+// ALPNMazuRBE) and, on the server, a client certificate.
 func checkConnState(cs tls.ConnectionState, server bool) error {
 	switch {
 	case cs.Version != tls.VersionTLS13:
 		return errors.New("hbone requires TLS 1.3")
-	case cs.NegotiatedProtocol != http2.NextProtoTLS:
+	case !isHBONEProtocol(cs.NegotiatedProtocol):
 		return fmt.Errorf("hbone requires ALPN h2, peer negotiated %q", cs.NegotiatedProtocol)
 	case server && len(cs.PeerCertificates) == 0:
 		return errors.New("hbone requires a client certificate")

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -70,6 +71,21 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Endpoints.AdminAddr, "admin-addr", agent.DefaultAdminAddr, "admin server address (/config_dump)")
 	fs.StringVar(&cfg.Endpoints.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "Prometheus /metrics address")
 	fs.StringVar(&cfg.Endpoints.ReadinessAddr, "readiness-addr", agent.DefaultReadinessAddr, "/healthz/ready address")
+	compatDefault := false
+	if v := os.Getenv("MAZU_ISTIOD_COMPAT"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("invalid MAZU_ISTIOD_COMPAT %q: want true or false", v)
+		}
+		compatDefault = b
+	}
+	compat := fs.Bool("istiod-compat", compatDefault, "compatibility mode: also obtain istiod-issued certificates and use them only toward peers that trust only Istio's CA (MAZU_ISTIOD_COMPAT); off is strict mode")
+	var compatCfg agent.CompatConfig
+	fs.StringVar(&compatCfg.CAAddress, "ca-address", env("CA_ADDRESS", "istiod.istio-system.svc:15012"), "istiod CA address host:port, compatibility mode only (CA_ADDRESS)")
+	fs.StringVar(&compatCfg.RootCertFile, "ca-root-cert", env("MAZU_ISTIO_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "Istio root certificate (istio-ca-root-cert ConfigMap), compatibility mode only")
+	fs.StringVar(&compatCfg.CAServerName, "ca-server-name", "", "name in istiod's serving certificate; empty means the host of -ca-address")
+	fs.StringVar(&compatCfg.NodeTokenFile, "ca-node-token-file", env("MAZU_ISTIO_TOKEN_FILE", "/var/run/secrets/tokens/istio-token"), "the agent's own istio-ca token; CSRs then impersonate each pod's identity as ztunnel's do (istiod's CA_TRUSTED_NODE_ACCOUNTS must list the agent). Empty: each CSR carries a token bound to the pod")
+	fs.StringVar(&compatCfg.ClusterID, "cluster-id", env("ISTIO_META_CLUSTER_ID", "Kubernetes"), "cluster ID sent to istiod (ISTIO_META_CLUSTER_ID)")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,6 +110,9 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("read -witness-key: %w", err)
 		}
 		cfg.WitnessKeys = append(cfg.WitnessKeys, strings.TrimSpace(string(b)))
+	}
+	if *compat {
+		cfg.Compat = &compatCfg
 	}
 	if cfg.REST, err = restConfig(*kubeconfig); err != nil {
 		return err

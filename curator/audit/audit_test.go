@@ -149,6 +149,21 @@ func TestSplitView(t *testing.T) {
 	if len(r.Forks) != 1 || len(r.Violations) != 0 {
 		t.Fatalf("Audit(fork B) = %d forks, %d violations; want 1 fork", len(r.Forks), len(r.Violations))
 	}
+
+	// A node agent's monitor that trusts A and is then shown B, which no
+	// witness cosigned, reports the fork: the log key signed both.
+	m := &audit.Monitor{Client: forkA.Client, Policy: forkA.Policy}
+	if alerts, err := m.Poll(ctx); err != nil || len(alerts) != 0 {
+		t.Fatalf("Poll(fork A) = %v, %v; want no alerts", alerts, err)
+	}
+	m.Client = &curator.Client{URL: forkB.URL}
+	alerts, err := m.Poll(ctx)
+	if err != nil || len(alerts) != 1 || alerts[0].Name != audit.AlertFork || alerts[0].Fork == nil {
+		t.Fatalf("Poll(fork B) = %v, %v; want one %s alert", alerts, err, audit.AlertFork)
+	}
+	if m.Trusted().Tree != trustedA.Tree {
+		t.Errorf("monitor moved to %v after a fork, want it to keep %v", m.Trusted().Tree, trustedA.Tree)
+	}
 }
 
 func TestMonitorUnexpectedEntry(t *testing.T) {

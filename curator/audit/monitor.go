@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 )
 
@@ -98,6 +101,11 @@ func (m *Monitor) Poll(ctx context.Context) ([]Alert, error) {
 	if errors.As(err, &fork) {
 		return []Alert{{Name: AlertFork, Fork: fork}}, nil
 	}
+	if errors.Is(err, curator.ErrQuorum) {
+		if fork := signedFork(m.Policy, trusted, resp); fork != nil {
+			return []Alert{{Name: AlertFork, Fork: fork}}, nil
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("poll curator: %w", err)
 	}
@@ -118,4 +126,28 @@ func (m *Monitor) Poll(ctx context.Context) ([]Alert, error) {
 	}
 	m.trusted = u.Checkpoint
 	return alerts, nil
+}
+
+// signedFork checks a checkpoint that lacks a witness quorum against the
+// trusted one. Such a checkpoint is not trusted, but when the log key signed
+// it and it does not extend the trusted tree, the curator signed two
+// histories: that is proof of a fork whether or not witnesses cosigned
+// either. A smaller checkpoint is left alone, since checking it needs tiles
+// the curator could withhold.
+func signedFork(p *curator.Policy, trusted *curator.Checkpoint, resp *curator.UpdatesResponse) *curator.ForkError {
+	if trusted == nil {
+		return nil
+	}
+	n, err := note.Open(resp.Checkpoint, note.VerifierList(p.Log))
+	if err != nil {
+		return nil
+	}
+	origin, t, err := curator.ParseCheckpoint(n.Text)
+	if err != nil || origin != p.Origin || t.N < trusted.Tree.N {
+		return nil
+	}
+	if tlog.CheckTree(resp.Consistency, t.N, t.Hash, trusted.Tree.N, trusted.Tree.Hash) == nil {
+		return nil
+	}
+	return &curator.ForkError{Old: trusted.Note, New: resp.Checkpoint, Proof: resp.Consistency}
 }

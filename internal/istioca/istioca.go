@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 )
 
@@ -56,8 +57,26 @@ func Dial(addr string, rootsPEM []byte, serverName string) (*Client, error) {
 func (c *Client) Close() error { return c.conn.Close() }
 
 // Sign sends a CSR for the SPIFFE identity with a pod-bound token for the
-// audience istio-ca, and returns the certificate chain, leaf first.
+// audience istio-ca, and returns the certificate chain, leaf first. istiod
+// signs only the token's own service account.
 func (c *Client) Sign(ctx context.Context, token string, key crypto.Signer, spiffeID string, validity time.Duration) ([]*x509.Certificate, error) {
+	return c.sign(ctx, token, key, spiffeID, validity, "", nil)
+}
+
+// SignImpersonated sends a CSR for spiffeID as a node proxy does: token is
+// the proxy's own istio-ca token and the request names spiffeID as its
+// ImpersonatedIdentity. istiod signs it only if CA_TRUSTED_NODE_ACCOUNTS
+// lists the proxy's service account and a pod with that identity runs on
+// the proxy's node. clusterID selects istiod's cluster (ISTIO_META_CLUSTER_ID).
+func (c *Client) SignImpersonated(ctx context.Context, token, clusterID string, key crypto.Signer, spiffeID string, validity time.Duration) ([]*x509.Certificate, error) {
+	meta, err := structpb.NewStruct(map[string]any{"ImpersonatedIdentity": spiffeID})
+	if err != nil {
+		return nil, fmt.Errorf("sign certificate for %s: metadata: %w", spiffeID, err)
+	}
+	return c.sign(ctx, token, key, spiffeID, validity, clusterID, meta)
+}
+
+func (c *Client) sign(ctx context.Context, token string, key crypto.Signer, spiffeID string, validity time.Duration, clusterID string, meta *structpb.Struct) ([]*x509.Certificate, error) {
 	uri, err := url.Parse(spiffeID)
 	if err != nil || uri.Scheme != "spiffe" {
 		return nil, fmt.Errorf("sign certificate: invalid SPIFFE ID %q: want spiffe://<trust-domain>/ns/<ns>/sa/<sa>", spiffeID)
@@ -71,9 +90,13 @@ func (c *Client) Sign(ctx context.Context, token string, key crypto.Signer, spif
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	if clusterID != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "clusterid", clusterID)
+	}
 	resp, err := c.client.CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
 		Csr:              string(csrPEM),
 		ValidityDuration: int64(validity / time.Second),
+		Metadata:         meta,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", spiffeID, err)

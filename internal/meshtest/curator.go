@@ -40,6 +40,13 @@ type CuratorOptions struct {
 	// BlockSize is the RBE block size n; small sizes keep KeyGen fast.
 	BlockSize int
 	Logger    *slog.Logger
+	// ForkOf starts a split-view double of another curator, for tests of
+	// fork detection: it signs with ForkOf's log key, uses ForkOf's CRS, and
+	// its witnesses sign with ForkOf's witness keys but keep their own
+	// state. The two logs then diverge while one policy accepts both, as if
+	// the log key and the witnesses were compromised. Witnesses and
+	// BlockSize are taken from ForkOf.
+	ForkOf *Curator
 }
 
 // Curator is a running curator and its witnesses.
@@ -58,6 +65,9 @@ type Curator struct {
 	log     *server.Log
 	servers []*http.Server
 	stores  []*store.Store
+	// logSKey and witnessKeys are kept so that ForkOf can reuse them.
+	logSKey     string
+	witnessKeys []ed25519.PrivateKey
 }
 
 // StartCurator starts a curator and its witnesses on 127.0.0.1. The CRS
@@ -75,12 +85,17 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 			c.Stop()
 		}
 	}()
-	start, err := rbe.NewCeremony(opts.BlockSize)
-	if err != nil {
-		return nil, err
-	}
-	if c.CRS, _, err = rbe.Contribute(start, rand.Reader); err != nil {
-		return nil, err
+	if opts.ForkOf != nil {
+		c.CRS = opts.ForkOf.CRS
+		opts.Witnesses = len(opts.ForkOf.witnessKeys)
+	} else {
+		start, err := rbe.NewCeremony(opts.BlockSize)
+		if err != nil {
+			return nil, err
+		}
+		if c.CRS, _, err = rbe.Contribute(start, rand.Reader); err != nil {
+			return nil, err
+		}
 	}
 	crsBytes, err := c.CRS.MarshalBinary()
 	if err != nil {
@@ -92,10 +107,13 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 	}
 	scheme := rbescheme.New(c.CRS)
 
-	skey, vkey, err := note.GenerateKey(rand.Reader, Origin)
-	if err != nil {
+	skey, vkey := "", ""
+	if opts.ForkOf != nil {
+		skey, vkey = opts.ForkOf.logSKey, opts.ForkOf.LogVKey
+	} else if skey, vkey, err = note.GenerateKey(rand.Reader, Origin); err != nil {
 		return nil, err
 	}
+	c.logSKey = skey
 	c.LogVKey = vkey
 	c.LogKeyFile = filepath.Join(opts.Dir, "log.vkey")
 	if err := os.WriteFile(c.LogKeyFile, []byte(vkey), 0o644); err != nil {
@@ -127,7 +145,14 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 	}
 	var witnesses []server.Witness
 	for i := range opts.Witnesses {
-		_, key, _ := ed25519.GenerateKey(rand.Reader)
+		var key ed25519.PrivateKey
+		if opts.ForkOf != nil {
+			key = opts.ForkOf.witnessKeys[i]
+		} else if _, key, err = ed25519.GenerateKey(rand.Reader); err != nil {
+			curatorLn.Close()
+			return nil, err
+		}
+		c.witnessKeys = append(c.witnessKeys, key)
 		cosigner := curator.NewCosignatureSigner(fmt.Sprintf("witness-%d.mazu.test", i), key)
 		st, err := store.Open(filepath.Join(opts.Dir, fmt.Sprintf("witness-%d.db", i)))
 		if err != nil {

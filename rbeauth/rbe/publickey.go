@@ -86,6 +86,27 @@ func (c *CRS) KeyGenDelta(oldKey, newKey *SecretKey, slot int) (*PublicKey, erro
 	return c.keyGen(&delta, slot), nil
 }
 
+// PublicPoint returns pk = sk·P_slot, the key point of KeyGen without the
+// helper values. It uses the Precompute tables when they exist, which
+// makes it several times faster than a variable-base multiplication.
+func (c *CRS) PublicPoint(sk *SecretKey, slot int) (*bls12381.G1, error) {
+	if err := c.checkSlot("derive key point", slot); err != nil {
+		return nil, err
+	}
+	if sk == nil || sk.s.IsZero() == 1 {
+		return nil, fmt.Errorf("derive key point for slot %d: %w", slot, ErrZeroScalar)
+	}
+	var pk bls12381.G1
+	if tables := c.keyGenTables(); tables != nil {
+		k, _ := sk.s.MarshalBinary()
+		defer clear(k)
+		pk = tables[slot-1].Mul(k)
+	} else {
+		pk.ScalarMult(&sk.s, &c.p[slot-1])
+	}
+	return &pk, nil
+}
+
 func (c *CRS) keyGen(s *bls12381.Scalar, slot int) *PublicKey {
 	n := c.n
 	out := &PublicKey{CRS: c.fingerprint, Slot: slot, Helpers: make([]bls12381.G1, n-1)}
@@ -294,6 +315,27 @@ func (pk *PublicKey) MarshalBinary() ([]byte, error) {
 		out = append(out, pk.Helpers[idx].BytesCompressed()...)
 	}
 	return out, nil
+}
+
+// PublicKeyFields returns the CRS fingerprint, the slot and the compressed
+// key point of an encoded PublicKey after checking its length, without
+// decoding any point. A verifier that derives the key itself compares
+// encodings instead of paying UnmarshalBinary's subgroup check of every
+// helper value: compressed G1 encodings are canonical, so equal encodings
+// are equal points.
+func PublicKeyFields(b []byte) (crs [32]byte, slot int, key []byte, err error) {
+	if len(b) < publicKeyHeader+G1Size {
+		return crs, 0, nil, fmt.Errorf("decode public key of %d bytes, want at least %d: %w", len(b), publicKeyHeader+G1Size, ErrInvalidEncoding)
+	}
+	count := binary.BigEndian.Uint32(b[36:])
+	if count < MinBlockSize-1 || count > MaxBlockSize-1 {
+		return crs, 0, nil, fmt.Errorf("decode public key: %d helper values, want between %d and %d: %w", count, MinBlockSize-1, MaxBlockSize-1, ErrInvalidEncoding)
+	}
+	if want := publicKeyHeader + (1+int(count))*G1Size; len(b) != want {
+		return crs, 0, nil, fmt.Errorf("decode public key of %d bytes with %d helper values, want %d bytes: %w", len(b), count, want, ErrInvalidEncoding)
+	}
+	copy(crs[:], b[:32])
+	return crs, int(binary.BigEndian.Uint32(b[32:])), b[publicKeyHeader : publicKeyHeader+G1Size], nil
 }
 
 // UnmarshalBinary parses the encoding of MarshalBinary. Every point must be a
