@@ -454,3 +454,29 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	slices.Sort(ks)
 	return ks
 }
+
+// BenchLines renders every kept per-round value in Go benchmark format, one
+// line per variant, metric and round, for benchstat:
+//
+//	benchstat -col /variant -row /m perf/results/quick.bench.txt
+func (res *Results) BenchLines() string {
+	dropped := map[int]bool{}
+	for _, r := range res.DroppedRounds {
+		dropped[r] = true
+	}
+	var b strings.Builder
+	for _, v := range res.Variants {
+		if v.Status != "run" {
+			continue
+		}
+		for _, m := range sortedKeys(v.Rounds) {
+			for r, p := range v.Rounds[m] {
+				if p == nil || dropped[r] {
+					continue
+				}
+				fmt.Fprintf(&b, "BenchmarkMesh/variant=%s/m=%s 1 %g value\n", v.ID, m, *p)
+			}
+		}
+	}
+	return b.String()
+}

@@ -88,3 +88,16 @@ func TestRenderMarkdown(t *testing.T) {
 		t.Errorf("RESULTS.md has a formatting error:\n%s", md)
 	}
 }
+
+func TestBenchLinesSkipDroppedRounds(t *testing.T) {
+	lines := fixed(t).BenchLines()
+	if !strings.Contains(lines, "BenchmarkMesh/variant=hbone-x509/m=http_c16_nj_p90_us 1 130 value\n") {
+		t.Errorf("benchmark lines lack round 2 of hbone-x509 p90:\n%s", lines)
+	}
+	if strings.Contains(lines, " 900 value") || strings.Contains(lines, "hbone-rbe-warm") {
+		t.Errorf("benchmark lines include a dropped round or a variant that did not run:\n%s", lines)
+	}
+	if n := strings.Count(lines, "\n"); n != 5*7 {
+		t.Errorf("%d lines, want 35 (7 metric series × 5 kept rounds)", n)
+	}
+}
