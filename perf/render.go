@@ -149,6 +149,17 @@ func (res *Results) RenderMarkdown() string {
 		w("| %s | %s%s | %s | run |\n", r.Name, fmtNum(r.Summary.Median), unit, ciText(*r.Summary))
 	}
 
+	w("\n### Against the published anchors\n\n")
+	w("Istio reports +0.17 ms p90 and +0.20 ms p99 for two ztunnels over no mesh (HTTP/1.1, 1 KB, 1000 rps, bare metal). ")
+	w("On this machine each extra process hop costs several times what it costs on bare metal, so the hbone-x509 − direct delta mostly measures wake-ups; the hbone-x509 − null delta is the part the protocol adds.\n\n")
+	w("| c | hbone-x509 − direct p90 | hbone-x509 − direct p99 | null − direct p90 | hbone-x509 − null p90 |\n|---|---|---|---|---|\n")
+	for _, n := range c.HTTPConns {
+		k := httpKey(n, false)
+		w("| %d | %s | %s | %s | %s |\n", n, res.ratioCell("hbone-x509", "direct", k+"_p90_us", true), res.ratioCell("hbone-x509", "direct", k+"_p99_us", true),
+			res.ratioCell("null", "direct", k+"_p90_us", true), res.ratioCell("hbone-x509", "null", k+"_p90_us", true))
+	}
+	w("\nµs, medians of per-round differences.\n")
+
 	w("\n## TCP request/response (Fortio TCP echo, one connection, closed loop)\n\n| variant | 1 B p50 | 1 B p90 | 1 B p99 | 1 KB p50 | 1 KB p90 | 1 KB p99 |\n|---|---|---|---|---|---|---|\n")
 	for _, id := range warm {
 		w("| %s | %s | %s | %s | %s | %s | %s |\n", id, res.cell(id, "rr_1b_p50_us"), res.cell(id, "rr_1b_p90_us"), res.cell(id, "rr_1b_p99_us"),
@@ -205,6 +216,14 @@ func (res *Results) RenderMarkdown() string {
 	w("- Istio's +0.17 ms p90 / +0.20 ms p99 for two ztunnels was measured on bare metal; compare it with the hbone-x509 − direct deltas only as an order of magnitude, and with the hbone / null ratio for the cost of the protocol itself.\n")
 	w("- Client, server and both proxies share the machine's CPUs, so throughput is bounded by total CPU per byte rather than by the slowest stage.\n")
 	return b.String()
+}
+
+func (res *Results) ratioCell(num, den, metric string, isDelta bool) string {
+	r := res.findRatio(num, den, metric, isDelta)
+	if r == nil || r.Summary == nil {
+		return "–"
+	}
+	return fmtNum(r.Summary.Median)
 }
 
 func listInts(xs []int) string {

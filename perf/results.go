@@ -255,6 +255,7 @@ func (res *Results) ratioDefs() []Ratio {
 			out = append(out, ratio("hbone-x509", "null", k+"_"+p+"_us"))
 		}
 		out = append(out, delta("hbone-x509", "direct", k+"_p90_us"), delta("hbone-x509", "direct", k+"_p99_us"))
+		out = append(out, delta("null", "direct", k+"_p90_us"), delta("hbone-x509", "null", k+"_p90_us"))
 		out = append(out, ratio("tls", "null", k+"_p90_us"))
 	}
 	for _, conns := range c.JitterConns {
