@@ -17,13 +17,14 @@ import (
 // The suite runs every endpoint as its own OS process inside a network
 // namespace: it re-executes its own binary through `ip netns exec`, with the
 // role and configuration in the MAZU_PERF_CHILD environment variable. Proxies
-// are separate processes so that /proc gives their CPU time and RSS alone,
-// and the load generator is one so that all its sockets live in the client
-// pod's namespace (a Go process cannot move all its threads at once).
+// are separate processes so that /proc gives their CPU time and RSS alone.
+// The load generator is a process too, because a Go process cannot move all
+// its threads into a namespace at once, and its sockets must be in the
+// client pod's.
 
 const childEnv = "MAZU_PERF_CHILD"
 
-// ChildConfig is what a child process receives.
+// ChildConfig is the configuration a child process receives.
 type ChildConfig struct {
 	Role   string        `json:"role"` // "proxy", "server" or "load"
 	Proxy  *ProxyConfig  `json:"proxy,omitempty"`
@@ -77,7 +78,7 @@ func RunChild(log *slog.Logger) int {
 	return 0
 }
 
-// ready tells the parent that listeners are open.
+// ready signals the parent that the listeners are open.
 func ready() { fmt.Println("READY") }
 
 // child is a running child process.

@@ -25,7 +25,7 @@ import (
 // of 1 ms would hide the sub-millisecond differences this suite compares.
 const resolution = 1e-5
 
-// LoadConfig describes one workload run by the load process.
+// LoadConfig is one workload for the load process.
 type LoadConfig struct {
 	// Workload is "http" (Fortio HTTP/1.1 at a fixed rate), "rr" (Fortio TCP
 	// echo, closed loop), "tput" (bulk streams to the sink) or "crr" (a new
@@ -37,9 +37,11 @@ type LoadConfig struct {
 	Duration time.Duration `json:"duration,omitempty"`
 	Exactly  int64         `json:"exactly,omitempty"`
 	Jitter   bool          `json:"jitter,omitempty"`
-	Payload  int           `json:"payload,omitempty"`
-	Warmup   time.Duration `json:"warmup,omitempty"`
-	Streams  int           `json:"streams,omitempty"`
+	// NewConn makes every HTTP request open a new connection.
+	NewConn bool          `json:"new_conn,omitempty"`
+	Payload int           `json:"payload,omitempty"`
+	Warmup  time.Duration `json:"warmup,omitempty"`
+	Streams int           `json:"streams,omitempty"`
 	// PIDs are the proxy processes whose CPU and RSS are sampled around
 	// the measured part of the run.
 	PIDs []int `json:"pids,omitempty"`
@@ -194,6 +196,7 @@ func loadHTTP(cfg *LoadConfig) (*LoadResult, error) {
 		o.RunnerOptions.Resolution = resolution
 		o.Out = io.Discard
 		o.HTTPReqTimeOut = 10 * time.Second
+		o.DisableKeepAlive = cfg.NewConn
 		return o
 	}
 	if cfg.Warmup > 0 {

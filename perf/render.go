@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -93,6 +94,34 @@ func (res *Results) RenderMarkdown() string {
 		w("\nNote: %s\n", n)
 	}
 
+	w("\n### Load average by round\n\n| round | 1-min load before/after blocks (min–max) | steal ticks | blocks with errors | kept |\n|---|---|---|---|---|\n")
+	for r := range c.Rounds {
+		lo, hi := math.Inf(1), math.Inf(-1)
+		var steal int64
+		var errs int
+		seen := false
+		for _, bl := range res.Blocks {
+			if bl.Round != r {
+				continue
+			}
+			seen = true
+			lo = math.Min(lo, math.Min(bl.LoadBefore[0], bl.LoadAfter[0]))
+			hi = math.Max(hi, math.Max(bl.LoadBefore[0], bl.LoadAfter[0]))
+			steal += bl.StealAfter - bl.StealBefore
+			if len(bl.Errors) > 0 {
+				errs++
+			}
+		}
+		if !seen {
+			continue
+		}
+		kept := "yes"
+		if slices.Contains(res.DroppedRounds, r) {
+			kept = "**dropped**"
+		}
+		w("| %d | %.2f–%.2f | %d | %d | %s |\n", r, lo, hi, steal, errs, kept)
+	}
+
 	w("\n## Topology and variants\n\n")
 	w("Five network namespaces in 198.18.96.0/20: client pod — node A ══ node B — server pod, plus a second server pod on node A for the same-node rows. ")
 	w("The client dials the outbound proxy's listener on node A explicitly (no capture). Proxies run in the node namespaces; the HBONE rows use the `tunnel` package with ECDSA P-256 certificates from one CA, TLS 1.3, X25519.\n\n")
@@ -170,12 +199,14 @@ func (res *Results) RenderMarkdown() string {
 		w("| %s | %s | %s | %s | %s |\n", id, res.cell(id, "tput_1_gbps"), res.cell(id, "tput_4_gbps"), res.cell(id, "tput_1_gbit_per_proxy_cpu_s"), res.cell(id, "tput_4_gbit_per_proxy_cpu_s"))
 	}
 	w("\n## New connections (connect, 1-byte exchange, close; %d per round, sequential)\n\n", c.CRRCount)
-	w("| variant | mode | p50 µs | p90 µs | p99 µs | connections/s |\n|---|---|---|---|---|---|\n")
+	w("Sequential connections, and Fortio HTTP 1 KB with a new connection per request at %g rps over %d connections (\"HTTP\" columns).\n\n", c.NewConnQPS, c.NewConnConns)
+	w("| variant | mode | p50 µs | p90 µs | p99 µs | connections/s | HTTP p50 µs | HTTP p90 µs | HTTP p99 µs |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, v := range res.Variants {
 		if _, ok := v.metric("crr_p50_us"); !ok && v.Status == "run" {
 			continue
 		}
-		w("| %s | %s | %s | %s | %s | %s |\n", v.ID, v.Mode, res.cell(v.ID, "crr_p50_us"), res.cell(v.ID, "crr_p90_us"), res.cell(v.ID, "crr_p99_us"), res.cell(v.ID, "crr_conn_per_s"))
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", v.ID, v.Mode, res.cell(v.ID, "crr_p50_us"), res.cell(v.ID, "crr_p90_us"), res.cell(v.ID, "crr_p99_us"), res.cell(v.ID, "crr_conn_per_s"),
+			res.cell(v.ID, "httpnc_p50_us"), res.cell(v.ID, "httpnc_p90_us"), res.cell(v.ID, "httpnc_p99_us"))
 	}
 	w("\nThe null and TLS pairs have no multiplexing, so they have no \"new stream on a pooled tunnel\" mode; a new application connection is a new tunnel for them.\n")
 	w("\n## CPU and memory per 1000 rps (HTTP 1 KB, c=%d, no jitter; CPU from /proc/<pid>/task/*/schedstat, RSS from /proc/<pid>/stat at the end)\n\n", c.CPUConns)

@@ -275,6 +275,7 @@ func (res *Results) ratioDefs() []Ratio {
 		ratio("null", "direct", "crr_p50_us"), ratio("hbone-x509", "direct", "crr_p50_us"),
 		ratio("hbone-x509-newtunnel", "hbone-x509", "crr_p50_us"), ratio("tls", "null", "crr_p50_us"),
 		ratio("hbone-x509-newtunnel", "tls", "crr_p50_us"),
+		ratio("hbone-x509", "null", "httpnc_p90_us"), ratio("hbone-x509-newtunnel", "hbone-x509", "httpnc_p90_us"), ratio("tls", "null", "httpnc_p90_us"), ratio("hbone-x509-same-newtunnel", "hbone-x509-same", "crr_p50_us"),
 		ratio("hbone-x509-same", "null-same", cpu+"_p90_us"), delta("hbone-x509-same", "direct-same", cpu+"_p90_us"),
 		ratio("hbone-x509-same", "hbone-x509", cpu+"_p90_us"),
 	)
@@ -291,7 +292,7 @@ func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
 	return nil
 }
 
-// verdict compares a median with a limit. The detail says when the 95%
+// verdict compares a median with a limit. The detail notes when the 95%
 // interval crosses the limit, so a verdict on noisy data is visible.
 func verdict(s *Summary, limit float64, atMost bool) (status, detail string) {
 	ok := s.Median <= limit

@@ -17,7 +17,7 @@ import (
 const (
 	portHTTP = 8080 // Fortio HTTP echo (POST body echoed back)
 	portEcho = 8078 // Fortio TCP echo
-	portSink = 8077 // discards a stream and answers with its byte count
+	portSink = 8077 // discards a stream, then writes its byte count
 )
 
 // ServerConfig configures the server pod process.

@@ -127,6 +127,9 @@ func TestSmoke(t *testing.T) {
 			if x := get("crr_conn_per_s"); x <= 0 {
 				t.Errorf("%s: %v connections/s", v.ID, x)
 			}
+			if x := get("httpnc_errors"); x != 0 {
+				t.Errorf("%s: %v HTTP errors with a new connection per request", v.ID, x)
+			}
 			if x := get("crr_errors"); x != 0 {
 				t.Errorf("%s: %v failed connections", v.ID, x)
 			}

@@ -55,9 +55,9 @@ func Summarize(samples []float64) (Summary, error) {
 
 // medianCIRanks returns 0-based ranks (lo, hi) such that the interval
 // [x(lo), x(hi)] of n sorted samples covers the median with probability at
-// least conf, using the binomial distribution of the number of samples
-// below the median (the order-statistic interval benchstat uses). It picks
-// the narrowest symmetric interval; ok is false when even the full range
+// least conf. The count of samples below the median is Binomial(n, 1/2),
+// which gives the order-statistic interval benchstat uses. It picks the
+// narrowest symmetric interval, and ok is false when even the full range
 // does not reach conf.
 func medianCIRanks(n int, conf float64) (lo, hi int, ok bool) {
 	if n < 1 {

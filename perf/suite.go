@@ -33,6 +33,10 @@ type Config struct {
 	RRCount      int64         `json:"rr_count"`
 	TputDuration time.Duration `json:"tput_duration"`
 	CRRCount     int64         `json:"crr_count"`
+	// NewConnQPS and NewConnConns set the Fortio HTTP run in which every
+	// request opens a new connection (the CRR modes at a fixed rate).
+	NewConnQPS   float64 `json:"newconn_qps"`
+	NewConnConns int     `json:"newconn_conns"`
 	// CPUConns is the connection count whose jitter-free HTTP point gives
 	// CPU and memory per 1000 rps.
 	CPUConns int `json:"cpu_conns"`
@@ -46,7 +50,8 @@ type Config struct {
 
 // Preset returns the configuration for mode "quick", "full" or "smoke".
 func Preset(mode string) (Config, error) {
-	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoad: 4 * float64(runtime.NumCPU())}
+	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoad: 4 * float64(runtime.NumCPU()),
+		NewConnQPS: 200, NewConnConns: 4}
 	switch mode {
 	case "quick":
 		// Six rounds is the fewest that gives a 95% interval for a median.
@@ -102,6 +107,7 @@ func variants() []*variant {
 		{ID: "direct-same", Topo: "same-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
 		{ID: "null-same", Topo: "same-node", Kind: "null", Mode: "new connection through both proxies", Warm: true},
 		{ID: "hbone-x509-same", Topo: "same-node", Kind: "hbone-x509", Mode: "new stream on a pooled tunnel", Warm: true, CRR: true},
+		{ID: "hbone-x509-same-newtunnel", Topo: "same-node", Kind: "hbone-x509", Mode: "new tunnel per connection", CRR: true},
 	}
 }
 
@@ -426,7 +432,18 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 		}
 	}
 	if v.CRR {
-		lr, err := load(LoadConfig{Workload: "crr", Target: v.entry[1], Exactly: cfg.CRRCount})
+		lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: cfg.NewConnConns, QPS: cfg.NewConnQPS, Duration: cfg.HTTPDuration,
+			Exactly: cfg.HTTPExactly / 4, NewConn: true, Payload: cfg.Payload})
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			put(v.ID, "httpnc_p50_us", round, lr.P50)
+			put(v.ID, "httpnc_p90_us", round, lr.P90)
+			put(v.ID, "httpnc_p99_us", round, lr.P99)
+			put(v.ID, "httpnc_qps", round, lr.ActualQPS)
+			put(v.ID, "httpnc_errors", round, float64(lr.Errors))
+		}
+		lr, err = load(LoadConfig{Workload: "crr", Target: v.entry[1], Exactly: cfg.CRRCount})
 		if err != nil {
 			errs = append(errs, err)
 		} else {
