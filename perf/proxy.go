@@ -135,7 +135,7 @@ func startHBONEOut(ctx context.Context, log *slog.Logger, cfg *ProxyConfig, list
 	}
 	newOutbound := func() (*tunnel.Outbound, *tunnel.Pool, error) {
 		pool, err := tunnel.NewPool(tunnel.ClientConfig{
-			TLSConfig: func(src, dst tunnel.Identity) (*tls.Config, error) { return conf, nil },
+			TLSConfig: func(tunnel.PoolKey) (*tls.Config, error) { return conf, nil },
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("hbone pool: %w", err)

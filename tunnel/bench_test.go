@@ -110,7 +110,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	// tls: an mTLS connection per application connection.
 	ca := newTestCA(b)
 	srvConf, _ := ca.serverTLS(b, idServer)()
-	cliConf, _ := ca.clientTLS(b)(idClient, idServer)
+	cliConf, _ := ca.clientTLS(b)(PoolKey{SrcIdentity: idClient, DstIdentity: idServer})
 	tlsB := listenIn(b, tp.b, "198.18.80.2:0")
 	go serveAll(tlsB, func(c net.Conn) {
 		tc := tls.Server(c, srvConf)

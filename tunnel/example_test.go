@@ -29,7 +29,7 @@ func Example_inPod() {
 
 	// The certificate sources come from the identity layer.
 	var serverTLS func() (*tls.Config, error)
-	var clientTLS func(src, dst tunnel.Identity) (*tls.Config, error)
+	var clientTLS func(key tunnel.PoolKey) (*tls.Config, error)
 
 	// Inbound HBONE on 15008 and plaintext on 15006.
 	inbound := tunnel.InboundConfig{

@@ -93,10 +93,11 @@ func (ca *testCA) serverTLS(tb testing.TB, id Identity) func() (*tls.Config, err
 
 // clientTLS returns a client config factory that presents src's certificate
 // and requires the server to hold dst as a URI SAN.
-func (ca *testCA) clientTLS(tb testing.TB) func(src, dst Identity) (*tls.Config, error) {
+func (ca *testCA) clientTLS(tb testing.TB) func(key PoolKey) (*tls.Config, error) {
 	var mu sync.Mutex
 	certs := map[Identity]tls.Certificate{}
-	return func(src, dst Identity) (*tls.Config, error) {
+	return func(key PoolKey) (*tls.Config, error) {
+		src, dst := key.SrcIdentity, key.DstIdentity
 		mu.Lock()
 		cert, ok := certs[src]
 		if !ok {

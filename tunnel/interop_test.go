@@ -24,7 +24,7 @@ func TestInterop_XNetClientToServer(t *testing.T) {
 	hb := mustListen(t, "127.0.0.1:0")
 	hboneServer(t, ca, hb, InboundConfig{})
 
-	conf, _ := ca.clientTLS(t)(idClient, idServer)
+	conf, _ := ca.clientTLS(t)(PoolKey{SrcIdentity: idClient, DstIdentity: idServer})
 	conf.NextProtos = []string{"h2"}
 	tr := &http2.Transport{DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
 		return (&tls.Dialer{Config: conf}).DialContext(ctx, "tcp", hb.Addr().String())

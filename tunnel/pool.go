@@ -30,10 +30,11 @@ type PoolKey struct {
 // ClientConfig configures a Pool. The zero value of every field except
 // TLSConfig is usable.
 type ClientConfig struct {
-	// TLSConfig returns the client TLS configuration for connections from
-	// src to dst. It must present src's certificate and verify that the
-	// server holds dst. The pool forces TLS 1.3 and ALPN h2 on a clone.
-	TLSConfig func(src, dst Identity) (*tls.Config, error)
+	// TLSConfig returns the client TLS configuration for a connection with
+	// key. It must present key.SrcIdentity's certificate and verify that the
+	// server at key.Addr holds key.DstIdentity. The pool forces TLS 1.3 and
+	// ALPN h2 on a clone.
+	TLSConfig func(key PoolKey) (*tls.Config, error)
 	// Dial opens the TCP connection for key. The default dials key.Addr from
 	// key.SrcIP with ztunnel's socket settings. Replace it to dial from
 	// inside a pod's network namespace.
@@ -174,7 +175,7 @@ func (p *Pool) reserve(key PoolKey) *h2conn {
 
 // dial opens, authenticates and starts a new connection.
 func (p *Pool) dial(ctx context.Context, key PoolKey) (*h2conn, error) {
-	base, err := p.cfg.TLSConfig(key.SrcIdentity, key.DstIdentity)
+	base, err := p.cfg.TLSConfig(key)
 	if err != nil {
 		return nil, fmt.Errorf("hbone client tls config for %s: %w", key.DstIdentity, err)
 	}

@@ -22,7 +22,7 @@ import (
 // stream was reset instead.
 func rawConnect(t *testing.T, ca *testCA, addr netip.AddrPort, fields []hpack.HeaderField) int {
 	t.Helper()
-	conf, _ := ca.clientTLS(t)(idClient, idServer)
+	conf, _ := ca.clientTLS(t)(PoolKey{SrcIdentity: idClient, DstIdentity: idServer})
 	conf.NextProtos = []string{"h2"}
 	conf.MinVersion = tls.VersionTLS13
 	tc, err := tls.Dial("tcp", addr.String(), conf)
@@ -271,7 +271,7 @@ func TestServer_FlowControlViolation(t *testing.T) {
 	hb := mustListen(t, "127.0.0.1:0")
 	hboneServer(t, ca, hb, InboundConfig{})
 
-	conf, _ := ca.clientTLS(t)(idClient, idServer)
+	conf, _ := ca.clientTLS(t)(PoolKey{SrcIdentity: idClient, DstIdentity: idServer})
 	conf.NextProtos = []string{"h2"}
 	tc, err := tls.Dial("tcp", hb.Addr().String(), conf)
 	if err != nil {

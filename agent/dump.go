@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// ConfigDump is the admin /config_dump document: what the agent enrolled,
+// the services and policies it routes and authorizes with, and each
+// workload's certificate and registration state.
+type ConfigDump struct {
+	Node         string            `json:"node"`
+	Workloads    []WorkloadDump    `json:"workloads"`
+	Services     []ServiceDump     `json:"services"`
+	Policies     []string          `json:"policies"`
+	PeerAuths    []string          `json:"peerAuthentications"`
+	Certificates []CertificateDump `json:"certificates"`
+}
+
+// WorkloadDump describes one enrolled pod.
+type WorkloadDump struct {
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	IP        string `json:"ip"`
+	Identity  string `json:"identity"`
+	Netns     string `json:"netns"`
+}
+
+// ServiceDump describes one Service as the agent resolves it.
+type ServiceDump struct {
+	Namespace  string   `json:"namespace"`
+	Name       string   `json:"name"`
+	ClusterIPs []string `json:"clusterIPs"`
+	Endpoints  []string `json:"endpoints"`
+}
+
+// CertificateDump is one workload's identity state from Identities.Describe.
+type CertificateDump struct {
+	UID   string `json:"uid"`
+	State any    `json:"state"`
+}
+
+// ConfigDump builds the admin document.
+func (a *Agent) ConfigDump() any {
+	d := ConfigDump{Node: a.cfg.NodeName}
+	a.mu.Lock()
+	for uid, p := range a.pods {
+		d.Workloads = append(d.Workloads, WorkloadDump{
+			UID: string(uid), Namespace: p.namespace, Name: p.name, IP: p.ip.String(),
+			Identity: p.identity.String(), Netns: p.netnsPath,
+		})
+	}
+	a.mu.Unlock()
+	sort.Slice(d.Workloads, func(i, j int) bool { return d.Workloads[i].UID < d.Workloads[j].UID })
+	for _, w := range d.Workloads {
+		d.Certificates = append(d.Certificates, CertificateDump{UID: w.UID, State: a.cfg.Identities.Describe(types.UID(w.UID))})
+	}
+	for _, svc := range a.view.Services() {
+		d.Services = append(d.Services, serviceDump(a.view, svc))
+	}
+	sort.Slice(d.Services, func(i, j int) bool {
+		return d.Services[i].Namespace+"/"+d.Services[i].Name < d.Services[j].Namespace+"/"+d.Services[j].Name
+	})
+	for _, p := range a.view.Policies() {
+		d.Policies = append(d.Policies, p.Namespace+"/"+p.Name+" "+p.Spec.GetAction().String())
+	}
+	for _, p := range a.view.PeerAuths() {
+		d.PeerAuths = append(d.PeerAuths, p.Namespace+"/"+p.Name+" "+p.Spec.GetMtls().GetMode().String())
+	}
+	sort.Strings(d.Policies)
+	sort.Strings(d.PeerAuths)
+	return d
+}
+
+func serviceDump(v *View, svc *corev1.Service) ServiceDump {
+	s := ServiceDump{Namespace: svc.Namespace, Name: svc.Name, ClusterIPs: svc.Spec.ClusterIPs}
+	for _, slice := range v.EndpointSlices(svc) {
+		for _, ep := range slice.Endpoints {
+			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+				s.Endpoints = append(s.Endpoints, ep.Addresses...)
+			}
+		}
+	}
+	sort.Strings(s.Endpoints)
+	return s
+}

@@ -1,0 +1,415 @@
+package ambient_test
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mazu-mesh/mazu-ztunnel/deploy/ambient"
+	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/v2/lint"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// render renders the chart with values for the default release.
+func render(t *testing.T, values map[string]any) []*unstructured.Unstructured {
+	t.Helper()
+	manifest, err := ambient.Render(ambient.RenderOptions{Values: values})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects, err := ambient.Objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objects
+}
+
+func find(t *testing.T, objects []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	for _, obj := range objects {
+		if obj.GetKind() == kind && obj.GetName() == name {
+			return obj
+		}
+	}
+	t.Fatalf("rendered chart has no %s %s", kind, name)
+	return nil
+}
+
+func agentDaemonSet(t *testing.T, objects []*unstructured.Unstructured) *appsv1.DaemonSet {
+	t.Helper()
+	var ds appsv1.DaemonSet
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(find(t, objects, "DaemonSet", "mazu-ztunnel").Object, &ds); err != nil {
+		t.Fatalf("decode DaemonSet: %v", err)
+	}
+	return &ds
+}
+
+func agentContainer(t *testing.T, ds *appsv1.DaemonSet) corev1.Container {
+	t.Helper()
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if c.Name == "istio-proxy" {
+			return c
+		}
+	}
+	t.Fatal("agent DaemonSet has no istio-proxy container")
+	return corev1.Container{}
+}
+
+func envValue(c corev1.Container, name string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+// TestIstioValueNames sets the values that share their name and meaning with
+// Istio's ztunnel chart and checks that each takes effect.
+func TestIstioValueNames(t *testing.T) {
+	cases := []struct {
+		name   string
+		values map[string]any
+		check  func(t *testing.T, ds *appsv1.DaemonSet, c corev1.Container)
+	}{
+		{"hub and tag", map[string]any{"hub": "registry.example/mesh", "tag": "1.2.3"}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if c.Image != "registry.example/mesh/mazu-ztunnel:1.2.3" {
+				t.Errorf("image = %q", c.Image)
+			}
+		}},
+		{"image as full reference", map[string]any{"image": "other.example/agent@sha256:0123"}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if c.Image != "other.example/agent@sha256:0123" {
+				t.Errorf("image = %q", c.Image)
+			}
+		}},
+		{"imagePullSecrets", map[string]any{"imagePullSecrets": []any{"registry-login"}}, func(t *testing.T, ds *appsv1.DaemonSet, _ corev1.Container) {
+			secrets := ds.Spec.Template.Spec.ImagePullSecrets
+			if len(secrets) != 1 || secrets[0].Name != "registry-login" {
+				t.Errorf("imagePullSecrets = %v", secrets)
+			}
+		}},
+		{"resources", map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": "1Gi"}}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if got := c.Resources.Limits.Memory().String(); got != "1Gi" {
+				t.Errorf("memory limit = %s", got)
+			}
+		}},
+		{"podAnnotations", map[string]any{"podAnnotations": map[string]any{"example.com/a": "b"}}, func(t *testing.T, ds *appsv1.DaemonSet, _ corev1.Container) {
+			if ds.Spec.Template.Annotations["example.com/a"] != "b" {
+				t.Errorf("pod annotations = %v", ds.Spec.Template.Annotations)
+			}
+		}},
+		{"nodeSelector", map[string]any{"nodeSelector": map[string]any{"mazu-mesh.io/dataplane": "mazu"}}, func(t *testing.T, ds *appsv1.DaemonSet, _ corev1.Container) {
+			sel := ds.Spec.Template.Spec.NodeSelector
+			if sel["mazu-mesh.io/dataplane"] != "mazu" || sel["kubernetes.io/os"] != "linux" {
+				t.Errorf("node selector = %v", sel)
+			}
+		}},
+		{"tolerations", map[string]any{"tolerations": []any{map[string]any{"key": "dedicated", "operator": "Exists"}}}, func(t *testing.T, ds *appsv1.DaemonSet, _ corev1.Container) {
+			tol := ds.Spec.Template.Spec.Tolerations
+			if len(tol) != 1 || tol[0].Key != "dedicated" {
+				t.Errorf("tolerations = %v", tol)
+			}
+		}},
+		{"priorityClassName", map[string]any{"priorityClassName": "mesh-critical"}, func(t *testing.T, ds *appsv1.DaemonSet, _ corev1.Container) {
+			if ds.Spec.Template.Spec.PriorityClassName != "mesh-critical" {
+				t.Errorf("priorityClassName = %q", ds.Spec.Template.Spec.PriorityClassName)
+			}
+		}},
+		{"logLevel", map[string]any{"logLevel": "debug"}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "LOG_LEVEL"); v != "debug" {
+				t.Errorf("LOG_LEVEL = %q", v)
+			}
+		}},
+		{"env", map[string]any{"env": map[string]any{"EXTRA_SETTING": "on"}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "EXTRA_SETTING"); v != "on" {
+				t.Errorf("EXTRA_SETTING = %q", v)
+			}
+		}},
+		{"terminationGracePeriodSeconds", map[string]any{"terminationGracePeriodSeconds": 45}, func(t *testing.T, ds *appsv1.DaemonSet, c corev1.Container) {
+			if p := ds.Spec.Template.Spec.TerminationGracePeriodSeconds; p == nil || *p != 45 {
+				t.Errorf("terminationGracePeriodSeconds = %v", p)
+			}
+			if v, _ := envValue(c, "TERMINATION_GRACE_PERIOD_SECONDS"); v != "45" {
+				t.Errorf("TERMINATION_GRACE_PERIOD_SECONDS = %q", v)
+			}
+		}},
+		{"revision", map[string]any{"revision": "canary"}, func(t *testing.T, ds *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "CA_ADDRESS"); v != "istiod-canary.istio-system.svc:15012" {
+				t.Errorf("CA_ADDRESS = %q", v)
+			}
+			if ds.Spec.Template.Annotations["istio.io/rev"] != "canary" {
+				t.Errorf("pod annotations = %v", ds.Spec.Template.Annotations)
+			}
+		}},
+		{"istioNamespace", map[string]any{"istioNamespace": "mesh-control"}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "XDS_ADDRESS"); v != "istiod.mesh-control.svc:15012" {
+				t.Errorf("XDS_ADDRESS = %q", v)
+			}
+		}},
+		{"multiCluster.clusterName", map[string]any{"multiCluster": map[string]any{"clusterName": "east"}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "ISTIO_META_CLUSTER_ID"); v != "east" {
+				t.Errorf("ISTIO_META_CLUSTER_ID = %q", v)
+			}
+			if v, _ := envValue(c, "MAZU_CURATOR_ORIGIN"); v != "mazu-curator.istio-system.svc/east" {
+				t.Errorf("MAZU_CURATOR_ORIGIN = %q", v)
+			}
+		}},
+		{"meshConfig.defaultConfig.proxyMetadata", map[string]any{"meshConfig": map[string]any{"defaultConfig": map[string]any{"proxyMetadata": map[string]any{"ISTIO_META_ENABLE_HBONE": "true"}}}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "ISTIO_META_ENABLE_HBONE"); v != "true" {
+				t.Errorf("ISTIO_META_ENABLE_HBONE = %q", v)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := agentDaemonSet(t, render(t, tc.values))
+			tc.check(t, ds, agentContainer(t, ds))
+		})
+	}
+}
+
+// TestInvalidValuesRejected checks that values the chart cannot honour stop
+// the render with a message that names the value.
+func TestInvalidValuesRejected(t *testing.T) {
+	cases := []struct {
+		name    string
+		values  map[string]any
+		message string
+	}{
+		{"even raft membership", map[string]any{"curator": map[string]any{"replicas": 2}}, "curator.replicas=2 is invalid"},
+		{"no curator members", map[string]any{"curator": map[string]any{"replicas": 0}}, "curator.replicas=0 is invalid"},
+		{"two witnesses", map[string]any{"witness": map[string]any{"replicas": 2}}, "witness.replicas=2 is too few"},
+		{"unchained CNI", map[string]any{"cni": map[string]any{"chained": false}}, "cni.chained=false is not supported"},
+		{"unknown anti-affinity", map[string]any{"curator": map[string]any{"antiAffinity": "maybe"}}, `curator.antiAffinity="maybe" is invalid`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ambient.Render(ambient.RenderOptions{Values: tc.values})
+			if err == nil {
+				t.Fatalf("render succeeded, want an error containing %q", tc.message)
+			}
+			if !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("render error = %q, want it to contain %q", err, tc.message)
+			}
+		})
+	}
+}
+
+// TestLeastPrivilege checks every pod the chart renders: every container
+// drops all capabilities, only the agent adds any, exactly NET_ADMIN and
+// SYS_ADMIN, and no pod is privileged or shares the host's network or PID
+// namespace.
+func TestLeastPrivilege(t *testing.T) {
+	for _, tc := range goldenCases {
+		t.Run(tc.name, func(t *testing.T) {
+			manifest, err := ambient.Render(tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			objects, err := ambient.Objects(manifest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pods := 0
+			for _, obj := range objects {
+				spec, ok := podSpec(t, obj)
+				if !ok {
+					continue
+				}
+				pods++
+				if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+					t.Errorf("%s %s shares a host namespace", obj.GetKind(), obj.GetName())
+				}
+				for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+					checkContainerPrivilege(t, obj, c)
+				}
+			}
+			if pods == 0 {
+				t.Fatal("rendered no workload")
+			}
+		})
+	}
+}
+
+func podSpec(t *testing.T, obj *unstructured.Unstructured) (corev1.PodSpec, bool) {
+	t.Helper()
+	var template corev1.PodTemplateSpec
+	raw, found, err := unstructured.NestedMap(obj.Object, "spec", "template")
+	if err != nil || !found {
+		return corev1.PodSpec{}, false
+	}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &template); err != nil {
+		t.Fatalf("decode pod template of %s %s: %v", obj.GetKind(), obj.GetName(), err)
+	}
+	return template.Spec, true
+}
+
+func checkContainerPrivilege(t *testing.T, obj *unstructured.Unstructured, c corev1.Container) {
+	t.Helper()
+	where := obj.GetKind() + " " + obj.GetName() + " container " + c.Name
+	sc := c.SecurityContext
+	if sc == nil || sc.Capabilities == nil {
+		t.Errorf("%s has no capabilities section; it must drop ALL", where)
+		return
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		t.Errorf("%s is privileged", where)
+	}
+	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("%s drops %v, want [ALL]", where, sc.Capabilities.Drop)
+	}
+	var want []corev1.Capability
+	if obj.GetKind() == "DaemonSet" && c.Name == "istio-proxy" {
+		want = []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}
+	}
+	if !slices.Equal(sc.Capabilities.Add, want) {
+		t.Errorf("%s adds %v, want %v", where, sc.Capabilities.Add, want)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("%s has a writable root filesystem", where)
+	}
+}
+
+// TestWitnessPlacement checks that witnesses land in their own namespace by
+// default, and that a witness-only release needs no cluster-wide object, so
+// a witness operator needs no cluster-wide rights.
+func TestWitnessPlacement(t *testing.T) {
+	for _, obj := range render(t, nil) {
+		if strings.HasPrefix(obj.GetName(), "mazu-witness") && obj.GetKind() != "ConfigMap" && obj.GetKind() != "Namespace" {
+			if obj.GetNamespace() != "mazu-witness" {
+				t.Errorf("%s %s is in namespace %q, want mazu-witness", obj.GetKind(), obj.GetName(), obj.GetNamespace())
+			}
+		}
+	}
+
+	witnessOnly := goldenCases[1]
+	manifest, err := ambient.Render(witnessOnly.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects, err := ambient.Objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range objects {
+		if obj.GetNamespace() != witnessOnly.opts.Namespace {
+			t.Errorf("witness-only release renders %s %s outside its namespace %s", obj.GetKind(), obj.GetName(), witnessOnly.opts.Namespace)
+		}
+	}
+	sts := find(t, objects, "StatefulSet", "mazu-witness")
+	if replicas, _, _ := unstructured.NestedInt64(sts.Object, "spec", "replicas"); replicas != 3 {
+		t.Errorf("witness replicas = %d, want 3", replicas)
+	}
+}
+
+// TestValuesDocumented checks that every key in values.yaml has a comment
+// on the line above it, except keys inside a block of Kubernetes fields
+// (resources, annotations, tolerations, update strategy), which the
+// comment on the block covers.
+func TestValuesDocumented(t *testing.T) {
+	f, err := os.Open(filepath.Join(ambient.ChartDir(), "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	keyLine := regexp.MustCompile(`^(\s*)([A-Za-z_][A-Za-z0-9_.-]*):`)
+	opaque := map[string]bool{"resources": true, "podAnnotations": true, "tolerations": true, "updateStrategy": true}
+	type parent struct {
+		indent int
+		key    string
+	}
+	var parents []parent
+	previous := ""
+	scanner := bufio.NewScanner(f)
+	for line := 1; scanner.Scan(); line++ {
+		text := scanner.Text()
+		m := keyLine.FindStringSubmatch(text)
+		if m != nil {
+			indent := len(m[1])
+			for len(parents) > 0 && parents[len(parents)-1].indent >= indent {
+				parents = parents[:len(parents)-1]
+			}
+			covered := slices.ContainsFunc(parents, func(p parent) bool { return opaque[p.key] })
+			if !covered && !strings.HasPrefix(strings.TrimSpace(previous), "#") {
+				t.Errorf("values.yaml line %d: key %q has no comment above it", line, m[2])
+			}
+			parents = append(parents, parent{indent, m[2]})
+		}
+		if strings.TrimSpace(text) != "" {
+			previous = text
+		}
+	}
+	if err := scanner.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHelmLint runs Helm's own chart linter, as `helm lint --strict` does,
+// and fails on any warning or error. Informational messages (such as a
+// missing icon) are logged only.
+func TestHelmLint(t *testing.T) {
+	kubeVersion, err := common.ParseKubeVersion(ambient.DefaultKubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := lint.RunAll(ambient.ChartDir(), nil, ambient.DefaultNamespace, lint.WithKubeVersion(kubeVersion))
+	for _, msg := range result.Messages {
+		if msg.Severity >= support.WarningSev {
+			t.Errorf("helm lint: %v", msg)
+		} else {
+			t.Logf("helm lint: %v", msg)
+		}
+	}
+}
+
+// TestNoClashWithIstio checks that the chart can share the Istio namespace
+// with Istio's ztunnel and istio-cni while nodes move over: no object takes
+// one of their names, and the agent's pod selector does not match their pods.
+func TestNoClashWithIstio(t *testing.T) {
+	istioNames := map[string]bool{"ztunnel": true, "istio-cni-node": true, "istio-cni": true, "istio-cni-config": true}
+	for _, obj := range render(t, nil) {
+		if istioNames[obj.GetName()] {
+			t.Errorf("%s %s takes a name of Istio's data plane", obj.GetKind(), obj.GetName())
+		}
+	}
+	ds := agentDaemonSet(t, render(t, nil))
+	for _, app := range []string{"ztunnel", "istio-cni-node"} {
+		if ds.Spec.Selector.MatchLabels["app"] == app {
+			t.Errorf("agent DaemonSet selects app=%s, the label of Istio's pods", app)
+		}
+	}
+	if ds.Spec.Template.Labels["istio.io/dataplane-mode"] != "none" {
+		t.Errorf("agent pods lack istio.io/dataplane-mode=none, so an ambient namespace would capture them")
+	}
+}
+
+// TestNodeCheckOptional checks that agent.tokenRequest.checkNode=false drops
+// only the parameterized node policy and keeps the request-shape policy.
+func TestNodeCheckOptional(t *testing.T) {
+	policies := func(objects []*unstructured.Unstructured) []string {
+		var names []string
+		for _, obj := range objects {
+			if obj.GetKind() == "ValidatingAdmissionPolicy" {
+				names = append(names, obj.GetName())
+			}
+		}
+		return names
+	}
+	with := policies(render(t, nil))
+	if want := []string{"mazu-ztunnel-istio-system-token-shape", "mazu-ztunnel-istio-system-token-node"}; !slices.Equal(with, want) {
+		t.Errorf("default policies = %v, want %v", with, want)
+	}
+	without := policies(render(t, map[string]any{"agent": map[string]any{"tokenRequest": map[string]any{"checkNode": false}}}))
+	if want := []string{"mazu-ztunnel-istio-system-token-shape"}; !slices.Equal(without, want) {
+		t.Errorf("policies with checkNode=false = %v, want %v", without, want)
+	}
+}
