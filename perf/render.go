@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -82,7 +81,18 @@ func (res *Results) RenderMarkdown() string {
 	if len(res.Blocks) > 0 {
 		w("| load average (1 min) | %.2f–%.2f over all blocks (before and after each block in the JSON) |\n", lo, hi)
 	}
-	w("| noise gate | a round is dropped when a block starts or ends above load %.1f; dropped rounds: %s |\n", c.MaxLoad, listInts(res.DroppedRounds))
+	var droppedList []string
+	for _, bl := range res.Blocks {
+		if bl.Dropped {
+			droppedList = append(droppedList, fmt.Sprintf("round %d %s", bl.Round, bl.Variant))
+		}
+	}
+	if c.MaxLoad > 0 {
+		w("| noise gate | a block is dropped when it starts or ends with a 1-minute load average above %.1f; ratios then skip that round for that variant |\n", c.MaxLoad)
+	} else {
+		w("| noise gate | off |\n")
+	}
+	w("| dropped blocks | %d of %d%s |\n", len(droppedList), len(res.Blocks), listText(droppedList))
 	var errBlocks int
 	for _, bl := range res.Blocks {
 		if len(bl.Errors) > 0 {
@@ -94,11 +104,11 @@ func (res *Results) RenderMarkdown() string {
 		w("\nNote: %s\n", n)
 	}
 
-	w("\n### Load average by round\n\n| round | 1-min load before/after blocks (min–max) | steal ticks | blocks with errors | kept |\n|---|---|---|---|---|\n")
+	w("\n### Load average by round\n\n| round | 1-min load before/after blocks (min–max) | steal ticks | blocks with errors | dropped blocks |\n|---|---|---|---|---|\n")
 	for r := range c.Rounds {
 		lo, hi := math.Inf(1), math.Inf(-1)
 		var steal int64
-		var errs int
+		var errs, drops int
 		seen := false
 		for _, bl := range res.Blocks {
 			if bl.Round != r {
@@ -111,15 +121,14 @@ func (res *Results) RenderMarkdown() string {
 			if len(bl.Errors) > 0 {
 				errs++
 			}
+			if bl.Dropped {
+				drops++
+			}
 		}
 		if !seen {
 			continue
 		}
-		kept := "yes"
-		if slices.Contains(res.DroppedRounds, r) {
-			kept = "**dropped**"
-		}
-		w("| %d | %.2f–%.2f | %d | %d | %s |\n", r, lo, hi, steal, errs, kept)
+		w("| %d | %.2f–%.2f | %d | %d | %d |\n", r, lo, hi, steal, errs, drops)
 	}
 
 	w("\n## Topology and variants\n\n")
@@ -257,15 +266,11 @@ func (res *Results) ratioCell(num, den, metric string, isDelta bool) string {
 	return fmtNum(r.Summary.Median)
 }
 
-func listInts(xs []int) string {
+func listText(xs []string) string {
 	if len(xs) == 0 {
-		return "none"
+		return ""
 	}
-	s := make([]string, len(xs))
-	for i, x := range xs {
-		s[i] = fmt.Sprint(x)
-	}
-	return strings.Join(s, ", ")
+	return " (" + strings.Join(xs, ", ") + ")"
 }
 
 // WritePlots writes latency-p50/p90/p99.png (jitter-free HTTP latency by

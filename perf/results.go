@@ -95,18 +95,19 @@ type CuratorPoint struct {
 
 // Results is the suite's output.
 type Results struct {
-	Machine       Machine         `json:"machine"`
-	Config        Config          `json:"config"`
-	Started       time.Time       `json:"started"`
-	Finished      time.Time       `json:"finished"`
-	Blocks        []Block         `json:"blocks"`
-	DroppedRounds []int           `json:"dropped_rounds"`
-	Variants      []VariantResult `json:"variants"`
-	Ratios        []Ratio         `json:"ratios"`
-	Goals         []Goal          `json:"goals"`
-	Micro         []MicroResult   `json:"micro,omitempty"`
-	Curator       CuratorResult   `json:"curator"`
-	Notes         []string        `json:"notes,omitempty"`
+	Machine  Machine   `json:"machine"`
+	Config   Config    `json:"config"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	// Blocks lists every block; the dropped ones are left out of every
+	// summary, ratio and benchmark line.
+	Blocks   []Block         `json:"blocks"`
+	Variants []VariantResult `json:"variants"`
+	Ratios   []Ratio         `json:"ratios"`
+	Goals    []Goal          `json:"goals"`
+	Micro    []MicroResult   `json:"micro,omitempty"`
+	Curator  CuratorResult   `json:"curator"`
+	Notes    []string        `json:"notes,omitempty"`
 }
 
 const curatorReason = "the curator is not on main yet, so there is nothing to register services with"
@@ -114,23 +115,19 @@ const curatorReason = "the curator is not on main yet, so there is nothing to re
 // finish turns raw per-round samples into summaries, ratios and goals.
 func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {
 	rounds := res.Config.Rounds
-	bad := map[int]bool{}
-	for _, b := range res.Blocks {
-		if res.Config.MaxLoad > 0 && (b.LoadBefore[0] > res.Config.MaxLoad || b.LoadAfter[0] > res.Config.MaxLoad) {
-			bad[b.Round] = true
-		}
-	}
-	if len(bad) == rounds {
-		res.Notes = append(res.Notes, fmt.Sprintf("every round had a block with a 1-minute load average above %.1f; no round was dropped, so treat every figure as noisy", res.Config.MaxLoad))
-		bad = map[int]bool{}
-	}
-	for r := range rounds {
-		if bad[r] {
-			res.DroppedRounds = append(res.DroppedRounds, r)
-		}
-	}
+	dropped := 0
 	for i := range res.Blocks {
-		res.Blocks[i].Dropped = bad[res.Blocks[i].Round]
+		b := &res.Blocks[i]
+		b.Dropped = res.Config.MaxLoad > 0 && (b.LoadBefore[0] > res.Config.MaxLoad || b.LoadAfter[0] > res.Config.MaxLoad)
+		if b.Dropped {
+			dropped++
+		}
+	}
+	if dropped > 0 && dropped == len(res.Blocks) {
+		res.Notes = append(res.Notes, fmt.Sprintf("every block started or ended with a 1-minute load average above %.1f; none was dropped, so treat every figure as noisy", res.Config.MaxLoad))
+		for i := range res.Blocks {
+			res.Blocks[i].Dropped = false
+		}
 	}
 	for _, v := range vs {
 		vr := VariantResult{ID: v.ID, Topo: v.Topo, Kind: v.Kind, Mode: v.Mode, Status: "run"}
@@ -160,10 +157,7 @@ func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]
 // the dropped rounds and the configuration. It is pure, so results can be
 // re-derived from a stored JSON file.
 func (res *Results) Derive() {
-	dropped := map[int]bool{}
-	for _, r := range res.DroppedRounds {
-		dropped[r] = true
-	}
+	dropped := res.droppedBlocks()
 	for i := range res.Variants {
 		v := &res.Variants[i]
 		if v.Status != "run" {
@@ -173,7 +167,7 @@ func (res *Results) Derive() {
 		for m, vals := range v.Rounds {
 			var xs []float64
 			for r, p := range vals {
-				if p != nil && !dropped[r] {
+				if p != nil && !dropped[blockKey{v.ID, r}] {
 					xs = append(xs, *p)
 				}
 			}
@@ -198,7 +192,24 @@ func (res *Results) variant(id string) *VariantResult {
 	return nil
 }
 
-func (res *Results) pair(d Ratio, dropped map[int]bool) Ratio {
+type blockKey struct {
+	variant string
+	round   int
+}
+
+func (res *Results) droppedBlocks() map[blockKey]bool {
+	m := map[blockKey]bool{}
+	for _, b := range res.Blocks {
+		if b.Dropped {
+			m[blockKey{b.Variant, b.Round}] = true
+		}
+	}
+	return m
+}
+
+// pair computes d from the rounds in which both variants have a value and
+// neither block was dropped.
+func (res *Results) pair(d Ratio, dropped map[blockKey]bool) Ratio {
 	nv, dv := res.variant(d.Num), res.variant(d.Den)
 	switch {
 	case nv == nil || dv == nil:
@@ -214,7 +225,7 @@ func (res *Results) pair(d Ratio, dropped map[int]bool) Ratio {
 	a, b := nv.Rounds[d.Metric], dv.Rounds[d.Metric]
 	var xs []float64
 	for r := range min(len(a), len(b)) {
-		if a[r] == nil || b[r] == nil || dropped[r] {
+		if a[r] == nil || b[r] == nil || dropped[blockKey{d.Num, r}] || dropped[blockKey{d.Den, r}] {
 			continue
 		}
 		if d.Delta {
@@ -462,10 +473,7 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 //
 //	benchstat -col /variant -row /m perf/results/quick.bench.txt
 func (res *Results) BenchLines() string {
-	dropped := map[int]bool{}
-	for _, r := range res.DroppedRounds {
-		dropped[r] = true
-	}
+	dropped := res.droppedBlocks()
 	var b strings.Builder
 	for _, v := range res.Variants {
 		if v.Status != "run" {
@@ -473,7 +481,7 @@ func (res *Results) BenchLines() string {
 		}
 		for _, m := range sortedKeys(v.Rounds) {
 			for r, p := range v.Rounds[m] {
-				if p == nil || dropped[r] {
+				if p == nil || dropped[blockKey{v.ID, r}] {
 					continue
 				}
 				fmt.Fprintf(&b, "BenchmarkMesh/variant=%s/m=%s 1 %g value\n", v.ID, m, *p)

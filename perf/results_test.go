@@ -22,7 +22,7 @@ func TestDeriveRatiosSkipDroppedRounds(t *testing.T) {
 	if r == nil || r.Status != "run" {
 		t.Fatalf("hbone/null p90 ratio: got %+v", r)
 	}
-	// Rounds 0-4 give 1.1, 1.2, 1.3, 1.15, 1.25; round 5 (9.0) is dropped.
+	// Rounds 0-4 give 1.1, 1.2, 1.3, 1.15, 1.25; the hbone-x509 block of round 5 (9.0) is dropped.
 	if math.Abs(r.Summary.Median-1.2) > 1e-9 || r.Summary.N != 5 {
 		t.Fatalf("median %v over %d rounds, want 1.2 over 5", r.Summary.Median, r.Summary.N)
 	}
@@ -72,7 +72,7 @@ func TestRenderMarkdown(t *testing.T) {
 		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair | 1.20 × (HTTP 1 KB, c=16, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
 		"| HBONE throughput ≥ 0.9× plain TLS pair | 0.80 × (one stream)",
 		"**not met**",
-		"dropped rounds: 5",
+		"| dropped blocks | 1 of 2 (round 5 hbone-x509) |",
 		"| blocks with errors | 1 of 2 |",
 		"| CPU | Test CPU, nproc 2 |",
 		"| hbone-rbe-warm | cross-node | hbone-rbe | warm | not run: the curator is missing |",
@@ -97,7 +97,40 @@ func TestBenchLinesSkipDroppedRounds(t *testing.T) {
 	if strings.Contains(lines, " 900 value") || strings.Contains(lines, "hbone-rbe-warm") {
 		t.Errorf("benchmark lines include a dropped round or a variant that did not run:\n%s", lines)
 	}
-	if n := strings.Count(lines, "\n"); n != 5*7 {
-		t.Errorf("%d lines, want 35 (7 metric series × 5 kept rounds)", n)
+	if n := strings.Count(lines, "\n"); n != 3*5+4*6 {
+		t.Errorf("%d lines, want 39 (3 hbone-x509 series × 5 kept rounds, 4 other series × 6)", n)
+	}
+}
+
+func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
+	vs := []*variant{{ID: "null"}, {ID: "hbone-x509"}}
+	samples := map[string]map[string]map[int]float64{
+		"null":       {"rr_1b_p50_us": {0: 100, 1: 100}},
+		"hbone-x509": {"rr_1b_p50_us": {0: 110, 1: 500}},
+	}
+	res := &Results{Config: Config{Rounds: 2, MaxLoad: 4}, Blocks: []Block{
+		{Round: 0, Variant: "null", LoadBefore: [3]float64{1}, LoadAfter: [3]float64{2}},
+		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{3}},
+		{Round: 1, Variant: "null", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{3}},
+		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{6}},
+	}}
+	res.finish(vs, samples)
+	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[2].Dropped {
+		t.Fatalf("dropped flags %v %v %v %v, want only round 1 hbone-x509", res.Blocks[0].Dropped, res.Blocks[1].Dropped, res.Blocks[2].Dropped, res.Blocks[3].Dropped)
+	}
+	r := res.findRatio("hbone-x509", "null", "rr_1b_p50_us", false)
+	if r == nil || r.Summary == nil || r.Summary.N != 1 || r.Summary.Median != 1.1 {
+		t.Fatalf("ratio %+v, want 1.1 from round 0 only", r)
+	}
+	if s := res.variant("null").Metrics["rr_1b_p50_us"]; s.N != 2 {
+		t.Fatalf("null kept %d rounds, want 2 (its blocks were quiet)", s.N)
+	}
+
+	loud := &Results{Config: Config{Rounds: 1, MaxLoad: 4}, Blocks: []Block{
+		{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}},
+	}}
+	loud.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 100}}})
+	if loud.Blocks[0].Dropped || len(loud.Notes) != 1 {
+		t.Fatalf("all blocks loud: dropped=%v notes=%v, want none dropped and one note", loud.Blocks[0].Dropped, loud.Notes)
 	}
 }
