@@ -47,7 +47,7 @@ type LoadConfig struct {
 	PIDs []int `json:"pids,omitempty"`
 }
 
-// LoadResult is what the load process reports for one workload.
+// LoadResult is the load process's report for one workload.
 type LoadResult struct {
 	P50       float64     `json:"p50_us,omitempty"`
 	P90       float64     `json:"p90_us,omitempty"`
@@ -234,7 +234,7 @@ func loadRR(cfg *LoadConfig) (*LoadResult, error) {
 		o := &tcprunner.RunnerOptions{}
 		o.Destination = cfg.Target
 		o.Payload = payload
-		o.QPS = -1 // closed loop: the next request leaves when the answer arrived
+		o.QPS = -1 // closed loop: each request is sent when the previous reply arrived
 		o.NumThreads = 1
 		o.Exactly = n
 		o.Percentiles = []float64{50, 90, 99, 99.9}

@@ -59,7 +59,7 @@ func TestGoals(t *testing.T) {
 			t.Errorf("goal %q: got %q, want %q", g.Name, g.Status, want[g.Name])
 		}
 	}
-	// The p90 ratio's range reaches 1.3, so the verdict must say so.
+	// The p90 ratio's range reaches 1.3, so the verdict must mention it.
 	if !strings.Contains(res.Goals[1].Detail, "includes the limit") {
 		t.Errorf("p90 goal detail %q: want a warning that the range includes the limit", res.Goals[1].Detail)
 	}

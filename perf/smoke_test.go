@@ -74,67 +74,9 @@ func TestSmoke(t *testing.T) {
 		if v.ID != w.ID {
 			t.Fatalf("variant %d is %s, want %s", i, v.ID, w.ID)
 		}
-		if w.Reason != "" {
-			if v.Status != "not run" || v.Reason == "" {
-				t.Errorf("%s: status %q reason %q, want not run with a reason", v.ID, v.Status, v.Reason)
-			}
-			continue
-		}
-		if v.Status != "run" {
-			t.Errorf("%s: status %q, want run", v.ID, v.Status)
-			continue
-		}
-		get := func(m string) float64 {
-			s, ok := v.Metrics[m]
-			if !ok {
-				t.Errorf("%s: metric %s missing", v.ID, m)
-				return 0
-			}
-			return s.Median
-		}
-		if w.Warm {
-			k := httpKey(4, false)
-			p50, p90, p99 := get(k+"_p50_us"), get(k+"_p90_us"), get(k+"_p99_us")
-			if !(p50 > 0 && p50 <= p90 && p90 <= p99 && p99 < 1e6) {
-				t.Errorf("%s: HTTP p50/p90/p99 %v/%v/%v µs are not ordered or not below 1 s", v.ID, p50, p90, p99)
-			}
-			if q := get(k + "_qps"); q < 100 || q > 1100 {
-				t.Errorf("%s: %v requests/s, want about 1000", v.ID, q)
-			}
-			if e := get(k + "_errors"); e != 0 {
-				t.Errorf("%s: %v HTTP errors", v.ID, e)
-			}
-			for _, m := range []string{"rr_1b_p50_us", "rr_1k_p50_us"} {
-				if x := get(m); x <= 0 || x > 1e5 {
-					t.Errorf("%s: %s = %v µs", v.ID, m, x)
-				}
-			}
-			for _, m := range []string{"tput_1_gbps", "tput_4_gbps"} {
-				if x := get(m); x < 0.01 || x > 1000 {
-					t.Errorf("%s: %s = %v", v.ID, m, x)
-				}
-			}
-			if w.Kind != "direct" {
-				if x := get("cpu_vcpu_per_krps_max"); x <= 0 || x > 4 {
-					t.Errorf("%s: %v vCPU per 1000 rps", v.ID, x)
-				}
-				if x := get("rss_mb_out"); x < 1 || x > 1000 {
-					t.Errorf("%s: outbound RSS %v MB", v.ID, x)
-				}
-			}
-		}
-		if w.CRR {
-			if x := get("crr_conn_per_s"); x <= 0 {
-				t.Errorf("%s: %v connections/s", v.ID, x)
-			}
-			if x := get("httpnc_errors"); x != 0 {
-				t.Errorf("%s: %v HTTP errors with a new connection per request", v.ID, x)
-			}
-			if x := get("crr_errors"); x != 0 {
-				t.Errorf("%s: %v failed connections", v.ID, x)
-			}
-		}
+		checkSmokeVariant(t, w, v)
 	}
+
 	for _, name := range []string{"HBONE 1 KB p90 ≤ 1.3× null proxy pair", "HBONE throughput ≥ 0.9× plain TLS pair", "≤ 0.06 vCPU per 1000 rps per proxy"} {
 		found := false
 		for _, g := range back.Goals {
@@ -151,5 +93,72 @@ func TestSmoke(t *testing.T) {
 	}
 	if b, err := os.ReadFile(md); err != nil || !strings.Contains(string(b), "## Goals") {
 		t.Errorf("RESULTS.md not written: %v", err)
+	}
+}
+
+// checkSmokeVariant checks that v, the result for w, is reported as not run
+// with a reason, or has every metric of its workloads within sane bounds.
+func checkSmokeVariant(t *testing.T, w *variant, v VariantResult) {
+	t.Helper()
+	if w.Reason != "" {
+		if v.Status != "not run" || v.Reason == "" {
+			t.Errorf("%s: status %q reason %q, want not run with a reason", v.ID, v.Status, v.Reason)
+		}
+		return
+	}
+	if v.Status != "run" {
+		t.Errorf("%s: status %q, want run", v.ID, v.Status)
+		return
+	}
+
+	get := func(m string) float64 {
+		s, ok := v.Metrics[m]
+		if !ok {
+			t.Errorf("%s: metric %s missing", v.ID, m)
+			return 0
+		}
+		return s.Median
+	}
+	if w.Warm {
+		k := httpKey(4, false)
+		p50, p90, p99 := get(k+"_p50_us"), get(k+"_p90_us"), get(k+"_p99_us")
+		if !(p50 > 0 && p50 <= p90 && p90 <= p99 && p99 < 1e6) {
+			t.Errorf("%s: HTTP p50/p90/p99 %v/%v/%v µs are not ordered or not below 1 s", v.ID, p50, p90, p99)
+		}
+		if q := get(k + "_qps"); q < 100 || q > 1100 {
+			t.Errorf("%s: %v requests/s, want about 1000", v.ID, q)
+		}
+		if e := get(k + "_errors"); e != 0 {
+			t.Errorf("%s: %v HTTP errors", v.ID, e)
+		}
+		for _, m := range []string{"rr_1b_p50_us", "rr_1k_p50_us"} {
+			if x := get(m); x <= 0 || x > 1e5 {
+				t.Errorf("%s: %s = %v µs", v.ID, m, x)
+			}
+		}
+		for _, m := range []string{"tput_1_gbps", "tput_4_gbps"} {
+			if x := get(m); x < 0.01 || x > 1000 {
+				t.Errorf("%s: %s = %v", v.ID, m, x)
+			}
+		}
+		if w.Kind != "direct" {
+			if x := get("cpu_vcpu_per_krps_max"); x <= 0 || x > 4 {
+				t.Errorf("%s: %v vCPU per 1000 rps", v.ID, x)
+			}
+			if x := get("rss_mb_out"); x < 1 || x > 1000 {
+				t.Errorf("%s: outbound RSS %v MB", v.ID, x)
+			}
+		}
+	}
+	if w.CRR {
+		if x := get("crr_conn_per_s"); x <= 0 {
+			t.Errorf("%s: %v connections/s", v.ID, x)
+		}
+		if x := get("httpnc_errors"); x != 0 {
+			t.Errorf("%s: %v HTTP errors with a new connection per request", v.ID, x)
+		}
+		if x := get("crr_errors"); x != 0 {
+			t.Errorf("%s: %v failed connections", v.ID, x)
+		}
 	}
 }
