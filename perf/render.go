@@ -174,6 +174,23 @@ func (res *Results) RenderMarkdown() string {
 		w("\n")
 	}
 
+	minQPS, errSum := math.Inf(1), 0.0
+	for _, v := range res.Variants {
+		for m, s := range v.Metrics {
+			if strings.HasPrefix(m, "http_") && strings.HasSuffix(m, "_qps") {
+				minQPS = math.Min(minQPS, s.Median)
+			}
+			if strings.HasSuffix(m, "_errors") {
+				for _, x := range s.Samples {
+					errSum += x
+				}
+			}
+		}
+	}
+	if !math.IsInf(minQPS, 1) {
+		w("\nLowest achieved rate at any point: %.0f rps (median over rounds). Failed requests and connections over all kept blocks: %.0f.\n", minQPS, errSum)
+	}
+
 	w("\n## Ratios and deltas (paired within rounds)\n\n| comparison | median | interval | status |\n|---|---|---|---|\n")
 	for _, r := range res.Ratios {
 		unit := "×"
