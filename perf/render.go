@@ -254,7 +254,8 @@ func (res *Results) RenderMarkdown() string {
 			w("| %d | %s |\n", p.N, fmtNum(p.LatencyUS.Median))
 		}
 		if f := res.Curator.Fit; f != nil {
-			w("\nPower-law fit exponent %.3f (R² %.2f); logarithmic fit a=%s, b=%s (R² %.2f).\n", f.Exponent, f.PowerR2, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2)
+			w("\nPower-law fit exponent %.3f (R² %.2f); logarithmic fit a=%s, b=%s (R² %.2f). ", f.Exponent, f.PowerR2, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2)
+			w("Slope dy/d(ln n) from a quadratic in ln n: %s at the smallest size, %s at the largest. Growth counts as no worse than logarithmic when the end slope is at most 1.25× the start slope.\n", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
 		}
 		w("\n![curator latency](results/curator.png)\n")
 	}

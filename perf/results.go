@@ -366,7 +366,8 @@ func (res *Results) goals() []Goal {
 		if f.NoWorseThanLog {
 			g.Status = "met"
 		}
-		g.Value = fmt.Sprintf("grew %.2f× from the smallest to the largest registry (ln ratio %.2f), exponent %.3f", f.Growth, f.LogLimit, f.Exponent)
+		g.Value = fmt.Sprintf("slope per e-fold of registrations %s µs at the smallest size and %s µs at the largest; power-law exponent %.3f, %.2f× growth over the range",
+			fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd), f.Exponent, f.Growth)
 	} else {
 		g.Status, g.Value, g.Detail = "not run", "–", res.Curator.Reason
 	}
@@ -489,4 +490,52 @@ func (res *Results) BenchLines() string {
 		}
 	}
 	return b.String()
+}
+
+var curatorBenchName = regexp.MustCompile(`^BenchmarkAgentUpdates/indexed/N=(\d+)$`)
+
+// ParseCuratorBench reads the curator's `go test -bench AgentUpdates`
+// output and fits the growth of the update-query p50 with the registry
+// size. Each "indexed/N=<n>" benchmark reports the p50 in "p50-µs".
+func ParseCuratorBench(path string) (CuratorResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return CuratorResult{}, fmt.Errorf("read curator benchmark output: %w", err)
+	}
+	defer f.Close()
+	return parseCuratorBench(bufio.NewScanner(f))
+}
+
+func parseCuratorBench(sc *bufio.Scanner) (CuratorResult, error) {
+	micro, err := parseBench(sc)
+	if err != nil {
+		return CuratorResult{}, err
+	}
+	var res CuratorResult
+	for _, m := range micro {
+		g := curatorBenchName.FindStringSubmatch(m.Name)
+		if g == nil || m.Unit != "p50-µs" {
+			continue
+		}
+		n, err := strconv.Atoi(g[1])
+		if err != nil {
+			return CuratorResult{}, fmt.Errorf("curator benchmark %s: invalid size: %w", m.Name, err)
+		}
+		res.Points = append(res.Points, CuratorPoint{N: n, LatencyUS: m.Summary})
+	}
+	if len(res.Points) == 0 {
+		return CuratorResult{}, fmt.Errorf("curator benchmark output has no AgentUpdates/indexed/N=<n> line with p50-µs")
+	}
+	slices.SortFunc(res.Points, func(a, b CuratorPoint) int { return a.N - b.N })
+	ns := make([]float64, len(res.Points))
+	ys := make([]float64, len(res.Points))
+	for i, p := range res.Points {
+		ns[i], ys[i] = float64(p.N), p.LatencyUS.Median
+	}
+	fit, err := FitGrowth(ns, ys)
+	if err != nil {
+		return CuratorResult{}, fmt.Errorf("curator growth: %w", err)
+	}
+	res.Status, res.Fit = "run", &fit
+	return res, nil
 }

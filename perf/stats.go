@@ -98,7 +98,8 @@ func PairedRatio(num, den []float64) []float64 {
 }
 
 // GrowthFit describes how a cost grows with n: a power law y = c·n^k fitted
-// in log-log space, and a logarithmic model y = a + b·ln n.
+// in log-log space, a logarithmic model y = a + b·ln n, and the slope dy/d(ln n)
+// at both ends of the range from a quadratic in ln n.
 type GrowthFit struct {
 	Exponent float64 `json:"exponent"`  // k
 	PowerR2  float64 `json:"power_r2"`  // R² of the log-log fit
@@ -107,8 +108,13 @@ type GrowthFit struct {
 	LogR2    float64 `json:"log_r2"`    // R² of y against ln n
 	Growth   float64 `json:"growth"`    // fitted y(n_max)/y(n_min), power law
 	LogLimit float64 `json:"log_limit"` // ln(n_max)/ln(n_min)
-	// NoWorseThanLog is Growth ≤ 1.2·LogLimit: over the measured range the
-	// cost grows at most as fast as ln n, with 20% allowance for noise.
+	// SlopeStart and SlopeEnd are dy/d(ln n) at n_min and n_max. A
+	// logarithmic cost has equal slopes, a polynomial one a rising slope.
+	SlopeStart float64 `json:"slope_start"`
+	SlopeEnd   float64 `json:"slope_end"`
+	// NoWorseThanLog holds when SlopeEnd ≤ 1.25·SlopeStart (25% allowance
+	// for noise), or when the end slope over the whole range adds less than
+	// 10% of the mean cost (no growth to speak of).
 	NoWorseThanLog bool `json:"no_worse_than_log"`
 }
 
@@ -140,8 +146,57 @@ func FitGrowth(ns, ys []float64) (GrowthFit, error) {
 	nmin, nmax := slices.Min(ns), slices.Max(ns)
 	g := GrowthFit{Exponent: k, PowerR2: r2p, LogA: a, LogB: b, LogR2: r2l,
 		Growth: math.Pow(nmax/nmin, k), LogLimit: math.Log(nmax) / math.Log(nmin)}
-	g.NoWorseThanLog = g.Growth <= 1.2*g.LogLimit
+	q, err := quadraticFit(lx, ys)
+	if err != nil {
+		return GrowthFit{}, err
+	}
+	l0, l1 := math.Log(nmin), math.Log(nmax)
+	g.SlopeStart, g.SlopeEnd = q[1]+2*q[2]*l0, q[1]+2*q[2]*l1
+	mean := 0.0
+	for _, y := range ys {
+		mean += y / float64(len(ys))
+	}
+	negligible := g.SlopeEnd*(l1-l0) < 0.1*mean
+	g.NoWorseThanLog = negligible || g.SlopeEnd <= 1.25*g.SlopeStart
 	return g, nil
+}
+
+// quadraticFit is least squares y = c0 + c1·x + c2·x², solved from the
+// normal equations by Cramer's rule (three unknowns do not need a matrix
+// library).
+func quadraticFit(x, y []float64) ([3]float64, error) {
+	var s [5]float64 // Σ x^k for k = 0..4
+	var t [3]float64 // Σ y·x^k for k = 0..2
+	for i := range x {
+		p := 1.0
+		for k := range 5 {
+			s[k] += p
+			if k < 3 {
+				t[k] += y[i] * p
+			}
+			p *= x[i]
+		}
+	}
+	m := [3][3]float64{{s[0], s[1], s[2]}, {s[1], s[2], s[3]}, {s[2], s[3], s[4]}}
+	det := det3(m)
+	if math.Abs(det) < 1e-12*math.Max(1, math.Abs(s[4])) {
+		return [3]float64{}, errors.New("quadratic fit: need at least three distinct sizes")
+	}
+	var c [3]float64
+	for j := range 3 {
+		mj := m
+		for i := range 3 {
+			mj[i][j] = t[i]
+		}
+		c[j] = det3(mj) / det
+	}
+	return c, nil
+}
+
+func det3(m [3][3]float64) float64 {
+	return m[0][0]*(m[1][1]*m[2][2]-m[1][2]*m[2][1]) -
+		m[0][1]*(m[1][0]*m[2][2]-m[1][2]*m[2][0]) +
+		m[0][2]*(m[1][0]*m[2][1]-m[1][1]*m[2][0])
 }
 
 // linearFit is ordinary least squares y = a + b·x with R².

@@ -120,3 +120,43 @@ PASS
 		t.Fatal("no benchmark lines: want an error")
 	}
 }
+
+func TestParseCuratorBench(t *testing.T) {
+	in := `BenchmarkAgentUpdates/indexed/N=1000-2    300   400000 ns/op   331 p50-µs   2200 p99-µs   24628 response-bytes
+BenchmarkAgentUpdates/indexed/N=10000-2   300   600000 ns/op   519 p50-µs   5500 p99-µs   30251 response-bytes
+BenchmarkAgentUpdates/indexed/N=100000-2  300   800000 ns/op   664 p50-µs   8800 p99-µs   34944 response-bytes
+BenchmarkAgentUpdates/scan/N=100000-2     300   900000 ns/op   115000 p50-µs
+`
+	res, err := parseCuratorBench(bufio.NewScanner(strings.NewReader(in)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != "run" || len(res.Points) != 3 || res.Points[2].N != 100000 || res.Points[2].LatencyUS.Median != 664 {
+		t.Fatalf("got %+v, want 3 indexed points ending at N=100000 with 664 µs", res)
+	}
+	if res.Fit == nil || !res.Fit.NoWorseThanLog {
+		t.Fatalf("fit %+v: 331 → 664 µs over 10^3 → 10^5 is within ln growth", res.Fit)
+	}
+	scanOnly := "BenchmarkAgentUpdates/scan/N=1000-2 300 1 ns/op 610 p50-µs\n"
+	if _, err := parseCuratorBench(bufio.NewScanner(strings.NewReader(scanOnly))); err == nil {
+		t.Fatal("no indexed lines: want an error")
+	}
+}
+
+func TestFitGrowthPowerLawNotLog(t *testing.T) {
+	ns := []float64{10, 100, 1000, 10000, 100000}
+	ys := make([]float64, len(ns))
+	for i, n := range ns {
+		ys[i] = 20 * math.Sqrt(n)
+	}
+	f, err := FitGrowth(ns, ys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.NoWorseThanLog {
+		t.Errorf("√n data: got %+v, want worse than log", f)
+	}
+	if math.Abs(f.Exponent-0.5) > 1e-9 {
+		t.Errorf("√n data: exponent %v, want 0.5", f.Exponent)
+	}
+}

@@ -125,7 +125,10 @@ type Runner struct {
 	// MicroFile holds `go test -bench` output of the crypto
 	// micro-benchmarks; empty skips them.
 	MicroFile string
-	Log       *slog.Logger
+	// CuratorFile holds the curator's `go test -bench AgentUpdates` output;
+	// when it is empty or missing the curator rows are reported as not run.
+	CuratorFile string
+	Log         *slog.Logger
 }
 
 type sample struct {
@@ -332,6 +335,15 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 		}
 	}
 	res.Finished = time.Now().UTC()
+	if r.CuratorFile != "" {
+		if _, err := os.Stat(r.CuratorFile); err == nil {
+			cur, err := ParseCuratorBench(r.CuratorFile)
+			if err != nil {
+				cur = CuratorResult{Status: "not run", Reason: err.Error()}
+			}
+			res.Curator = cur
+		}
+	}
 	res.finish(vs, samples)
 	if r.MicroFile != "" {
 		micro, err := ParseBench(r.MicroFile)

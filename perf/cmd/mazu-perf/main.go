@@ -4,7 +4,7 @@
 // and load-generator processes, which the suite starts inside the
 // namespaces.
 //
-//	mazu-perf run -mode quick -out perf/results -md perf/RESULTS.md [-micro bench.txt]
+//	mazu-perf run -mode quick -out perf/results -md perf/RESULTS.md [-micro bench.txt] [-curator bench.txt]
 //	mazu-perf render -in perf/results/quick.json -md perf/RESULTS.md
 package main
 
@@ -51,6 +51,7 @@ func run(log *slog.Logger, args []string) error {
 	out := fs.String("out", "perf/results", "folder for the JSON and the plots")
 	md := fs.String("md", "perf/RESULTS.md", "Markdown report to write; empty skips it")
 	micro := fs.String("micro", "", "go test -bench output of the crypto micro-benchmarks")
+	curator := fs.String("curator", "", "go test -bench AgentUpdates output of the curator; a missing file means not run")
 	_ = fs.Parse(args)
 	cfg, err := perf.Preset(*mode)
 	if err != nil {
@@ -61,7 +62,7 @@ func run(log *slog.Logger, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	r := &perf.Runner{Config: cfg, MicroFile: *micro, Log: log}
+	r := &perf.Runner{Config: cfg, MicroFile: *micro, CuratorFile: *curator, Log: log}
 	res, err := r.Run(ctx)
 	if err != nil {
 		return err
