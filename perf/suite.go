@@ -280,7 +280,7 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 		}
 		ch := make(chan out, 1)
 		go func() { l, err := c.out.ReadString('\n'); ch <- out{l, err} }()
-		budget := lc.Duration + lc.Warmup + lc.TputDurationOr0() + 2*time.Minute
+		budget := 2*lc.Duration + lc.Warmup + 2*time.Minute
 		select {
 		case o := <-ch:
 			if o.err != nil {
@@ -354,14 +354,6 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 		}
 	}
 	return res, nil
-}
-
-// TputDurationOr0 is the throughput duration for time budgets.
-func (lc LoadConfig) TputDurationOr0() time.Duration {
-	if lc.Workload == "tput" {
-		return lc.Duration
-	}
-	return 0
 }
 
 func httpKey(c int, jitter bool) string {
