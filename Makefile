@@ -41,11 +41,11 @@ fuzz:
 fuzz-long:
 	@.ci/fuzz.sh 2m
 
-## perf-quick: the performance suite in quick mode (root, a few minutes); writes perf/RESULTS.md
+## perf-quick: the performance suite in quick mode (root, about 10 minutes); writes perf/RESULTS.md
 perf-quick:
 	@$(MAKE) --no-print-directory perf-run PERF_MODE=quick PERF_BENCH_COUNT=6
 
-## perf: the full performance suite (root, about 45 minutes)
+## perf: the full performance suite (root, about 65 minutes)
 perf:
 	@$(MAKE) --no-print-directory perf-run PERF_MODE=full PERF_BENCH_COUNT=10
 
