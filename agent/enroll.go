@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -45,6 +46,10 @@ type podProxy struct {
 	plaintext *tunnel.Plaintext
 	outbound  *tunnel.Outbound
 	pool      *tunnel.Pool
+
+	// registered is closed once the identity is registered.
+	registered         chan struct{}
+	cancelRegistration context.CancelFunc
 
 	stopOnce sync.Once
 }
@@ -85,12 +90,9 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	p := &podProxy{
 		uid: pod.UID, namespace: pod.Namespace, name: pod.Name, ip: ip,
 		identity: PodIdentity(pod, a.cfg.TrustDomain), netnsPath: netnsPath,
-	}
-	if err := a.cfg.Identities.Register(ctx, pod, ip); err != nil {
-		return false, fmt.Errorf("enroll %s/%s: register identity: %w", pod.Namespace, pod.Name, err)
+		registered: make(chan struct{}),
 	}
 	if err := a.startProxies(p); err != nil {
-		a.cfg.Identities.Forget(pod.UID)
 		return false, fmt.Errorf("enroll %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	// The listeners exist before capture attaches, so captured traffic has
@@ -98,20 +100,79 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	err = a.cfg.Capture.Enroll(bpf.Pod{ID: string(pod.UID), NetnsPath: netnsPath, Cgroup: cgroup})
 	if err != nil {
 		p.stop(context.Background())
-		a.cfg.Identities.Forget(pod.UID)
 		return false, fmt.Errorf("enroll %s/%s: attach capture: %w", pod.Namespace, pod.Name, err)
 	}
+	regCtx, cancel := context.WithCancel(context.Background())
+	p.cancelRegistration = cancel
 	a.mu.Lock()
 	a.pods[pod.UID] = p
 	a.mu.Unlock()
 	if err := a.state.put(stateEntry{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Netns: netnsPath}); err != nil {
 		a.log.Error("enrollment state not saved; a restarted agent re-finds this pod from its cgroup", "pod", pod.Namespace+"/"+pod.Name, "error", err)
 	}
-	if err := a.annotate(ctx, pod, true); err != nil {
-		a.log.Warn("pod not annotated as enrolled; peers pass traffic to it through until it is", "pod", pod.Namespace+"/"+pod.Name, "error", err)
-	}
-	a.log.Info("pod enrolled", "pod", pod.Namespace+"/"+pod.Name, "uid", pod.UID, "ip", ip, "identity", p.identity.String())
+	a.log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "uid", pod.UID, "ip", ip, "identity", p.identity.String())
+	go a.register(regCtx, p)
 	return true, nil
+}
+
+// register completes enrollment: once the API server shows the pod's IP
+// (the kubelet writes it after CNI returns), the pod's identity is
+// registered with the curator, and the pod is annotated as enrolled so
+// that peers reach it through HBONE. Until then its HBONE handshakes fail
+// for want of a certificate. It retries until it succeeds or the pod is
+// unenrolled.
+func (a *Agent) register(ctx context.Context, p *podProxy) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := a.tryRegister(ctx, p)
+		if err == nil {
+			close(p.registered)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Info("registration pending", "pod", p.namespace+"/"+p.name, "reason", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (a *Agent) tryRegister(ctx context.Context, p *podProxy) error {
+	pod := a.view.Pod(p.namespace, p.name)
+	if pod == nil || pod.UID != p.uid {
+		return fmt.Errorf("pod not in the API server's view yet")
+	}
+	ip, err := podIP(pod)
+	if err != nil {
+		return err
+	}
+	if ip != p.ip {
+		return fmt.Errorf("pod status IP %s differs from the namespace's %s", ip, p.ip)
+	}
+	if err := a.cfg.Identities.Register(ctx, pod, ip); err != nil {
+		return err
+	}
+	if err := a.annotate(ctx, pod, true); err != nil {
+		return err
+	}
+	a.log.Info("pod enrolled", "pod", p.namespace+"/"+p.name, "uid", p.uid, "identity", p.identity.String())
+	return nil
+}
+
+// Registered returns a channel closed once the pod's identity is registered
+// and the pod annotated as enrolled, or nil when it is not enrolled.
+func (a *Agent) Registered(uid types.UID) <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p, ok := a.pods[uid]; ok {
+		return p.registered
+	}
+	return nil
 }
 
 // Unenroll detaches capture and stops the pod's proxies.
@@ -202,11 +263,13 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 		return err
 	}
 	p.outbound, err = tunnel.NewOutbound(tunnel.OutboundConfig{
-		Pool:            p.pool,
-		Resolve:         a.resolver(p),
-		DialPassthrough: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) { return a.markedDialIn(ns)(ctx, netip.Addr{}, dst) },
-		Metrics:         a.metrics,
-		Logger:          a.log,
+		Pool:    p.pool,
+		Resolve: a.resolver(p),
+		DialPassthrough: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+			return a.markedDialIn(ns)(ctx, netip.Addr{}, dst)
+		},
+		Metrics: a.metrics,
+		Logger:  a.log,
 	})
 	if err != nil {
 		return err
@@ -265,6 +328,9 @@ func (a *Agent) markedDialIn(ns *netns.NS) func(ctx context.Context, src netip.A
 // releases its namespace handle.
 func (p *podProxy) stop(ctx context.Context) {
 	p.stopOnce.Do(func() {
+		if p.cancelRegistration != nil {
+			p.cancelRegistration()
+		}
 		var wg sync.WaitGroup
 		for _, s := range []interface{ Shutdown(context.Context) error }{p.server, p.plaintext, p.outbound} {
 			if s == nil || isNilShutdowner(s) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -16,6 +17,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The end-to-end tests re-run this binary inside pods as the
+	// application: an HTTP server or client.
+	if role := os.Getenv(envRole); role != "" {
+		os.Exit(runRole(role))
+	}
 	testbed.Main(m, testbed.Options{IstioCRDs: true})
 }
 

@@ -110,7 +110,7 @@ type Results struct {
 	Notes    []string        `json:"notes,omitempty"`
 }
 
-const curatorReason = "the curator is not on main yet, so there is nothing to register services with"
+const curatorReason = "no curator benchmark output was given (make perf runs the curator's AgentUpdates benchmark when curator/server exists)"
 
 // finish turns raw per-round samples into summaries, ratios and goals.
 func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {

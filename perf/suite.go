@@ -90,16 +90,17 @@ type variant struct {
 // Target indices into variant.entry and server ports.
 var targetPorts = [3]int{portHTTP, portEcho, portSink}
 
-// variants lists every data path of the suite. The RBE rows need the
-// curator and a Registry implementation for rbeauth.Verifier; until those
-// exist they are listed with the reason they were not run.
+// variants lists every data path of the suite. The RBE rows are listed with
+// the reason they were not run.
 //
 // NOTE: to run them, add an "hbone-rbe" proxy kind whose TLS configurations
-// come from rbeauth.Verifier.ClientConfig and ServerConfig, with the
-// verifier's cache kept (warm), flushed before each connection (cold), or
-// while the curator applies updates, and clear Reason here.
+// come from rbeauth.Verifier.ClientConfig and ServerConfig over an
+// rbeauth.CuratorRegistry, with the verifier's cache kept (warm), cleared
+// with ForgetPod before each connection (cold), or used while the curator
+// applies updates, and clear Reason here.
 func variants() []*variant {
-	const rbeReason = "needs the curator and an rbeauth.Registry implementation, which are not on main yet"
+	const rbeReason = "not wired yet: the curator and rbeauth.CuratorRegistry reached main too late for this run. " +
+		"These rows need a kube-apiserver for TokenReview (testbed), a curator with witnesses (internal/meshtest) and registered workload certificates"
 	return []*variant{
 		{ID: "direct", Topo: "cross-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
 		{ID: "null", Topo: "cross-node", Kind: "null", Mode: "new connection through both proxies", Warm: true, CRR: true},

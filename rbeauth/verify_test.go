@@ -59,8 +59,8 @@ func (r *memoryRegistry) VerifyRegistration(_ context.Context, c RegistrationCla
 	return Checkpoint{Size: 1}, nil
 }
 
-// workload is a test pod's identity material.
-type workload struct {
+// testWorkload is a test pod's identity material.
+type testWorkload struct {
 	pod   *testbed.Pod
 	token string
 	key   *ecdsa.PrivateKey
@@ -68,7 +68,7 @@ type workload struct {
 	id    Identity
 }
 
-func newWorkload(t *testing.T, tb *testbed.Testbed, pod *testbed.Pod, audience string) *workload {
+func newWorkload(t *testing.T, tb *testbed.Testbed, pod *testbed.Pod, audience string) *testWorkload {
 	t.Helper()
 	token, err := tb.RequestToken(context.Background(), pod, audience, time.Hour)
 	if err != nil {
@@ -77,14 +77,14 @@ func newWorkload(t *testing.T, tb *testbed.Testbed, pod *testbed.Pod, audience s
 	return mintWorkload(t, pod, token)
 }
 
-func mintWorkload(t *testing.T, pod *testbed.Pod, token string) *workload {
+func mintWorkload(t *testing.T, pod *testbed.Pod, token string) *testWorkload {
 	t.Helper()
 	return mintAs(t, pod, token, Identity{TrustDomain: testbed.TrustDomain, Namespace: pod.Namespace, ServiceAccount: pod.ServiceAccount})
 }
 
 // mintAs mints a certificate for pod that claims id, as an attacker holding
 // someone else's token would.
-func mintAs(t *testing.T, pod *testbed.Pod, token string, id Identity) *workload {
+func mintAs(t *testing.T, pod *testbed.Pod, token string, id Identity) *testWorkload {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -94,13 +94,13 @@ func mintAs(t *testing.T, pod *testbed.Pod, token string, id Identity) *workload
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &workload{
+	return &testWorkload{
 		pod: pod, token: token, key: key, id: id,
 		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, SignedCertificateTimestamps: [][]byte{[]byte("bundle")}},
 	}
 }
 
-func (w *workload) spki(t *testing.T) []byte {
+func (w *testWorkload) spki(t *testing.T) []byte {
 	t.Helper()
 	leaf, err := x509Parse(w.cert.Certificate[0])
 	if err != nil {
@@ -119,8 +119,8 @@ func newTestVerifier(t *testing.T, tb *testbed.Testbed, reg Registry) *Verifier 
 }
 
 // handshake runs one TLS handshake from inside the source pod's network
-// namespace to the server workload's pod, and returns each side's error.
-func handshake(t *testing.T, clientV, serverV *Verifier, client *workload, source *testbed.Pod, server *workload, expected []Identity) (clientErr, serverErr error) {
+// namespace to the server testWorkload's pod, and returns each side's error.
+func handshake(t *testing.T, clientV, serverV *Verifier, client *testWorkload, source *testbed.Pod, server *testWorkload, expected []Identity) (clientErr, serverErr error) {
 	t.Helper()
 	var ln net.Listener
 	if err := server.pod.Do(func() (err error) {
@@ -179,7 +179,7 @@ func handshake(t *testing.T, clientV, serverV *Verifier, client *workload, sourc
 type fixture struct {
 	tb             *testbed.Testbed
 	nodeA, nodeB   *testbed.Node
-	client, server *workload
+	client, server *testWorkload
 	registry       *memoryRegistry
 }
 

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/mazu-mesh/mazu-ztunnel/bpf"
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/audit"
+	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
+	"github.com/mazu-mesh/mazu-ztunnel/rbeauth/rbe"
+)
+
+// NodeConfig is everything a node agent process needs; cmd/mazu-ztunnel
+// fills it from flags and ztunnel's environment variables.
+type NodeConfig struct {
+	REST          *rest.Config
+	NodeName      string
+	TrustDomain   string
+	RootNamespace string
+	// Audience is the token audience reserved for mazu.
+	Audience   string
+	CuratorURL string
+	// CRSFile holds the RBE common reference string from the ceremony.
+	CRSFile string
+	// LogKey is the curator's checkpoint verifier key (note format).
+	LogKey string
+	// WitnessKeys are the witnesses' cosignature verifier keys.
+	WitnessKeys []string
+	// Quorum of witness cosignatures; zero means ⌊2n/3⌋+1.
+	Quorum int
+	// AgentTokenFile holds the agent's own pod-bound token for the curator's
+	// node check; empty sends none.
+	AgentTokenFile string
+	CgroupRoot     string
+	PinDir         string
+	CNISocket      string
+	StateDir       string
+	AuditInterval  time.Duration
+	Endpoints      EndpointsConfig
+	Logger         *slog.Logger
+	// Started, when set, is called once the agent and its endpoints are
+	// up, for tests and the demo to reach them.
+	Started func(*Agent, *Endpoints, *prometheus.Registry)
+}
+
+// RunNode assembles and runs a node agent until ctx ends.
+func RunNode(ctx context.Context, cfg NodeConfig) error {
+	log := cfg.Logger
+	client, err := kubernetes.NewForConfig(cfg.REST)
+	if err != nil {
+		return fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg.REST)
+	if err != nil {
+		return fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	crsBytes, err := os.ReadFile(cfg.CRSFile)
+	if err != nil {
+		return fmt.Errorf("read CRS: %w (run the ceremony, or `mazu-curator crs` for development)", err)
+	}
+	crs, err := rbe.ParseCRS(crsBytes)
+	if err != nil {
+		return fmt.Errorf("read CRS %s: %w", cfg.CRSFile, err)
+	}
+	crs.Precompute()
+	origin, _, _ := strings.Cut(cfg.LogKey, "+")
+	policy, err := curator.NewPolicy(origin, cfg.LogKey, cfg.WitnessKeys, cfg.Quorum)
+	if err != nil {
+		return fmt.Errorf("witness policy: %w", err)
+	}
+	curatorClient := &curator.Client{URL: cfg.CuratorURL}
+	monitor := &audit.Monitor{Client: curatorClient, Policy: policy}
+	registry := prometheus.NewRegistry()
+
+	registryCheck, err := rbeauth.NewCuratorRegistry(policy, crs, curatorClient, monitor.Trusted)
+	if err != nil {
+		return err
+	}
+	verifier, err := rbeauth.NewVerifier(rbeauth.VerifierOptions{
+		Client: client, TrustDomain: cfg.TrustDomain, Audience: cfg.Audience,
+		Registry: registryCheck, Logger: log, Registerer: registry,
+	})
+	if err != nil {
+		return err
+	}
+	var agentToken func(context.Context) (string, error)
+	if cfg.AgentTokenFile != "" {
+		agentToken = func(context.Context) (string, error) {
+			b, err := os.ReadFile(cfg.AgentTokenFile)
+			return strings.TrimSpace(string(b)), err
+		}
+	}
+	workloads, err := rbeauth.NewWorkloads(rbeauth.WorkloadsOptions{
+		Client: client, Curator: curatorClient, Policy: policy, CRS: crs,
+		TrustDomain: cfg.TrustDomain, Audience: cfg.Audience, AgentToken: agentToken,
+		Expect: monitor.Expect, Trusted: monitor.Trusted, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ownCgroup, err := selfCgroup()
+	if err != nil {
+		return err
+	}
+	// The agent reads original destinations from the capture maps, so its
+	// cgroup is optional; the cgroup2 root is refused, because programs
+	// there would see every process of the node.
+	if root, err := bpf.Cgroup2Root(); err == nil && filepath.Clean(ownCgroup) == filepath.Clean(root) {
+		log.Info("agent runs in the cgroup2 root; not attaching agent-cgroup programs")
+		ownCgroup = ""
+	}
+	capture, err := bpf.Open(bpf.Options{PinDir: cfg.PinDir, AgentCgroup: ownCgroup, Logger: log})
+	if err != nil {
+		return fmt.Errorf("load eBPF capture: %w", err)
+	}
+	defer capture.Close()
+
+	a, err := New(Config{
+		NodeName: cfg.NodeName, TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
+		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir,
+		Capture: capture, Client: client, Dynamic: dyn, Identities: workloads, Verifier: verifier,
+		Registry: registry, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	endpoints := cfg.Endpoints
+	endpoints.Ready, endpoints.ConfigDump, endpoints.Gatherer, endpoints.Logger = a.Ready, a.ConfigDump, registry, log
+	srv, err := ServeEndpoints(endpoints)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown(context.Background())
+
+	alerts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mazu_curator_alerts_total",
+		Help: "Alerts raised by auditing the curator's log: forks and entries this agent did not request.",
+	}, []string{"alert"})
+	registry.MustRegister(alerts)
+	go workloads.Run(ctx)
+	go a.audit(ctx, monitor, workloads, alerts, cfg.AuditInterval)
+	if cfg.Started != nil {
+		cfg.Started(a, srv, registry)
+	}
+	return a.Run(ctx)
+}
+
+// audit polls the curator for this node's IDs and raises every alert as a
+// metric, an error log and a Kubernetes Event.
+func (a *Agent) audit(ctx context.Context, monitor *audit.Monitor, workloads *rbeauth.Workloads, alerts *prometheus.CounterVec, interval time.Duration) {
+	if interval == 0 {
+		interval = 5 * time.Second
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		found, err := monitor.Poll(ctx)
+		if err != nil {
+			a.log.Warn("curator audit poll failed", "error", err)
+		}
+		ids := workloads.IDs()
+		for _, alert := range found {
+			alerts.WithLabelValues(alert.Name).Inc()
+			a.log.Error("curator audit alert", "alert", alert.Name, "detail", alert.String())
+			a.recordEvent(ctx, alert, ids)
+		}
+	}
+}
+
+func (a *Agent) recordEvent(ctx context.Context, alert audit.Alert, ids map[curator.ID]types.UID) {
+	obj := corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, APIVersion: "v1"}
+	namespace := "default"
+	if uid, ok := ids[alert.ID]; ok {
+		a.mu.Lock()
+		if p := a.pods[uid]; p != nil {
+			obj = corev1.ObjectReference{Kind: "Pod", Namespace: p.namespace, Name: p.name, UID: uid, APIVersion: "v1"}
+			namespace = p.namespace
+		}
+		a.mu.Unlock()
+	}
+	event := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: "mazu-curator-alert-", Namespace: namespace},
+		InvolvedObject: obj,
+		Reason:         alert.Name,
+		Message:        truncate(alert.String(), 1000),
+		Type:           corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: "mazu-ztunnel", Host: a.cfg.NodeName},
+		FirstTimestamp: metav1.Now(),
+		LastTimestamp:  metav1.Now(),
+		Count:          1,
+	}
+	if _, err := a.cfg.Client.CoreV1().Events(namespace).Create(ctx, event, metav1.CreateOptions{}); err != nil {
+		a.log.Warn("alert event not recorded", "alert", alert.Name, "error", err)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// selfCgroup returns this process's cgroup v2 folder, so capture exempts
+// the agent's own connections.
+func selfCgroup() (string, error) {
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read own cgroup: %w", err)
+	}
+	defer f.Close()
+	scanner := bufio.NewScanner(f)
+	for scanner.Scan() {
+		if rest, ok := strings.CutPrefix(scanner.Text(), "0::"); ok {
+			root, err := bpf.Cgroup2Root()
+			if err != nil {
+				return "", err
+			}
+			return filepath.Join(root, rest), nil
+		}
+	}
+	return "", errors.New("read own cgroup: no cgroup v2 entry in /proc/self/cgroup")
+}

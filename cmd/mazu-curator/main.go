@@ -1,0 +1,120 @@
+// Command mazu-curator runs the curator's transparency log, a verifying
+// witness, or an audit of a log.
+//
+//	mazu-curator serve   -db FILE -key FILE -crs FILE [-kubeconfig FILE] [-witness URL=VKEY ...]
+//	mazu-curator witness -db FILE -key FILE -log-key FILE -crs FILE -curator URL (-jwks FILE | -kubeconfig FILE)
+//	mazu-curator audit   -url URL -log-key FILE -crs FILE [-witness-key VKEY ...] [-checkpoint FILE ...]
+//	mazu-curator keygen  -kind log|witness -name NAME -out PREFIX
+//	mazu-curator crs     -n N -out FILE
+//
+// Every listener should be bound to a local or cluster-internal address.
+// The curator holds no secret that protects registrations: its checkpoint
+// key only names the log, and clients trust a checkpoint only with a quorum
+// of witness cosignatures. The witness key is the secret that matters.
+//
+// Logs go to stderr (text or JSON, -log-format). Metrics are served in the
+// Prometheus text format at /metrics on -metrics-listen.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mazu-curator: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: mazu-curator serve|witness|audit|keygen|crs [flags]")
+		return flag.ErrHelp
+	}
+	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"serve":   runServe,
+		"witness": runWitness,
+		"audit":   runAudit,
+		"keygen":  runKeygen,
+		"crs":     runCRS,
+	}
+	f, ok := cmds[args[0]]
+	if !ok {
+		return fmt.Errorf("unknown subcommand %q: want serve, witness, audit, keygen or crs", args[0])
+	}
+	return f(ctx, args[1:], stdout, stderr)
+}
+
+// logFlags are the logging flags every long-running subcommand takes.
+type logFlags struct {
+	format string
+	level  string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", envOr("LOG_FORMAT", "text"), "log format: text or json (env LOG_FORMAT)")
+	fs.StringVar(&l.level, "log-level", envOr("LOG_LEVEL", "info"), "log level: debug, info, warn or error (env LOG_LEVEL)")
+}
+
+// envOr returns the environment variable name, or def when it is unset
+// or empty. Flags take their defaults from the variables the Helm chart
+// sets, so the chart needs no arguments.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// cmpOr returns a unless it is empty, else b.
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// dataPath returns dir/name, or "" when dir is empty.
+func dataPath(dir, name string) string {
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, name)
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, fmt.Errorf("invalid -log-level %q: %w", l.level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid -log-format %q: want text or json", l.format)
+}
+
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return fmt.Sprint(*m) }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

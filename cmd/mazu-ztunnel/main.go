@@ -1,0 +1,117 @@
+// Command mazu-ztunnel is the mazu node agent: a drop-in for Istio ambient's
+// ztunnel that captures pod traffic with eBPF and accepts HBONE peers only
+// when Kubernetes and a witness-cosigned registration log vouch for them.
+//
+// Flags default to ztunnel's environment variables where the meaning
+// matches (NODE_NAME, TRUST_DOMAIN) and to MAZU_* variables otherwise.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/mazu-mesh/mazu-ztunnel/agent"
+	"github.com/mazu-mesh/mazu-ztunnel/agent/cni"
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
+)
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(os.Stderr, "mazu-ztunnel: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("mazu-ztunnel", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig path; empty means in-cluster configuration")
+	var cfg agent.NodeConfig
+	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "node this agent serves (NODE_NAME)")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", env("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (TRUST_DOMAIN)")
+	fs.StringVar(&cfg.RootNamespace, "root-namespace", env("MAZU_ROOT_NAMESPACE", "istio-system"), "Istio root namespace for mesh-wide policies")
+	fs.StringVar(&cfg.Audience, "audience", env("MAZU_CURATOR_AUDIENCE", curator.DefaultAudience), "token audience reserved for mazu registrations and handshakes")
+	fs.StringVar(&cfg.CuratorURL, "curator-url", os.Getenv("MAZU_CURATOR_URL"), "curator base URL")
+	fs.StringVar(&cfg.CRSFile, "crs", env("MAZU_CRS_FILE", "/etc/mazu/crs.bin"), "RBE CRS file from the ceremony")
+	logKeyFile := fs.String("log-key", env("MAZU_LOG_KEY_FILE", "/etc/mazu/log.vkey"), "file with the curator's checkpoint verifier key")
+	var witnessKeys listFlag
+	fs.Var(&witnessKeys, "witness-key", "file with a witness's cosignature verifier key; repeat for each witness")
+	fs.IntVar(&cfg.Quorum, "quorum", 0, "witness cosignatures required; 0 means floor(2n/3)+1")
+	fs.StringVar(&cfg.AgentTokenFile, "agent-token-file", os.Getenv("MAZU_CURATOR_TOKEN_FILE"), "the agent's own pod-bound token for the curator's node check; empty sends none")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", env("MAZU_CGROUP_ROOT", "/sys/fs/cgroup"), "cgroup v2 folder under which the kubelet puts pods")
+	fs.StringVar(&cfg.PinDir, "pin-dir", env("MAZU_BPF_PIN_DIR", "/sys/fs/bpf/mazu-ztunnel"), "bpffs folder for pinned eBPF links and maps")
+	fs.StringVar(&cfg.CNISocket, "cni-socket", env("MAZU_CNI_SOCKET", cni.DefaultSocket), "Unix socket for mazu-cni; empty disables it")
+	fs.StringVar(&cfg.StateDir, "state-dir", env("MAZU_STATE_DIR", "/var/run/mazu-ztunnel"), "folder for the enrolled pods' state")
+	fs.DurationVar(&cfg.AuditInterval, "audit-interval", 5*time.Second, "how often the curator's log is audited for this node's IDs")
+	fs.StringVar(&cfg.Endpoints.AdminAddr, "admin-addr", agent.DefaultAdminAddr, "admin server address (/config_dump)")
+	fs.StringVar(&cfg.Endpoints.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "Prometheus /metrics address")
+	fs.StringVar(&cfg.Endpoints.ReadinessAddr, "readiness-addr", agent.DefaultReadinessAddr, "/healthz/ready address")
+	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("invalid -log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if cfg.CuratorURL == "" {
+		return errors.New("no curator URL: set -curator-url or MAZU_CURATOR_URL")
+	}
+	logKey, err := os.ReadFile(*logKeyFile)
+	if err != nil {
+		return fmt.Errorf("read -log-key: %w", err)
+	}
+	cfg.LogKey = strings.TrimSpace(string(logKey))
+	for _, f := range witnessKeys {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("read -witness-key: %w", err)
+		}
+		cfg.WitnessKeys = append(cfg.WitnessKeys, strings.TrimSpace(string(b)))
+	}
+	if cfg.REST, err = restConfig(*kubeconfig); err != nil {
+		return err
+	}
+	return agent.RunNode(ctx, cfg)
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster Kubernetes configuration: %w (pass -kubeconfig outside a cluster)", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}

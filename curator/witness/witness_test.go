@@ -1,0 +1,119 @@
+package witness_test
+
+import (
+	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/curatortest"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/fakerbe"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/store"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/witness"
+)
+
+var scheme = fakerbe.Scheme{N: 8}
+
+func fakeKey(slot int) ([]byte, []byte, error) {
+	pk := make([]byte, 32)
+	rand.Read(pk)
+	return pk, scheme.Helpers(slot, pk), nil
+}
+
+// TestWitnessStatePersists reopens a witness from its store: it keeps its
+// size and root, replies 409 to a stale old size, and rejects a
+// checkpoint of the same size with another root, and rejects a
+// checkpoint without the log signature.
+func TestWitnessStatePersists(t *testing.T) {
+	is := curatortest.NewIssuer(t)
+	c := curatortest.Start(t, curatortest.Options{Witnesses: 1, Scheme: scheme, Reviewer: is, JWKS: is.JWKS()})
+	for i := range 3 {
+		ip := netip.AddrFrom4([4]byte{10, 3, 0, byte(i)})
+		w := curatortest.NewWorkload(t, is.Token(is.AddPod("default", "p", ip), curator.DefaultAudience, time.Now(), 10*time.Minute), ip)
+		if _, err := c.Register(t.Context(), w, fakeKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp, err := c.Client.Checkpoint(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened, err := c.Policy.Open(cp, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Copy the witness's state into a new store and reopen it there.
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "w.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	n, _ := c.Store.Size()
+	entries, _ := c.Store.Entries(0, n)
+	if _, err := st.Append(&store.Batch{Start: 0, Entries: entries, Checkpoint: stripCosignatures(t, cp)}); err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := curator.ParseJWKS(is.JWKS())
+	lv, _ := note.NewVerifier(c.Key.VKey)
+	w, err := witness.New(witness.Config{Origin: curatortest.Origin, LogVerifier: lv, Signer: c.WitnessKeys[0], Store: st,
+		Scheme: scheme, JWKS: jwks, CuratorURL: c.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := w.Latest()
+	if !strings.HasPrefix(string(latest), string(stripCosignatures(t, cp))) || len(latest) == len(stripCosignatures(t, cp)) {
+		t.Fatalf("reopened witness latest checkpoint = %q, want the stored one with a fresh cosignature", latest)
+	}
+	srv := httptest.NewServer(w.Handler())
+	defer srv.Close()
+	post := func(body []byte) (int, string) {
+		resp, err := http.Post(srv.URL+"/add-checkpoint", "text/plain", strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b := make([]byte, 512)
+		k, _ := resp.Body.Read(b)
+		return resp.StatusCode, string(b[:k])
+	}
+	signed := stripCosignatures(t, cp)
+	if code, body := post(addBody(0, signed)); code != 409 || strings.TrimSpace(body) != strconv.FormatInt(opened.Tree.N, 10) {
+		t.Errorf("add-checkpoint with old 0 = %d %q, want 409 and the size %d", code, body, opened.Tree.N)
+	}
+	// Same size, other root: a fork.
+	signer, _ := note.NewSigner(c.Key.Signer)
+	other := tlog.Tree{N: opened.Tree.N, Hash: tlog.Hash{1}}
+	forged, _ := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(curatortest.Origin, other))}, signer)
+	if code, _ := post(addBody(opened.Tree.N, forged)); code != 422 {
+		t.Errorf("add-checkpoint of a same-size fork = %d, want 422", code)
+	}
+	// Not signed by the log key.
+	if code, _ := post(addBody(opened.Tree.N, []byte(string(curator.FormatCheckpoint(curatortest.Origin, other))+"\n— x AAAA\n"))); code != 403 {
+		t.Errorf("add-checkpoint without the log signature = %d, want 403", code)
+	}
+}
+
+func addBody(old int64, signed []byte) []byte {
+	return []byte("old " + strconv.FormatInt(old, 10) + "\n\n" + string(signed))
+}
+
+// stripCosignatures returns the note with the log signature only.
+func stripCosignatures(t *testing.T, cp []byte) []byte {
+	text, sigs, ok := strings.Cut(string(cp), "\n\n")
+	if !ok {
+		t.Fatalf("checkpoint without signatures: %q", cp)
+	}
+	first, _, _ := strings.Cut(sigs, "\n")
+	return []byte(text + "\n\n" + first + "\n")
+}
