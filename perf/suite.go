@@ -99,8 +99,10 @@ var targetPorts = [3]int{portHTTP, portEcho, portSink}
 // with ForgetPod before each connection (cold), or used while the curator
 // applies updates, and clear Reason here.
 func variants() []*variant {
-	const rbeReason = "not wired yet: the curator and rbeauth.CuratorRegistry reached main too late for this run. " +
-		"These rows need a kube-apiserver for TokenReview (testbed), a curator with witnesses (internal/meshtest) and registered workload certificates"
+	// The curator and rbeauth.CuratorRegistry reached main late in this
+	// suite's development; the rows need the testbed's API server for
+	// TokenReview, a curator with witnesses and registered certificates.
+	const rbeReason = "not wired into the suite's proxies yet (needs an API server, a curator with witnesses and registered certificates)"
 	return []*variant{
 		{ID: "direct", Topo: "cross-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
 		{ID: "null", Topo: "cross-node", Kind: "null", Mode: "new connection through both proxies", Warm: true, CRR: true},
