@@ -249,13 +249,14 @@ func (res *Results) RenderMarkdown() string {
 	if res.Curator.Status != "run" {
 		w("Not run: %s.\n", res.Curator.Reason)
 	} else {
-		w("| registered services | p50 µs |\n|---|---|\n")
+		w("From the curator's `BenchmarkAgentUpdates` (`curator/server`): one node agent's update query for 10 IDs, its last checkpoint 1,000 entries back, at the registry sizes that benchmark builds.\n\n")
+		w("| registered services | p50 µs | interval |\n|---|---|---|\n")
 		for _, p := range res.Curator.Points {
-			w("| %d | %s |\n", p.N, fmtNum(p.LatencyUS.Median))
+			w("| %d | %s | %s |\n", p.N, fmtNum(p.LatencyUS.Median), ciText(p.LatencyUS))
 		}
 		if f := res.Curator.Fit; f != nil {
 			w("\nPower-law fit exponent %.3f (R² %.2f); logarithmic fit a=%s, b=%s (R² %.2f). ", f.Exponent, f.PowerR2, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2)
-			w("Slope dy/d(ln n) from a quadratic in ln n: %s at the smallest size, %s at the largest. Growth counts as no worse than logarithmic when the end slope is at most 1.25× the start slope.\n", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
+			w("Mean slope dy/d(ln n) from a quadratic in ln n: %s µs over the lower half of the range, %s µs over the upper half. Growth counts as no worse than logarithmic when the upper slope is at most 1.25× the lower one.\n", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
 		}
 		w("\n![curator latency](results/curator.png)\n")
 	}

@@ -366,7 +366,7 @@ func (res *Results) goals() []Goal {
 		if f.NoWorseThanLog {
 			g.Status = "met"
 		}
-		g.Value = fmt.Sprintf("slope per e-fold of registrations %s µs at the smallest size and %s µs at the largest; power-law exponent %.3f, %.2f× growth over the range",
+		g.Value = fmt.Sprintf("slope per e-fold of registrations %s µs over the lower half of the range and %s µs over the upper half; power-law exponent %.3f, %.2f× growth over the range",
 			fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd), f.Exponent, f.Growth)
 	} else {
 		g.Status, g.Value, g.Detail = "not run", "–", res.Curator.Reason

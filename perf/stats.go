@@ -98,8 +98,9 @@ func PairedRatio(num, den []float64) []float64 {
 }
 
 // GrowthFit describes how a cost grows with n: a power law y = c·n^k fitted
-// in log-log space, a logarithmic model y = a + b·ln n, and the slope dy/d(ln n)
-// at both ends of the range from a quadratic in ln n.
+// in log-log space, a logarithmic model y = a + b·ln n, and the mean slope
+// dy/d(ln n) over the lower and upper half of the range from a quadratic in
+// ln n.
 type GrowthFit struct {
 	Exponent float64 `json:"exponent"`  // k
 	PowerR2  float64 `json:"power_r2"`  // R² of the log-log fit
@@ -108,8 +109,10 @@ type GrowthFit struct {
 	LogR2    float64 `json:"log_r2"`    // R² of y against ln n
 	Growth   float64 `json:"growth"`    // fitted y(n_max)/y(n_min), power law
 	LogLimit float64 `json:"log_limit"` // ln(n_max)/ln(n_min)
-	// SlopeStart and SlopeEnd are dy/d(ln n) at n_min and n_max. A
-	// logarithmic cost has equal slopes, a polynomial one a rising slope.
+	// SlopeStart and SlopeEnd are the mean dy/d(ln n) over the lower and the
+	// upper half of the ln n range. A logarithmic cost has equal slopes, a
+	// polynomial one a rising slope. With points one decade apart they are
+	// the increments per decade divided by ln 10.
 	SlopeStart float64 `json:"slope_start"`
 	SlopeEnd   float64 `json:"slope_end"`
 	// NoWorseThanLog holds when SlopeEnd ≤ 1.25·SlopeStart (25% allowance
@@ -151,7 +154,8 @@ func FitGrowth(ns, ys []float64) (GrowthFit, error) {
 		return GrowthFit{}, err
 	}
 	l0, l1 := math.Log(nmin), math.Log(nmax)
-	g.SlopeStart, g.SlopeEnd = q[1]+2*q[2]*l0, q[1]+2*q[2]*l1
+	lm := (l0 + l1) / 2
+	g.SlopeStart, g.SlopeEnd = q[1]+q[2]*(l0+lm), q[1]+q[2]*(lm+l1)
 	mean := 0.0
 	for _, y := range ys {
 		mean += y / float64(len(ys))

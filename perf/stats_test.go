@@ -160,3 +160,17 @@ func TestFitGrowthPowerLawNotLog(t *testing.T) {
 		t.Errorf("√n data: exponent %v, want 0.5", f.Exponent)
 	}
 }
+
+func TestFitGrowthDecadeIncrements(t *testing.T) {
+	// Increments of 100 then 200 per decade: the upper slope is twice the lower.
+	f, err := FitGrowth([]float64{1000, 10000, 100000}, []float64{300, 400, 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(f.SlopeStart-100/math.Ln10) > 1e-6 || math.Abs(f.SlopeEnd-200/math.Ln10) > 1e-6 {
+		t.Errorf("slopes %v and %v, want %v and %v", f.SlopeStart, f.SlopeEnd, 100/math.Ln10, 200/math.Ln10)
+	}
+	if f.NoWorseThanLog {
+		t.Errorf("doubling increments per decade: got no worse than log, want worse")
+	}
+}
