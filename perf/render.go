@@ -88,7 +88,7 @@ func (res *Results) RenderMarkdown() string {
 		}
 	}
 	if c.MaxLoad > 0 {
-		w("| noise gate | a block is dropped when it starts or ends with a 1-minute load average above %.1f; ratios then skip that round for that variant |\n", c.MaxLoad)
+		w("| noise gate | a block is dropped when it starts or ends with a 1-minute load average above %.1f, or above 1.5× the median block's when that is higher (%.1f in this run); ratios then skip that round for that variant |\n", c.MaxLoad, res.loadLimit())
 	} else {
 		w("| noise gate | off |\n")
 	}

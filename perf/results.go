@@ -115,18 +115,13 @@ const curatorReason = "no curator benchmark output was given (make perf runs the
 // finish turns raw per-round samples into summaries, ratios and goals.
 func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {
 	rounds := res.Config.Rounds
-	dropped := 0
-	for i := range res.Blocks {
-		b := &res.Blocks[i]
-		b.Dropped = res.Config.MaxLoad > 0 && (b.LoadBefore[0] > res.Config.MaxLoad || b.LoadAfter[0] > res.Config.MaxLoad)
-		if b.Dropped {
-			dropped++
-		}
-	}
-	if dropped > 0 && dropped == len(res.Blocks) {
-		res.Notes = append(res.Notes, fmt.Sprintf("every block started or ended with a 1-minute load average above %.1f; none was dropped, so treat every figure as noisy", res.Config.MaxLoad))
+	if limit := res.loadLimit(); limit > 0 {
 		for i := range res.Blocks {
-			res.Blocks[i].Dropped = false
+			b := &res.Blocks[i]
+			b.Dropped = max(b.LoadBefore[0], b.LoadAfter[0]) > limit
+		}
+		if limit > res.Config.MaxLoad {
+			res.Notes = append(res.Notes, fmt.Sprintf("the median block ran above a 1-minute load average of %.1f, so blocks were dropped only above %.1f (1.5× the median); treat every figure as noisy", res.Config.MaxLoad, limit))
 		}
 	}
 	for _, v := range vs {
@@ -190,6 +185,22 @@ func (res *Results) variant(id string) *VariantResult {
 		}
 	}
 	return nil
+}
+
+// loadLimit returns the 1-minute load average above which a block is
+// dropped: MaxLoad, or 1.5× the median block's load when the whole run was
+// busier than that, so that a machine that stays loaded still yields
+// figures and only the blocks that stand out are dropped. Zero means off.
+func (res *Results) loadLimit() float64 {
+	if res.Config.MaxLoad <= 0 || len(res.Blocks) == 0 {
+		return 0
+	}
+	loads := make([]float64, len(res.Blocks))
+	for i, b := range res.Blocks {
+		loads[i] = max(b.LoadBefore[0], b.LoadAfter[0])
+	}
+	slices.Sort(loads)
+	return max(res.Config.MaxLoad, 1.5*quantileSorted(loads, 0.5))
 }
 
 type blockKey struct {

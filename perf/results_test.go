@@ -133,4 +133,14 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 	if loud.Blocks[0].Dropped || len(loud.Notes) != 1 {
 		t.Fatalf("all blocks loud: dropped=%v notes=%v, want none dropped and one note", loud.Blocks[0].Dropped, loud.Notes)
 	}
+
+	// A run that stays loaded keeps its blocks and drops only the spikes.
+	busy := &Results{Config: Config{Rounds: 3, MaxLoad: 4}}
+	for r, l := range []float64{10, 11, 20} {
+		busy.Blocks = append(busy.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
+	}
+	busy.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1}}})
+	if busy.Blocks[0].Dropped || busy.Blocks[1].Dropped || !busy.Blocks[2].Dropped {
+		t.Fatalf("busy run: dropped %v %v %v, want only the load-20 block (limit 16.5)", busy.Blocks[0].Dropped, busy.Blocks[1].Dropped, busy.Blocks[2].Dropped)
+	}
 }
