@@ -7,7 +7,7 @@ export MAZU_K8S_CACHE ?= $(HOME)/.cache/mazu-k8s
 TEST_TIMEOUT ?= 40m
 FUZZTIME ?= 5s
 
-.PHONY: all build test unit-test testbed-bins system-deps fuzz fuzz-long vet clean demo
+.PHONY: all build test unit-test testbed-bins system-deps fuzz fuzz-long vet clean demo perf-quick perf perf-run
 
 all: build
 
@@ -49,6 +49,23 @@ fuzz:
 
 fuzz-long:
 	@.ci/fuzz.sh 2m
+
+## perf-quick: the performance suite in quick mode (root, about 10 minutes); writes perf/RESULTS.md
+perf-quick:
+	@$(MAKE) --no-print-directory perf-run PERF_MODE=quick PERF_BENCH_COUNT=6
+
+## perf: the full performance suite (root, about 65 minutes)
+perf:
+	@$(MAKE) --no-print-directory perf-run PERF_MODE=full PERF_BENCH_COUNT=10
+
+perf-run: SHELL := /usr/bin/env bash -o pipefail
+perf-run:
+	$(GO) build -o bin/mazu-perf ./perf/cmd/mazu-perf
+	mkdir -p perf/results
+	$(GO) test -run '^$$' -bench 'Ratio/(membership|kem)$$' -benchtime 20x -count $(PERF_BENCH_COUNT) ./rbeauth/rbe/ | tee perf/results/$(PERF_MODE)-micro.txt
+	rm -f perf/results/$(PERF_MODE)-curator.txt
+	if [ -d curator/server ]; then $(GO) test -run '^$$' -bench 'AgentUpdates/indexed' -benchtime 100x -count 3 -timeout 30m ./curator/server | tee perf/results/$(PERF_MODE)-curator.txt; fi
+	bin/mazu-perf run -mode $(PERF_MODE) -out perf/results -md perf/RESULTS.md -micro perf/results/$(PERF_MODE)-micro.txt -curator perf/results/$(PERF_MODE)-curator.txt
 
 clean:
 	rm -rf bin

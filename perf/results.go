@@ -1,0 +1,552 @@
+package perf
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Machine describes where the run happened.
+type Machine struct {
+	NProc  int    `json:"nproc"`
+	CPU    string `json:"cpu_model"`
+	Kernel string `json:"kernel"`
+	Go     string `json:"go"`
+	GOARCH string `json:"goarch"`
+	Commit string `json:"commit,omitempty"`
+}
+
+// Block is one variant's workloads in one round, with the machine's load
+// around it.
+type Block struct {
+	Round       int        `json:"round"`
+	Variant     string     `json:"variant"`
+	Start       time.Time  `json:"start"`
+	Seconds     float64    `json:"seconds"`
+	LoadBefore  [3]float64 `json:"load_before"`
+	LoadAfter   [3]float64 `json:"load_after"`
+	StealBefore int64      `json:"steal_ticks_before"`
+	StealAfter  int64      `json:"steal_ticks_after"`
+	Errors      []string   `json:"errors,omitempty"`
+	Dropped     bool       `json:"dropped"`
+}
+
+// VariantResult holds one variant's figures.
+type VariantResult struct {
+	ID     string `json:"id"`
+	Topo   string `json:"topology"`
+	Kind   string `json:"kind"`
+	Mode   string `json:"crr_mode"`
+	Status string `json:"status"` // "run" or "not run"
+	Reason string `json:"reason,omitempty"`
+	// Rounds holds each metric's value per round (null when missing).
+	Rounds map[string][]*float64 `json:"rounds,omitempty"`
+	// Metrics summarizes the rounds that were kept.
+	Metrics map[string]Summary `json:"metrics,omitempty"`
+}
+
+// Ratio is a paired comparison: per-round num/den (or num−den for deltas),
+// then the median over rounds.
+type Ratio struct {
+	Name    string   `json:"name"`
+	Num     string   `json:"num"`
+	Den     string   `json:"den"`
+	Metric  string   `json:"metric"`
+	Delta   bool     `json:"delta,omitempty"` // num − den instead of num / den
+	Status  string   `json:"status"`          // "run" or "not run"
+	Reason  string   `json:"reason,omitempty"`
+	Summary *Summary `json:"summary,omitempty"`
+}
+
+// Goal is one target with its verdict: "met", "not met" or "not run".
+type Goal struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	Value  string `json:"value"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// MicroResult is one micro-benchmark figure over its repetitions.
+type MicroResult struct {
+	Name    string  `json:"name"`
+	Unit    string  `json:"unit"`
+	Summary Summary `json:"summary"`
+}
+
+// CuratorResult is the curator update-query latency by registration count.
+type CuratorResult struct {
+	Status string         `json:"status"`
+	Reason string         `json:"reason,omitempty"`
+	Points []CuratorPoint `json:"points,omitempty"`
+	Fit    *GrowthFit     `json:"fit,omitempty"`
+}
+
+// CuratorPoint is the median update-query latency at N registrations.
+type CuratorPoint struct {
+	N         int     `json:"n"`
+	LatencyUS Summary `json:"latency_us"`
+}
+
+// Results is the suite's output.
+type Results struct {
+	Machine  Machine   `json:"machine"`
+	Config   Config    `json:"config"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	// Blocks lists every block; the dropped ones are left out of every
+	// summary, ratio and benchmark line.
+	Blocks   []Block         `json:"blocks"`
+	Variants []VariantResult `json:"variants"`
+	Ratios   []Ratio         `json:"ratios"`
+	Goals    []Goal          `json:"goals"`
+	Micro    []MicroResult   `json:"micro,omitempty"`
+	Curator  CuratorResult   `json:"curator"`
+	Notes    []string        `json:"notes,omitempty"`
+}
+
+const curatorReason = "no curator benchmark output was given (make perf runs the curator's AgentUpdates benchmark when curator/server exists)"
+
+// finish turns raw per-round samples into summaries, ratios and goals.
+func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {
+	rounds := res.Config.Rounds
+	if limit := res.loadLimit(); limit > 0 {
+		for i := range res.Blocks {
+			b := &res.Blocks[i]
+			b.Dropped = max(b.LoadBefore[0], b.LoadAfter[0]) > limit
+		}
+		if limit > res.Config.MaxLoad {
+			res.Notes = append(res.Notes, fmt.Sprintf("the median block ran above a 1-minute load average of %.1f, so blocks were dropped only above %.1f (1.5× the median); treat every figure as noisy", res.Config.MaxLoad, limit))
+		}
+	}
+	for _, v := range vs {
+		vr := VariantResult{ID: v.ID, Topo: v.Topo, Kind: v.Kind, Mode: v.Mode, Status: "run"}
+		if v.Reason != "" {
+			vr.Status, vr.Reason = "not run", v.Reason
+		} else {
+			vr.Rounds = map[string][]*float64{}
+			for m, byRound := range samples[v.ID] {
+				vals := make([]*float64, rounds)
+				for r, x := range byRound {
+					if r >= 0 && r < rounds {
+						vals[r] = &x
+					}
+				}
+				vr.Rounds[m] = vals
+			}
+		}
+		res.Variants = append(res.Variants, vr)
+	}
+	if res.Curator.Status == "" {
+		res.Curator = CuratorResult{Status: "not run", Reason: curatorReason}
+	}
+	res.Derive()
+}
+
+// Derive recomputes Metrics, Ratios and Goals from the per-round values,
+// the dropped rounds and the configuration. It is pure, so results can be
+// re-derived from a stored JSON file.
+func (res *Results) Derive() {
+	dropped := res.droppedBlocks()
+	for i := range res.Variants {
+		v := &res.Variants[i]
+		if v.Status != "run" {
+			continue
+		}
+		v.Metrics = map[string]Summary{}
+		for m, vals := range v.Rounds {
+			var xs []float64
+			for r, p := range vals {
+				if p != nil && !dropped[blockKey{v.ID, r}] {
+					xs = append(xs, *p)
+				}
+			}
+			if s, err := Summarize(xs); err == nil {
+				v.Metrics[m] = s
+			}
+		}
+	}
+	res.Ratios = nil
+	for _, d := range res.ratioDefs() {
+		res.Ratios = append(res.Ratios, res.pair(d, dropped))
+	}
+	res.Goals = res.goals()
+}
+
+func (res *Results) variant(id string) *VariantResult {
+	for i := range res.Variants {
+		if res.Variants[i].ID == id {
+			return &res.Variants[i]
+		}
+	}
+	return nil
+}
+
+// loadLimit returns the 1-minute load average above which a block is
+// dropped: MaxLoad, or 1.5× the median block's load when the whole run was
+// busier than that, so that a machine that stays loaded still yields
+// figures and only the blocks that stand out are dropped. Zero means off.
+func (res *Results) loadLimit() float64 {
+	if res.Config.MaxLoad <= 0 || len(res.Blocks) == 0 {
+		return 0
+	}
+	loads := make([]float64, len(res.Blocks))
+	for i, b := range res.Blocks {
+		loads[i] = max(b.LoadBefore[0], b.LoadAfter[0])
+	}
+	slices.Sort(loads)
+	return max(res.Config.MaxLoad, 1.5*quantileSorted(loads, 0.5))
+}
+
+type blockKey struct {
+	variant string
+	round   int
+}
+
+func (res *Results) droppedBlocks() map[blockKey]bool {
+	m := map[blockKey]bool{}
+	for _, b := range res.Blocks {
+		if b.Dropped {
+			m[blockKey{b.Variant, b.Round}] = true
+		}
+	}
+	return m
+}
+
+// pair computes d from the rounds in which both variants have a value and
+// neither block was dropped.
+func (res *Results) pair(d Ratio, dropped map[blockKey]bool) Ratio {
+	nv, dv := res.variant(d.Num), res.variant(d.Den)
+	switch {
+	case nv == nil || dv == nil:
+		d.Status, d.Reason = "not run", "variant missing from this run"
+		return d
+	case nv.Status != "run":
+		d.Status, d.Reason = "not run", nv.ID+": "+nv.Reason
+		return d
+	case dv.Status != "run":
+		d.Status, d.Reason = "not run", dv.ID+": "+dv.Reason
+		return d
+	}
+	a, b := nv.Rounds[d.Metric], dv.Rounds[d.Metric]
+	var xs []float64
+	for r := range min(len(a), len(b)) {
+		if a[r] == nil || b[r] == nil || dropped[blockKey{d.Num, r}] || dropped[blockKey{d.Den, r}] {
+			continue
+		}
+		if d.Delta {
+			xs = append(xs, *a[r]-*b[r])
+		} else {
+			xs = append(xs, PairedRatio([]float64{*a[r]}, []float64{*b[r]})...)
+		}
+	}
+	s, err := Summarize(xs)
+	if err != nil {
+		d.Status, d.Reason = "not run", "no round has both values"
+		return d
+	}
+	d.Status, d.Summary = "run", &s
+	return d
+}
+
+func ratio(num, den, metric string) Ratio {
+	return Ratio{Name: num + " / " + den + " " + metric, Num: num, Den: den, Metric: metric}
+}
+
+func delta(num, den, metric string) Ratio {
+	return Ratio{Name: num + " − " + den + " " + metric, Num: num, Den: den, Metric: metric, Delta: true}
+}
+
+// ratioDefs lists the comparisons the suite reports.
+func (res *Results) ratioDefs() []Ratio {
+	c := res.Config
+	cpu := httpKey(c.CPUConns, false)
+	var out []Ratio
+	for _, p := range []string{"p50", "p90", "p99"} {
+		out = append(out, ratio("hbone-rbe-warm", "hbone-x509", cpu+"_"+p+"_us"))
+	}
+	out = append(out, ratio("hbone-rbe-cold", "hbone-x509", "crr_p90_us"), ratio("hbone-rbe-update", "hbone-x509", cpu+"_p90_us"))
+	for _, conns := range c.HTTPConns {
+		k := httpKey(conns, false)
+		for _, p := range []string{"p50", "p90", "p99"} {
+			out = append(out, ratio("hbone-x509", "null", k+"_"+p+"_us"))
+		}
+		out = append(out, delta("hbone-x509", "direct", k+"_p90_us"), delta("hbone-x509", "direct", k+"_p99_us"))
+		out = append(out, delta("null", "direct", k+"_p90_us"), delta("hbone-x509", "null", k+"_p90_us"))
+		out = append(out, ratio("tls", "null", k+"_p90_us"))
+	}
+	for _, conns := range c.JitterConns {
+		k := httpKey(conns, true)
+		out = append(out, ratio("hbone-x509", "null", k+"_p90_us"), delta("hbone-x509", "direct", k+"_p90_us"))
+	}
+	out = append(out,
+		ratio("hbone-x509", "null", "rr_1b_p50_us"), ratio("hbone-x509", "null", "rr_1k_p90_us"),
+		delta("hbone-x509", "null", "rr_1b_p50_us"), ratio("tls", "null", "rr_1k_p90_us"),
+	)
+	for _, t := range []string{"tput_1_gbps", "tput_4_gbps"} {
+		out = append(out, ratio("hbone-x509", "tls", t), ratio("hbone-x509", "direct", t), ratio("tls", "direct", t), ratio("null", "direct", t))
+	}
+	out = append(out,
+		ratio("hbone-x509", "tls", "tput_1_gbit_per_proxy_cpu_s"),
+		ratio("hbone-x509", "null", "cpu_vcpu_per_krps_max"), ratio("tls", "null", "cpu_vcpu_per_krps_max"),
+		ratio("null", "direct", "crr_p50_us"), ratio("hbone-x509", "direct", "crr_p50_us"),
+		ratio("hbone-x509-newtunnel", "hbone-x509", "crr_p50_us"), ratio("tls", "null", "crr_p50_us"),
+		ratio("hbone-x509-newtunnel", "tls", "crr_p50_us"),
+		ratio("hbone-x509", "null", "httpnc_p90_us"), ratio("hbone-x509-newtunnel", "hbone-x509", "httpnc_p90_us"), ratio("tls", "null", "httpnc_p90_us"), ratio("hbone-x509-same-newtunnel", "hbone-x509-same", "crr_p50_us"),
+		ratio("hbone-x509-same", "null-same", cpu+"_p90_us"), delta("hbone-x509-same", "direct-same", cpu+"_p90_us"),
+		ratio("hbone-x509-same", "hbone-x509", cpu+"_p90_us"),
+	)
+	return out
+}
+
+func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
+	for i := range res.Ratios {
+		r := &res.Ratios[i]
+		if r.Num == num && r.Den == den && r.Metric == metric && r.Delta == isDelta {
+			return r
+		}
+	}
+	return nil
+}
+
+// verdict compares a median with a limit. The detail notes when the 95%
+// interval crosses the limit, so a verdict on noisy data is visible.
+func verdict(s *Summary, limit float64, atMost bool) (status, detail string) {
+	ok := s.Median <= limit
+	if !atMost {
+		ok = s.Median >= limit
+	}
+	status = "not met"
+	if ok {
+		status = "met"
+	}
+	if s.Lo <= limit && limit <= s.Hi {
+		kind := "95% interval"
+		if !s.CI95 {
+			kind = "range of the rounds (too few for a 95% interval)"
+		}
+		detail = fmt.Sprintf("the %s [%s, %s] includes the limit", kind, fmtNum(s.Lo), fmtNum(s.Hi))
+	}
+	return status, detail
+}
+
+func (res *Results) ratioGoal(name string, r *Ratio, limit float64, atMost bool, what string) Goal {
+	g := Goal{Name: name}
+	if r == nil || r.Status != "run" {
+		g.Status, g.Value = "not run", "–"
+		if r != nil {
+			g.Detail = r.Reason
+		}
+		return g
+	}
+	g.Status, g.Detail = verdict(r.Summary, limit, atMost)
+	g.Value = fmt.Sprintf("%s %s (%s)", fmtNum(r.Summary.Median), what, ciText(*r.Summary))
+	return g
+}
+
+func (res *Results) goals() []Goal {
+	c := res.Config
+	cpu := httpKey(c.CPUConns, false)
+	var gs []Goal
+	gs = append(gs, res.ratioGoal("RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled)",
+		res.findRatio("hbone-rbe-warm", "hbone-x509", cpu+"_p90_us", false), 1.02, true,
+		fmt.Sprintf("× at c=%d", c.CPUConns)))
+	gs = append(gs, res.ratioGoal("HBONE 1 KB p90 ≤ 1.3× null proxy pair",
+		res.findRatio("hbone-x509", "null", cpu+"_p90_us", false), 1.3, true,
+		fmt.Sprintf("× (HTTP 1 KB, c=%d, 1000 rps, no jitter)", c.CPUConns)))
+	gs = append(gs, res.ratioGoal("HBONE throughput ≥ 0.9× plain TLS pair",
+		res.findRatio("hbone-x509", "tls", "tput_1_gbps", false), 0.9, false, "× (one stream)"))
+	g := Goal{Name: "≤ 0.06 vCPU per 1000 rps per proxy"}
+	v := res.variant("hbone-x509")
+	if s, ok := v.metric("cpu_vcpu_per_krps_max"); ok {
+		g.Status, g.Detail = verdict(&s, 0.06, true)
+		g.Value = fmt.Sprintf("%s vCPU for the busier HBONE proxy (%s)", fmtNum(s.Median), ciText(s))
+	} else {
+		g.Status, g.Value, g.Detail = "not run", "–", "no CPU sample for hbone-x509"
+	}
+	gs = append(gs, g)
+	g = Goal{Name: "curator latency growth no worse than logarithmic"}
+	if res.Curator.Status == "run" && res.Curator.Fit != nil {
+		f := res.Curator.Fit
+		g.Status = "not met"
+		if f.NoWorseThanLog {
+			g.Status = "met"
+		}
+		g.Value = fmt.Sprintf("slope per e-fold of registrations %s µs over the lower half of the range and %s µs over the upper half; power-law exponent %.3f, %.2f× growth over the range",
+			fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd), f.Exponent, f.Growth)
+	} else {
+		g.Status, g.Value, g.Detail = "not run", "–", res.Curator.Reason
+	}
+	gs = append(gs, g)
+	return gs
+}
+
+func (v *VariantResult) metric(m string) (Summary, bool) {
+	if v == nil || v.Status != "run" {
+		return Summary{}, false
+	}
+	s, ok := v.Metrics[m]
+	return s, ok
+}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+(\d+)\s+(.*)$`)
+
+// ParseBench reads `go test -bench` output and summarizes every reported
+// unit of every benchmark over its repetitions (-count).
+func ParseBench(path string) ([]MicroResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read benchmark output: %w", err)
+	}
+	defer f.Close()
+	return parseBench(bufio.NewScanner(f))
+}
+
+func parseBench(sc *bufio.Scanner) ([]MicroResult, error) {
+	type key struct{ name, unit string }
+	vals := map[key][]float64{}
+	var order []key
+	for sc.Scan() {
+		m := benchLine.FindStringSubmatch(strings.TrimSpace(sc.Text()))
+		if m == nil {
+			continue
+		}
+		f := strings.Fields(m[4])
+		for i := 0; i+1 < len(f); i += 2 {
+			x, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				break
+			}
+			k := key{m[1], f[i+1]}
+			if _, seen := vals[k]; !seen {
+				order = append(order, k)
+			}
+			vals[k] = append(vals[k], x)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read benchmark output: %w", err)
+	}
+	if len(order) == 0 {
+		return nil, fmt.Errorf("benchmark output has no benchmark lines")
+	}
+	var out []MicroResult
+	for _, k := range order {
+		s, err := Summarize(vals[k])
+		if err != nil {
+			continue
+		}
+		out = append(out, MicroResult{Name: k.name, Unit: k.unit, Summary: s})
+	}
+	return out, nil
+}
+
+// WriteJSON writes res to path.
+func (res *Results) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// ReadJSON reads results written by WriteJSON.
+func ReadJSON(path string) (*Results, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read results: %w", err)
+	}
+	var res Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return nil, fmt.Errorf("decode results %s: %w", path, err)
+	}
+	return &res, nil
+}
+
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// BenchLines renders every kept per-round value in Go benchmark format, one
+// line per variant, metric and round, for benchstat:
+//
+//	benchstat -col /variant -row /m perf/results/quick.bench.txt
+func (res *Results) BenchLines() string {
+	dropped := res.droppedBlocks()
+	var b strings.Builder
+	for _, v := range res.Variants {
+		if v.Status != "run" {
+			continue
+		}
+		for _, m := range sortedKeys(v.Rounds) {
+			for r, p := range v.Rounds[m] {
+				if p == nil || dropped[blockKey{v.ID, r}] {
+					continue
+				}
+				fmt.Fprintf(&b, "BenchmarkMesh/variant=%s/m=%s 1 %g value\n", v.ID, m, *p)
+			}
+		}
+	}
+	return b.String()
+}
+
+var curatorBenchName = regexp.MustCompile(`^BenchmarkAgentUpdates/indexed/N=(\d+)$`)
+
+// ParseCuratorBench reads the curator's `go test -bench AgentUpdates`
+// output and fits the growth of the update-query p50 with the registry
+// size. Each "indexed/N=<n>" benchmark reports the p50 in "p50-µs".
+func ParseCuratorBench(path string) (CuratorResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return CuratorResult{}, fmt.Errorf("read curator benchmark output: %w", err)
+	}
+	defer f.Close()
+	return parseCuratorBench(bufio.NewScanner(f))
+}
+
+func parseCuratorBench(sc *bufio.Scanner) (CuratorResult, error) {
+	micro, err := parseBench(sc)
+	if err != nil {
+		return CuratorResult{}, err
+	}
+	var res CuratorResult
+	for _, m := range micro {
+		g := curatorBenchName.FindStringSubmatch(m.Name)
+		if g == nil || m.Unit != "p50-µs" {
+			continue
+		}
+		n, err := strconv.Atoi(g[1])
+		if err != nil {
+			return CuratorResult{}, fmt.Errorf("curator benchmark %s: invalid size: %w", m.Name, err)
+		}
+		res.Points = append(res.Points, CuratorPoint{N: n, LatencyUS: m.Summary})
+	}
+	if len(res.Points) == 0 {
+		return CuratorResult{}, fmt.Errorf("curator benchmark output has no AgentUpdates/indexed/N=<n> line with p50-µs")
+	}
+	slices.SortFunc(res.Points, func(a, b CuratorPoint) int { return a.N - b.N })
+	ns := make([]float64, len(res.Points))
+	ys := make([]float64, len(res.Points))
+	for i, p := range res.Points {
+		ns[i], ys[i] = float64(p.N), p.LatencyUS.Median
+	}
+	fit, err := FitGrowth(ns, ys)
+	if err != nil {
+		return CuratorResult{}, fmt.Errorf("curator growth: %w", err)
+	}
+	res.Status, res.Fit = "run", &fit
+	return res, nil
+}

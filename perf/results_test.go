@@ -1,0 +1,146 @@
+package perf
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+func fixed(t *testing.T) *Results {
+	t.Helper()
+	res, err := ReadJSON("testdata/fixed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Derive()
+	return res
+}
+
+func TestDeriveRatiosSkipDroppedRounds(t *testing.T) {
+	res := fixed(t)
+	r := res.findRatio("hbone-x509", "null", "http_c16_nj_p90_us", false)
+	if r == nil || r.Status != "run" {
+		t.Fatalf("hbone/null p90 ratio: got %+v", r)
+	}
+	// Rounds 0-4 give 1.1, 1.2, 1.3, 1.15, 1.25; the hbone-x509 block of round 5 (9.0) is dropped.
+	if math.Abs(r.Summary.Median-1.2) > 1e-9 || r.Summary.N != 5 {
+		t.Fatalf("median %v over %d rounds, want 1.2 over 5", r.Summary.Median, r.Summary.N)
+	}
+	d := res.findRatio("hbone-x509", "direct", "http_c16_nj_p90_us", true)
+	if d == nil || d.Summary == nil || d.Summary.Median != 70 {
+		t.Fatalf("hbone − direct p90 delta: got %+v, want median 70", d)
+	}
+	if s := res.variant("hbone-x509").Metrics["cpu_vcpu_per_krps_max"]; s.Median != 0.05 {
+		t.Fatalf("CPU median %v, want 0.05 without the dropped round", s.Median)
+	}
+	rbe := res.findRatio("hbone-rbe-warm", "hbone-x509", "http_c16_nj_p90_us", false)
+	if rbe == nil || rbe.Status != "not run" || !strings.Contains(rbe.Reason, "curator is missing") {
+		t.Fatalf("RBE ratio: got %+v, want not run with the variant's reason", rbe)
+	}
+	if tl := res.findRatio("tls", "null", "http_c16_nj_p90_us", false); tl == nil || tl.Status != "not run" {
+		t.Fatalf("tls/null p90 without tls samples: got %+v, want not run", tl)
+	}
+}
+
+func TestGoals(t *testing.T) {
+	res := fixed(t)
+	want := map[string]string{
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled)":        "not run",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair":            "met",
+		"HBONE throughput ≥ 0.9× plain TLS pair":           "not met",
+		"≤ 0.06 vCPU per 1000 rps per proxy":               "met",
+		"curator latency growth no worse than logarithmic": "not run",
+	}
+	if len(res.Goals) != len(want) {
+		t.Fatalf("got %d goals, want %d", len(res.Goals), len(want))
+	}
+	for _, g := range res.Goals {
+		if want[g.Name] != g.Status {
+			t.Errorf("goal %q: got %q, want %q", g.Name, g.Status, want[g.Name])
+		}
+	}
+	// The p90 ratio's range reaches 1.3, so the verdict must mention it.
+	if !strings.Contains(res.Goals[1].Detail, "includes the limit") {
+		t.Errorf("p90 goal detail %q: want a warning that the range includes the limit", res.Goals[1].Detail)
+	}
+}
+
+func TestRenderMarkdown(t *testing.T) {
+	md := fixed(t).RenderMarkdown()
+	for _, want := range []string{
+		"# mazu-ztunnel performance results",
+		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair | 1.20 × (HTTP 1 KB, c=16, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
+		"| HBONE throughput ≥ 0.9× plain TLS pair | 0.80 × (one stream)",
+		"**not met**",
+		"| dropped blocks | 1 of 2 (round 5 hbone-x509) |",
+		"| blocks with errors | 1 of 2 |",
+		"| CPU | Test CPU, nproc 2 |",
+		"| hbone-rbe-warm | cross-node | hbone-rbe | warm | not run: the curator is missing |",
+		"| hbone-x509 − direct http_c16_nj_p90_us | 70.0 µs |",
+		"Not run: the curator is missing.",
+		"| hbone-x509 | – / 120 / – |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("RESULTS.md lacks %q", want)
+		}
+	}
+	if strings.Contains(md, "NaN") || strings.Contains(md, "%!") {
+		t.Errorf("RESULTS.md has a formatting error:\n%s", md)
+	}
+}
+
+func TestBenchLinesSkipDroppedRounds(t *testing.T) {
+	lines := fixed(t).BenchLines()
+	if !strings.Contains(lines, "BenchmarkMesh/variant=hbone-x509/m=http_c16_nj_p90_us 1 130 value\n") {
+		t.Errorf("benchmark lines lack round 2 of hbone-x509 p90:\n%s", lines)
+	}
+	if strings.Contains(lines, " 900 value") || strings.Contains(lines, "hbone-rbe-warm") {
+		t.Errorf("benchmark lines include a dropped round or a variant that did not run:\n%s", lines)
+	}
+	if n := strings.Count(lines, "\n"); n != 3*5+4*6 {
+		t.Errorf("%d lines, want 39 (3 hbone-x509 series × 5 kept rounds, 4 other series × 6)", n)
+	}
+}
+
+func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
+	vs := []*variant{{ID: "null"}, {ID: "hbone-x509"}}
+	samples := map[string]map[string]map[int]float64{
+		"null":       {"rr_1b_p50_us": {0: 100, 1: 100}},
+		"hbone-x509": {"rr_1b_p50_us": {0: 110, 1: 500}},
+	}
+	res := &Results{Config: Config{Rounds: 2, MaxLoad: 4}, Blocks: []Block{
+		{Round: 0, Variant: "null", LoadBefore: [3]float64{1}, LoadAfter: [3]float64{2}},
+		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{3}},
+		{Round: 1, Variant: "null", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{3}},
+		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{6}},
+	}}
+	res.finish(vs, samples)
+	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[2].Dropped {
+		t.Fatalf("dropped flags %v %v %v %v, want only round 1 hbone-x509", res.Blocks[0].Dropped, res.Blocks[1].Dropped, res.Blocks[2].Dropped, res.Blocks[3].Dropped)
+	}
+	r := res.findRatio("hbone-x509", "null", "rr_1b_p50_us", false)
+	if r == nil || r.Summary == nil || r.Summary.N != 1 || r.Summary.Median != 1.1 {
+		t.Fatalf("ratio %+v, want 1.1 from round 0 only", r)
+	}
+	if s := res.variant("null").Metrics["rr_1b_p50_us"]; s.N != 2 {
+		t.Fatalf("null kept %d rounds, want 2 (its blocks were quiet)", s.N)
+	}
+
+	loud := &Results{Config: Config{Rounds: 1, MaxLoad: 4}, Blocks: []Block{
+		{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}},
+	}}
+	loud.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 100}}})
+	if loud.Blocks[0].Dropped || len(loud.Notes) != 1 {
+		t.Fatalf("all blocks loud: dropped=%v notes=%v, want none dropped and one note", loud.Blocks[0].Dropped, loud.Notes)
+	}
+
+	// A run that stays loaded keeps its blocks and drops only the spikes.
+	busy := &Results{Config: Config{Rounds: 3, MaxLoad: 4}}
+	for r, l := range []float64{10, 11, 20} {
+		busy.Blocks = append(busy.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
+	}
+	busy.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1}}})
+	if busy.Blocks[0].Dropped || busy.Blocks[1].Dropped || !busy.Blocks[2].Dropped {
+		t.Fatalf("busy run: dropped %v %v %v, want only the load-20 block (limit 16.5)", busy.Blocks[0].Dropped, busy.Blocks[1].Dropped, busy.Blocks[2].Dropped)
+	}
+}

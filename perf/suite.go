@@ -1,0 +1,517 @@
+package perf
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config sets what one run measures.
+type Config struct {
+	Mode   string `json:"mode"` // "quick", "full" or "smoke"
+	Rounds int    `json:"rounds"`
+	// HTTPConns are the Fortio connection counts run without jitter;
+	// JitterConns those also run with jitter.
+	HTTPConns    []int         `json:"http_conns"`
+	JitterConns  []int         `json:"jitter_conns"`
+	QPS          float64       `json:"qps"`
+	HTTPDuration time.Duration `json:"http_duration"`
+	// HTTPExactly, when set, runs that many requests instead of a duration.
+	HTTPExactly  int64         `json:"http_exactly,omitempty"`
+	HTTPWarmup   time.Duration `json:"http_warmup"`
+	Payload      int           `json:"payload_bytes"`
+	RRCount      int64         `json:"rr_count"`
+	TputDuration time.Duration `json:"tput_duration"`
+	CRRCount     int64         `json:"crr_count"`
+	// NewConnQPS and NewConnConns set the Fortio HTTP run in which every
+	// request opens a new connection (the CRR modes at a fixed rate).
+	NewConnQPS   float64 `json:"newconn_qps"`
+	NewConnConns int     `json:"newconn_conns"`
+	// CPUConns is the connection count whose jitter-free HTTP point gives
+	// CPU and memory per 1000 rps.
+	CPUConns int `json:"cpu_conns"`
+	// MaxLoad drops a round when any of its blocks starts or ends with a
+	// 1-minute load average above it; zero turns the gate off.
+	MaxLoad float64 `json:"max_load"`
+	// ProxyProcs is GOMAXPROCS for each proxy, like ztunnel's 2 workers.
+	ProxyProcs int    `json:"proxy_gomaxprocs"`
+	Seed       uint64 `json:"seed"`
+}
+
+// Preset returns the configuration for mode "quick", "full" or "smoke".
+func Preset(mode string) (Config, error) {
+	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoad: 4 * float64(runtime.NumCPU()),
+		NewConnQPS: 200, NewConnConns: 4}
+	switch mode {
+	case "quick":
+		// Six rounds is the fewest that gives a 95% interval for a median.
+		c.Rounds, c.HTTPConns, c.JitterConns = 6, []int{1, 16, 64}, []int{16}
+		c.HTTPDuration, c.HTTPWarmup = 1500*time.Millisecond, 500*time.Millisecond
+		c.RRCount, c.TputDuration, c.CRRCount = 1000, time.Second, 150
+	case "full":
+		c.Rounds, c.HTTPConns, c.JitterConns = 8, []int{1, 4, 16, 64}, []int{1, 4, 16, 64}
+		c.HTTPDuration, c.HTTPWarmup = 5*time.Second, time.Second
+		c.RRCount, c.TputDuration, c.CRRCount = 5000, 4*time.Second, 1000
+	case "smoke":
+		c.Rounds, c.HTTPConns, c.JitterConns = 1, []int{4}, nil
+		c.HTTPExactly, c.HTTPWarmup, c.CPUConns = 300, 0, 4
+		c.RRCount, c.TputDuration, c.CRRCount = 200, 200*time.Millisecond, 30
+		c.MaxLoad = 0
+	default:
+		return c, fmt.Errorf("mode %q: want quick, full or smoke", mode)
+	}
+	return c, nil
+}
+
+// variant is one data path.
+type variant struct {
+	ID     string
+	Topo   string // "cross-node" or "same-node"
+	Kind   string // direct, null, tls, hbone-x509, hbone-rbe
+	Mode   string // connection mode of the CRR workload
+	Warm   bool   // runs the warm workloads (HTTP, RR, throughput, CPU)
+	CRR    bool
+	Reason string // set when not run
+
+	entry [3]string // http, echo, sink addresses the client dials
+	pids  []int     // proxy processes, outbound first
+}
+
+// Target indices into variant.entry and server ports.
+var targetPorts = [3]int{portHTTP, portEcho, portSink}
+
+// variants lists every data path of the suite. The RBE rows are listed with
+// the reason they were not run.
+//
+// NOTE: to run them, add an "hbone-rbe" proxy kind whose TLS configurations
+// come from rbeauth.Verifier.ClientConfig and ServerConfig over an
+// rbeauth.CuratorRegistry, with the verifier's cache kept (warm), cleared
+// with ForgetPod before each connection (cold), or used while the curator
+// applies updates, and clear Reason here.
+func variants() []*variant {
+	// The curator and rbeauth.CuratorRegistry reached main late in this
+	// suite's development; the rows need the testbed's API server for
+	// TokenReview, a curator with witnesses and registered certificates.
+	const rbeReason = "not wired into the suite's proxies yet (needs an API server, a curator with witnesses and registered certificates)"
+	return []*variant{
+		{ID: "direct", Topo: "cross-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
+		{ID: "null", Topo: "cross-node", Kind: "null", Mode: "new connection through both proxies", Warm: true, CRR: true},
+		{ID: "tls", Topo: "cross-node", Kind: "tls", Mode: "new mTLS tunnel per connection", Warm: true, CRR: true},
+		{ID: "hbone-x509", Topo: "cross-node", Kind: "hbone-x509", Mode: "new stream on a pooled tunnel", Warm: true, CRR: true},
+		{ID: "hbone-x509-newtunnel", Topo: "cross-node", Kind: "hbone-x509", Mode: "new tunnel per connection", CRR: true},
+		{ID: "hbone-rbe-warm", Topo: "cross-node", Kind: "hbone-rbe", Mode: "warm verification cache", Reason: rbeReason},
+		{ID: "hbone-rbe-cold", Topo: "cross-node", Kind: "hbone-rbe", Mode: "verification on every new tunnel", Reason: rbeReason},
+		{ID: "hbone-rbe-update", Topo: "cross-node", Kind: "hbone-rbe", Mode: "while the curator applies updates", Reason: rbeReason},
+		{ID: "direct-same", Topo: "same-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
+		{ID: "null-same", Topo: "same-node", Kind: "null", Mode: "new connection through both proxies", Warm: true},
+		{ID: "hbone-x509-same", Topo: "same-node", Kind: "hbone-x509", Mode: "new stream on a pooled tunnel", Warm: true, CRR: true},
+		{ID: "hbone-x509-same-newtunnel", Topo: "same-node", Kind: "hbone-x509", Mode: "new tunnel per connection", CRR: true},
+	}
+}
+
+// Runner runs the suite.
+type Runner struct {
+	Config Config
+	// Exe is the suite binary to re-execute for children; default
+	// os.Executable.
+	Exe string
+	// MicroFile holds `go test -bench` output of the crypto
+	// micro-benchmarks; empty skips them.
+	MicroFile string
+	// CuratorFile holds the curator's `go test -bench AgentUpdates` output;
+	// when it is empty or missing the curator rows are reported as not run.
+	CuratorFile string
+	Log         *slog.Logger
+}
+
+type sample struct {
+	values map[string]float64
+}
+
+// Run builds the topology, runs every round and returns the results.
+func (r *Runner) Run(ctx context.Context) (*Results, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("run the suite as root: it creates network namespaces")
+	}
+	log := r.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg := r.Config
+	if cfg.Rounds < 1 {
+		return nil, fmt.Errorf("rounds %d: need at least 1", cfg.Rounds)
+	}
+	exe := r.Exe
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("find suite binary: %w", err)
+		}
+	}
+	res := &Results{Machine: machineInfo(), Config: cfg, Started: time.Now().UTC()}
+	topo, err := NewTopology(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("build topology: %w", err)
+	}
+	defer func() {
+		if err := topo.Close(); err != nil {
+			log.Error("remove topology", "err", err)
+		}
+	}()
+	pki, err := NewPKI()
+	if err != nil {
+		return nil, err
+	}
+	vs := variants()
+	var children []*child
+	defer func() {
+		for _, c := range children {
+			c.stop()
+		}
+	}()
+	maxLife := 4 * time.Hour
+	start := func(ns, name string, cfg ChildConfig, env ...string) (*child, error) {
+		cfg.MaxLife = maxLife
+		c, err := startChild(ctx, exe, ns, name, cfg, env)
+		if err != nil {
+			return nil, err
+		}
+		children = append(children, c)
+		if err := c.waitReady(20 * time.Second); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	for _, s := range []struct{ ns, ip string }{{topo.SPod, ipSPod}, {topo.SPod2, ipSPod2}} {
+		if _, err := start(s.ns, "server "+s.ip, ChildConfig{Role: "server", Server: &ServerConfig{Addr: s.ip}}); err != nil {
+			return nil, err
+		}
+	}
+	procEnv := "GOMAXPROCS=" + strconv.Itoa(cfg.ProxyProcs)
+	startProxy := func(ns, name string, pc ProxyConfig) (int, error) {
+		pc.PKI = pki
+		c, err := start(ns, name, ChildConfig{Role: "proxy", Proxy: &pc}, procEnv)
+		if err != nil {
+			return 0, err
+		}
+		return c.Pid(), nil
+	}
+	// routes builds listen→target routes for the three server ports.
+	routes := func(listenIP string, base int, target func(i int) string) []ProxyRoute {
+		var rs []ProxyRoute
+		for i := range targetPorts {
+			rs = append(rs, ProxyRoute{Listen: fmt.Sprintf("%s:%d", listenIP, base+i), Target: target(i)})
+		}
+		return rs
+	}
+	server := func(ip string) func(int) string {
+		return func(i int) string { return fmt.Sprintf("%s:%d", ip, targetPorts[i]) }
+	}
+	hop := func(ip string, base int) func(int) string {
+		return func(i int) string { return fmt.Sprintf("%s:%d", ip, base+i) }
+	}
+	hboneIn := map[string]int{}
+	for slot, v := range vs {
+		if v.Reason != "" {
+			continue
+		}
+		srvIP, peerIP := ipSPod, ipNodeB
+		peerNS := topo.NodeB
+		if v.Topo == "same-node" {
+			srvIP, peerIP, peerNS = ipSPod2, ipNodeA, topo.NodeA
+		}
+		outBase, inBase := 20000+100*slot, 20000+100*slot+50
+		for i := range targetPorts {
+			v.entry[i] = fmt.Sprintf("%s:%d", ipNodeACli, outBase+i)
+		}
+		switch v.Kind {
+		case "direct":
+			for i := range targetPorts {
+				v.entry[i] = server(srvIP)(i)
+			}
+		case "null", "tls":
+			in, err := startProxy(peerNS, v.ID+" inbound", ProxyConfig{Kind: v.Kind, Side: "in", Routes: routes(peerIP, inBase, server(srvIP))})
+			if err != nil {
+				return nil, err
+			}
+			out, err := startProxy(topo.NodeA, v.ID+" outbound", ProxyConfig{Kind: v.Kind, Side: "out", Routes: routes(ipNodeACli, outBase, hop(peerIP, inBase))})
+			if err != nil {
+				return nil, err
+			}
+			v.pids = []int{out, in}
+		case "hbone-x509":
+			// One inbound HBONE server per node, shared by the pooled and
+			// the new-tunnel outbound variants.
+			peer := peerIP + ":15008"
+			in, ok := hboneIn[peer]
+			if !ok {
+				in, err = startProxy(peerNS, "hbone inbound "+peer, ProxyConfig{Kind: "hbone", Side: "in", Routes: []ProxyRoute{{Listen: peer}}})
+				if err != nil {
+					return nil, err
+				}
+				hboneIn[peer] = in
+			}
+			out, err := startProxy(topo.NodeA, v.ID+" outbound", ProxyConfig{Kind: "hbone", Side: "out", Peer: peer,
+				NewTunnel: strings.HasSuffix(v.ID, "-newtunnel"), Routes: routes(ipNodeACli, outBase, server(srvIP))})
+			if err != nil {
+				return nil, err
+			}
+			v.pids = []int{out, in}
+		}
+	}
+	log.Info("topology ready", "prefix", topo.Prefix, "children", len(children))
+
+	runLoadChild := func(lc LoadConfig) (*LoadResult, error) {
+		c, err := startChild(ctx, exe, topo.CPod, "load "+lc.Workload+" "+lc.Target, ChildConfig{Role: "load", Load: &lc, MaxLife: 10 * time.Minute}, nil)
+		if err != nil {
+			return nil, err
+		}
+		defer c.stop()
+		type out struct {
+			line string
+			err  error
+		}
+		ch := make(chan out, 1)
+		go func() { l, err := c.out.ReadString('\n'); ch <- out{l, err} }()
+		budget := 2*lc.Duration + lc.Warmup + 2*time.Minute
+		select {
+		case o := <-ch:
+			if o.err != nil {
+				_ = c.cmd.Wait()
+				return nil, fmt.Errorf("load %s to %s failed: %s", lc.Workload, lc.Target, strings.TrimSpace(c.errb.String()))
+			}
+			var lr LoadResult
+			if err := json.Unmarshal([]byte(o.line), &lr); err != nil {
+				return nil, fmt.Errorf("decode load result: %w", err)
+			}
+			return &lr, nil
+		case <-time.After(budget):
+			return nil, fmt.Errorf("load %s to %s: no result after %s", lc.Workload, lc.Target, budget)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+
+	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(time.Now().UnixNano())))
+	samples := map[string]map[string]map[int]float64{} // variant → metric → round → value
+	put := func(v, m string, round int, x float64) {
+		if samples[v] == nil {
+			samples[v] = map[string]map[int]float64{}
+		}
+		if samples[v][m] == nil {
+			samples[v][m] = map[int]float64{}
+		}
+		samples[v][m][round] = x
+	}
+	var runnable []*variant
+	for _, v := range vs {
+		if v.Reason == "" {
+			runnable = append(runnable, v)
+		}
+	}
+	for round := range cfg.Rounds {
+		order := slices.Clone(runnable)
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, v := range order {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			b := Block{Round: round, Variant: v.ID, LoadBefore: loadAvg(), StealBefore: stealTicks(), Start: time.Now().UTC()}
+			errs := r.runBlock(v, round, runLoadChild, put)
+			b.LoadAfter, b.StealAfter = loadAvg(), stealTicks()
+			b.Seconds = time.Since(b.Start).Seconds()
+			for _, e := range errs {
+				b.Errors = append(b.Errors, e.Error())
+			}
+			res.Blocks = append(res.Blocks, b)
+			log.Info("block done", "round", round, "variant", v.ID, "load", b.LoadAfter[0], "seconds", fmt.Sprintf("%.1f", b.Seconds), "errors", len(errs))
+		}
+	}
+	res.Finished = time.Now().UTC()
+	if r.CuratorFile != "" {
+		if _, err := os.Stat(r.CuratorFile); err == nil {
+			cur, err := ParseCuratorBench(r.CuratorFile)
+			if err != nil {
+				cur = CuratorResult{Status: "not run", Reason: err.Error()}
+			}
+			res.Curator = cur
+		}
+	}
+	res.finish(vs, samples)
+	if r.MicroFile != "" {
+		micro, err := ParseBench(r.MicroFile)
+		if err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("micro-benchmarks not read: %v", err))
+		} else {
+			res.Micro = micro
+		}
+	}
+	return res, nil
+}
+
+func httpKey(c int, jitter bool) string {
+	j := "nj"
+	if jitter {
+		j = "j"
+	}
+	return fmt.Sprintf("http_c%d_%s", c, j)
+}
+
+// runBlock runs every workload of v once.
+func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadResult, error), put func(string, string, int, float64)) []error {
+	cfg := r.Config
+	var errs []error
+	if v.Warm {
+		type point struct {
+			c      int
+			jitter bool
+		}
+		var points []point
+		for _, c := range cfg.HTTPConns {
+			points = append(points, point{c, false})
+		}
+		for _, c := range cfg.JitterConns {
+			points = append(points, point{c, true})
+		}
+		for _, p := range points {
+			lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: p.c, QPS: cfg.QPS, Duration: cfg.HTTPDuration,
+				Exactly: cfg.HTTPExactly, Warmup: cfg.HTTPWarmup, Jitter: p.jitter, Payload: cfg.Payload, PIDs: v.pids})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			k := httpKey(p.c, p.jitter)
+			put(v.ID, k+"_p50_us", round, lr.P50)
+			put(v.ID, k+"_p90_us", round, lr.P90)
+			put(v.ID, k+"_p99_us", round, lr.P99)
+			put(v.ID, k+"_p999_us", round, lr.P999)
+			put(v.ID, k+"_qps", round, lr.ActualQPS)
+			put(v.ID, k+"_errors", round, float64(lr.Errors))
+			if p.c == cfg.CPUConns && !p.jitter && len(lr.Procs) > 0 && lr.Wall > 0 && lr.ActualQPS > 0 {
+				worst := 0.0
+				for i, pu := range lr.Procs {
+					side := "out"
+					if i > 0 {
+						side = "in"
+					}
+					perK := pu.CPUSeconds / lr.Wall / (lr.ActualQPS / 1000)
+					worst = max(worst, perK)
+					put(v.ID, "cpu_vcpu_per_krps_"+side, round, perK)
+					put(v.ID, "rss_mb_"+side, round, float64(pu.RSSBytes)/1e6)
+				}
+				put(v.ID, "cpu_vcpu_per_krps_max", round, worst)
+			}
+		}
+		for _, rr := range []struct {
+			name string
+			size int
+		}{{"rr_1b", 1}, {"rr_1k", 1024}} {
+			lr, err := load(LoadConfig{Workload: "rr", Target: v.entry[1], Exactly: cfg.RRCount, Payload: rr.size})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			put(v.ID, rr.name+"_p50_us", round, lr.P50)
+			put(v.ID, rr.name+"_p90_us", round, lr.P90)
+			put(v.ID, rr.name+"_p99_us", round, lr.P99)
+			put(v.ID, rr.name+"_errors", round, float64(lr.Errors))
+		}
+		for _, streams := range []int{1, 4} {
+			lr, err := load(LoadConfig{Workload: "tput", Target: v.entry[2], Streams: streams, Duration: cfg.TputDuration, PIDs: v.pids})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			k := fmt.Sprintf("tput_%d", streams)
+			put(v.ID, k+"_gbps", round, lr.Gbps)
+			cpu := 0.0
+			for _, pu := range lr.Procs {
+				cpu += pu.CPUSeconds
+			}
+			if cpu > 0 {
+				put(v.ID, k+"_gbit_per_proxy_cpu_s", round, lr.Gbps*lr.Wall/cpu)
+			}
+		}
+	}
+	if v.CRR {
+		lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: cfg.NewConnConns, QPS: cfg.NewConnQPS, Duration: cfg.HTTPDuration,
+			Exactly: cfg.HTTPExactly / 4, NewConn: true, Payload: cfg.Payload})
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			put(v.ID, "httpnc_p50_us", round, lr.P50)
+			put(v.ID, "httpnc_p90_us", round, lr.P90)
+			put(v.ID, "httpnc_p99_us", round, lr.P99)
+			put(v.ID, "httpnc_qps", round, lr.ActualQPS)
+			put(v.ID, "httpnc_errors", round, float64(lr.Errors))
+		}
+		lr, err = load(LoadConfig{Workload: "crr", Target: v.entry[1], Exactly: cfg.CRRCount})
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			put(v.ID, "crr_p50_us", round, lr.P50)
+			put(v.ID, "crr_p90_us", round, lr.P90)
+			put(v.ID, "crr_p99_us", round, lr.P99)
+			put(v.ID, "crr_conn_per_s", round, lr.ActualQPS)
+			put(v.ID, "crr_errors", round, float64(lr.Errors))
+		}
+	}
+	return errs
+}
+
+func loadAvg() [3]float64 {
+	var l [3]float64
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return l
+	}
+	f := strings.Fields(string(b))
+	for i := 0; i < 3 && i < len(f); i++ {
+		l[i], _ = strconv.ParseFloat(f[i], 64)
+	}
+	return l
+}
+
+// stealTicks returns the cumulative steal time in USER_HZ ticks.
+func stealTicks() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) > 8 {
+		n, _ := strconv.ParseInt(f[8], 10, 64)
+		return n
+	}
+	return 0
+}
+
+func machineInfo() Machine {
+	m := Machine{NProc: runtime.NumCPU(), Go: runtime.Version(), GOARCH: runtime.GOARCH}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(out))
+	}
+	return m
+}
