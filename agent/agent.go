@@ -56,7 +56,8 @@ type Config struct {
 	// CgroupRoot is the cgroup v2 folder under which the kubelet puts pods:
 	// the cgroup2 mount plus the kubelet's --cgroup-root.
 	CgroupRoot string
-	// CNISocket is where mazu-cni connects; empty disables it.
+	// CNISocket is the Unix socket path mazu-cni connects to. Empty
+	// disables it.
 	CNISocket string
 	// StateDir keeps the enrolled pods' namespaces across restarts.
 	StateDir string

@@ -105,7 +105,7 @@ func selectorMatches(sel *typev1beta1.WorkloadSelector, labels map[string]string
 
 // rulesMatch reports whether any rule matches. A rule that uses an
 // attribute only an L7 proxy can see is handled as istiod handles it for
-// ztunnel: in an ALLOW policy the rule is dropped, so it allows nothing; in
+// ztunnel. In an ALLOW policy the rule is dropped, so it allows nothing. In
 // a DENY policy the L7 parts are ignored, so it denies at least as much.
 func rulesMatch(rules []*securityv1beta1.Rule, action securityv1beta1.AuthorizationPolicy_Action, req Request) bool {
 	for _, rule := range rules {

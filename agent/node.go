@@ -136,8 +136,8 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		return err
 	}
 	// The agent reads original destinations from the capture maps, so its
-	// cgroup is optional; the cgroup2 root is refused, because programs
-	// there would see every process of the node.
+	// cgroup is optional. The loader refuses the cgroup2 root, because
+	// programs there would see every process of the node.
 	if root, err := bpf.Cgroup2Root(); err == nil && filepath.Clean(ownCgroup) == filepath.Clean(root) {
 		log.Info("agent runs in the cgroup2 root; not attaching agent-cgroup programs")
 		ownCgroup = ""

@@ -24,7 +24,7 @@ const (
 	HBONEPort = 15008
 )
 
-// Destination is where a captured connection goes.
+// Destination is the resolved target of a captured connection.
 type Destination struct {
 	// Mesh is true when the destination pod is enrolled, so the connection
 	// goes through HBONE to a peer that must prove Identity.

@@ -28,9 +28,10 @@ import (
 
 // DefaultTokenLifetime is the lifetime of the pod-bound tokens the agent
 // requests. Each token is one registration in the curator's log, so a
-// shorter lifetime grows the log and the witnesses' replay work; a leaked
-// token is bound to its pod, IP and TLS key and dies with the pod, so an
-// hour is the trade-off. Tokens are renewed at 80% of their lifetime.
+// shorter lifetime grows the log and the witnesses' replay work. A leaked
+// token is bound to its pod, IP and TLS key and dies with the pod, which
+// makes an hour an acceptable exposure. Tokens are renewed at 80% of their
+// lifetime.
 const DefaultTokenLifetime = time.Hour
 
 // WorkloadsOptions configures Workloads.
@@ -49,8 +50,8 @@ type WorkloadsOptions struct {
 	// AgentToken returns the agent's own pod-bound token, which a curator
 	// with a node check needs with each registration; nil sends none.
 	AgentToken func(ctx context.Context) (string, error)
-	// Expect tells the node's log monitor about each entry the agent
-	// requested, so it can alert on entries it did not request.
+	// Expect records each entry the agent requested with the node's log
+	// monitor, so that the monitor can alert on entries it did not request.
 	Expect func(id curator.ID, popMessage []byte)
 	// Trusted returns the node's trusted checkpoint for staple updates.
 	Trusted TrustedCheckpoint
@@ -60,10 +61,10 @@ type WorkloadsOptions struct {
 	Logger        *slog.Logger
 }
 
-// Workloads manages the identities of a node's enrolled pods: for each one a
-// pod-bound token, a TLS key, a registration in the curator's log, a
-// self-signed certificate carrying the token, and a stapled proof that it
-// keeps current as the log grows.
+// Workloads manages the identities of a node's enrolled pods. Each pod gets
+// a pod-bound token, a TLS key, a registration in the curator's log and a
+// self-signed certificate carrying the token. Workloads keeps each pod's
+// stapled proof current as the log grows.
 type Workloads struct {
 	opts WorkloadsOptions
 	log  *slog.Logger
@@ -170,7 +171,7 @@ func (w *Workloads) enroll(ctx context.Context, wl *workload, sa string) error {
 	return w.restaple(ctx, wl)
 }
 
-// requestToken asks for a token bound to the pod, as the kubelet does for
+// requestToken requests a token bound to the pod, as the kubelet does for
 // projected volumes.
 func (w *Workloads) requestToken(ctx context.Context, wl *workload, sa string) (string, time.Time, error) {
 	seconds := int64(w.opts.TokenLifetime / time.Second)
@@ -186,8 +187,8 @@ func (w *Workloads) requestToken(ctx context.Context, wl *workload, sa string) (
 	return resp.Status.Token, resp.Status.ExpirationTimestamp.Time, nil
 }
 
-// register reserves a slot and appends the registration; the answer comes
-// once the entry is durable.
+// register reserves a slot and appends the registration. The curator
+// responds once the entry is durable.
 func (w *Workloads) register(ctx context.Context, wl *workload, token string, key *ecdsa.PrivateKey, spki []byte) (*server.KeyResponse, error) {
 	var reserved server.ReserveResponse
 	if err := w.opts.Curator.PostJSON(ctx, "/v1/reserve", map[string]string{"token": token}, &reserved); err != nil {
