@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -88,10 +90,10 @@ func applyChartAccess(t *testing.T, tb *testbed.Testbed) chartInstall {
 		t.Cleanup(func() { _ = client.Delete(context.Background(), name, metav1.DeleteOptions{}) })
 		applied++
 	}
-	// ServiceAccount, ClusterRole and its binding, two policies and their
-	// bindings.
-	if applied < 7 {
-		t.Fatalf("applied %d of the agent's access objects from the chart, want at least 7", applied)
+	// ServiceAccount, ClusterRole and its binding, three admission policies
+	// and their bindings.
+	if applied < 9 {
+		t.Fatalf("applied %d of the agent's access objects from the chart, want at least 9", applied)
 	}
 	return install
 }
@@ -126,7 +128,9 @@ func ensureNamespace(t *testing.T, tb *testbed.Testbed, name string) {
 	case err != nil:
 		t.Fatal(err)
 	default:
-		t.Cleanup(func() { _ = tb.Client().CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = tb.Client().CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
 	}
 }
 
@@ -134,7 +138,7 @@ func ensureNamespace(t *testing.T, tb *testbed.Testbed, name string) {
 // returns an API server configuration that authenticates with nothing but
 // a token bound to that pod, for the API server's own audience, as the
 // kubelet projects it into the kube-api-access volume.
-func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node *testbed.Node) *rest.Config {
+func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node *testbed.Node) (*rest.Config, *testbed.Pod) {
 	t.Helper()
 	pod := testbed.NewPod(t, tb, node, testbed.PodSpec{
 		Namespace: install.Namespace, Name: install.ServiceAccount + "-" + node.Name, ServiceAccount: install.ServiceAccount,
@@ -155,6 +159,29 @@ func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node 
 		Host:            tb.APIServerURL(),
 		BearerToken:     resp.Status.Token,
 		TLSClientConfig: rest.TLSClientConfig{CAFile: tb.CACertFile()},
+	}, pod
+}
+
+// waitAgentPatchRejected repeats a merge patch of pod with the agent's
+// credentials until the API server rejects it with message.
+func waitAgentPatchRejected(t *testing.T, cfg *rest.Config, pod *testbed.Pod, patch, message string) {
+	t.Helper()
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		_, err := kc.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil && strings.Contains(err.Error(), message) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no rejection containing %q for patch %s of pod %s/%s within 60 s; last result: %v", message, patch, pod.Namespace, pod.Name, err)
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 }
 
@@ -178,8 +205,12 @@ func TestAgentRunsWithChartAccess(t *testing.T) {
 	cni := buildCNI(t)
 	nodeA := testbed.NewNode(t, tb, "rbac-a")
 	nodeB := testbed.NewNode(t, tb, "rbac-b")
-	restA := agentPodREST(t, tb, install, nodeA)
-	restB := agentPodREST(t, tb, install, nodeB)
+	restA, podA := agentPodREST(t, tb, install, nodeA)
+	restB, _ := agentPodREST(t, tb, install, nodeB)
+	// The admission policies load asynchronously; wait until the pod
+	// annotation policy is enforced, so that the agents' annotation
+	// patches below go through it.
+	waitAgentPatchRejected(t, restA, podA, `{"metadata":{"labels":{"app":"other"}}}`, "may change only the annotations")
 	agentA := startAgentWith(t, tb, mesh, nodeA, agentOptions{REST: restA, Audience: install.Audience})
 	agentB := startAgentWith(t, tb, mesh, nodeB, agentOptions{REST: restB, Audience: install.Audience})
 	ambientNamespace(t, tb, "rbac")
