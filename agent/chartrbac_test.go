@@ -56,8 +56,10 @@ func applyChartAccess(t *testing.T, tb *testbed.Testbed) chartInstall {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	install := chartInstall{Namespace: ambient.DefaultNamespace}
 	ensureNamespace(t, tb, install.Namespace)
+
 	dyn := dynamicClient(t, tb)
 	applied := 0
 	for _, obj := range objects {
@@ -134,10 +136,10 @@ func ensureNamespace(t *testing.T, tb *testbed.Testbed, name string) {
 	}
 }
 
-// agentPodREST creates the agent pod of node as the DaemonSet would and
-// returns an API server configuration that authenticates with nothing but
-// a token bound to that pod, for the API server's own audience, as the
-// kubelet projects it into the kube-api-access volume.
+// agentPodREST creates the agent pod of node as the DaemonSet would. It
+// returns an API server configuration whose only credential is a token
+// bound to that pod for the API server's default audience, as the kubelet
+// projects it into the kube-api-access volume.
 func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node *testbed.Node) (*rest.Config, *testbed.Pod) {
 	t.Helper()
 	pod := testbed.NewPod(t, tb, node, testbed.PodSpec{
