@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 
 	"github.com/mazu-mesh/mazu-ztunnel/bpf"
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
@@ -47,6 +48,12 @@ type agentOptions struct {
 	Dir string
 	// Socket is the CNI socket; empty means Dir/cni.sock.
 	Socket string
+	// REST is the agent's API server configuration; nil means the
+	// testbed's admin credentials.
+	REST *rest.Config
+	// Audience is the registration token audience; empty means
+	// curator.DefaultAudience.
+	Audience string
 }
 
 // pinUsers counts the running test agents of each pin folder, so that the
@@ -78,9 +85,17 @@ func startAgentWith(t *testing.T, tb *testbed.Testbed, mesh *meshtest.Curator, n
 	started := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	restConfig := opts.REST
+	if restConfig == nil {
+		restConfig = tb.RESTConfig()
+	}
+	audience := opts.Audience
+	if audience == "" {
+		audience = curator.DefaultAudience
+	}
 	cfg := NodeConfig{
-		REST: tb.RESTConfig(), NodeName: node.Name, TrustDomain: testbed.TrustDomain,
-		RootNamespace: "istio-system", Audience: curator.DefaultAudience, CuratorURL: mesh.URL,
+		REST: restConfig, NodeName: node.Name, TrustDomain: testbed.TrustDomain,
+		RootNamespace: "istio-system", Audience: audience, CuratorURL: mesh.URL,
 		CRSFile: mesh.CRSFile, LogKey: mesh.LogVKey, WitnessKeys: mesh.WitnessVKeys,
 		CgroupRoot: node.CgroupRoot, PinDir: pins, CNISocket: socket, StateDir: filepath.Join(dir, "state"),
 		AuditInterval: time.Second,

@@ -147,8 +147,8 @@ func TestApplyServerSide(t *testing.T) {
 	}
 	want := map[string]int{
 		"DaemonSet": 1, "StatefulSet": 2, "PodDisruptionBudget": 2, "ServiceAccount": 3,
-		"ClusterRole": 2, "ClusterRoleBinding": 2, "ValidatingAdmissionPolicy": 2,
-		"ValidatingAdmissionPolicyBinding": 2, "Namespace": 1, "Service": 3,
+		"ClusterRole": 2, "ClusterRoleBinding": 2, "ValidatingAdmissionPolicy": 3,
+		"ValidatingAdmissionPolicyBinding": 3, "Namespace": 1, "Service": 3,
 	}
 	for kind, n := range want {
 		if kinds[kind] != n {

@@ -393,7 +393,8 @@ func TestNoClashWithIstio(t *testing.T) {
 }
 
 // TestNodeCheckOptional checks that agent.tokenRequest.checkNode=false drops
-// only the parameterized node policy and keeps the request-shape policy.
+// only the parameterized node policy and keeps the request-shape and pod
+// annotation policies.
 func TestNodeCheckOptional(t *testing.T) {
 	policies := func(objects []*unstructured.Unstructured) []string {
 		var names []string
@@ -405,11 +406,11 @@ func TestNodeCheckOptional(t *testing.T) {
 		return names
 	}
 	with := policies(render(t, nil))
-	if want := []string{"mazu-ztunnel-istio-system-token-shape", "mazu-ztunnel-istio-system-token-node"}; !slices.Equal(with, want) {
+	if want := []string{"mazu-ztunnel-istio-system-pod-annotations", "mazu-ztunnel-istio-system-token-shape", "mazu-ztunnel-istio-system-token-node"}; !slices.Equal(with, want) {
 		t.Errorf("default policies = %v, want %v", with, want)
 	}
 	without := policies(render(t, map[string]any{"agent": map[string]any{"tokenRequest": map[string]any{"checkNode": false}}}))
-	if want := []string{"mazu-ztunnel-istio-system-token-shape"}; !slices.Equal(without, want) {
+	if want := []string{"mazu-ztunnel-istio-system-pod-annotations", "mazu-ztunnel-istio-system-token-shape"}; !slices.Equal(without, want) {
 		t.Errorf("policies with checkNode=false = %v, want %v", without, want)
 	}
 }

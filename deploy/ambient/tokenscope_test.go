@@ -249,6 +249,48 @@ func TestAgentTokenScope(t *testing.T) {
 		if _, err := clientA.CoreV1().Namespaces().Get(ctx, appA.Namespace, metav1.GetOptions{}); err != nil {
 			t.Errorf("agent could not read namespace %s: %v", appA.Namespace, err)
 		}
+		// The peer verifier reviews peers' tokens to see that they are still
+		// live. A review answers only whether a token is valid.
+		review, err := clientA.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: "x"}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Errorf("agent could not review a token: %v", err)
+		} else if review.Status.Authenticated {
+			t.Errorf("review of a malformed token says authenticated")
+		}
+	})
+
+	t.Run("pod annotations", func(t *testing.T) {
+		// The agent may set and clear its two annotations on its own
+		// node's pods, and nothing else. The policy loads asynchronously,
+		// so wait until it rejects a label change first.
+		relabel := []byte(`{"metadata":{"labels":{"app":"other"}}}`)
+		waitPatchRejected(t, clientA, appA, relabel, "may change only the annotations")
+		enroll := []byte(`{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled","mazu-mesh.io/enrolled":"true"}}}`)
+		if _, err := clientA.CoreV1().Pods(appA.Namespace).Patch(ctx, appA.Name, types.MergePatchType, enroll, metav1.PatchOptions{}); err != nil {
+			t.Errorf("agent could not annotate pod %s on its node: %v", appA.Name, err)
+		}
+		unenroll := []byte(`{"metadata":{"annotations":{"ambient.istio.io/redirection":null,"mazu-mesh.io/enrolled":null}}}`)
+		if _, err := clientA.CoreV1().Pods(appA.Namespace).Patch(ctx, appA.Name, types.MergePatchType, unenroll, metav1.PatchOptions{}); err != nil {
+			t.Errorf("agent could not clear the annotations of pod %s on its node: %v", appA.Name, err)
+		}
+		rejected := []struct {
+			name  string
+			pod   *testbed.Pod
+			patch string
+			want  string
+		}{
+			{"other node", appB, `{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled"}}}`, "may change only pods on its own node"},
+			{"other annotation", appA, `{"metadata":{"annotations":{"sidecar.istio.io/inject":"true"}}}`, "may change only the annotations"},
+			{"label", appA, `{"metadata":{"labels":{"app":"other"}}}`, "may change only the annotations"},
+			{"finalizer", appA, `{"metadata":{"finalizers":["example.com/hold"]}}`, "may change only the annotations"},
+			{"deadline", appA, `{"spec":{"activeDeadlineSeconds":600}}`, "may change only the annotations"},
+		}
+		for _, tc := range rejected {
+			_, err := clientA.CoreV1().Pods(tc.pod.Namespace).Patch(ctx, tc.pod.Name, types.MergePatchType, []byte(tc.patch), metav1.PatchOptions{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("agent patch %s: got %v, want a rejection containing %q", tc.name, err, tc.want)
+			}
+		}
 	})
 
 	forbidden := []struct {
@@ -296,10 +338,6 @@ func TestAgentTokenScope(t *testing.T) {
 			_, err := clientA.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 			return err
 		}},
-		{"review tokens", func() error {
-			_, err := clientA.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: "x"}}, metav1.CreateOptions{})
-			return err
-		}},
 		{"change admission policy", func() error {
 			return clientA.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, "mazu-ztunnel-istio-system-token-node", metav1.DeleteOptions{})
 		}},
@@ -311,6 +349,27 @@ func TestAgentTokenScope(t *testing.T) {
 				t.Errorf("agent call %q: got %v, want Forbidden", tc.name, err)
 			}
 		})
+	}
+}
+
+// waitPatchRejected repeats a pod patch until the API server rejects it
+// with message.
+func waitPatchRejected(t *testing.T, agent kubernetes.Interface, pod *testbed.Pod, patch []byte, message string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var last error
+	for {
+		_, err := agent.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		if err != nil && strings.Contains(err.Error(), message) {
+			return
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no rejection containing %q for patch %s of pod %s/%s within 60 s; last result: %v", message, patch, pod.Namespace, pod.Name, last)
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 }
 

@@ -39,7 +39,11 @@ type CuratorOptions struct {
 	Witnesses int
 	// BlockSize is the RBE block size n; small sizes keep KeyGen fast.
 	BlockSize int
-	Logger    *slog.Logger
+	// Audience is the token audience the curator reviews registrations
+	// for. Empty means curator.DefaultAudience; a chart install uses the
+	// log origin.
+	Audience string
+	Logger   *slog.Logger
 	// ForkOf starts a split-view double of another curator, for tests of
 	// fork detection: it signs with ForkOf's log key, uses ForkOf's CRS, and
 	// its witnesses sign with ForkOf's witness keys but keep their own
@@ -167,7 +171,7 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 		}
 		w, err := witness.New(witness.Config{
 			Origin: Origin, LogVerifier: logVerifier, Signer: cosigner, Store: st, Scheme: scheme,
-			JWKS: parsedJWKS, CuratorURL: c.URL, EvidenceDir: evidence, Logger: opts.Logger,
+			Audience: opts.Audience, JWKS: parsedJWKS, CuratorURL: c.URL, EvidenceDir: evidence, Logger: opts.Logger,
 		})
 		if err != nil {
 			curatorLn.Close()
@@ -201,9 +205,13 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 		return nil, err
 	}
 	c.stores = append(c.stores, st)
+	audience := opts.Audience
+	if audience == "" {
+		audience = curator.DefaultAudience
+	}
 	c.log, err = server.New(server.Config{
 		Origin: Origin, Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
-		Reviewer:  &server.KubeReviewer{Client: opts.Client, Audience: curator.DefaultAudience},
+		Reviewer: &server.KubeReviewer{Client: opts.Client, Audience: audience}, Audience: audience,
 		Witnesses: witnesses, WitnessTimeout: 10 * time.Second, Logger: opts.Logger,
 	})
 	if err != nil {

@@ -1,0 +1,284 @@
+package agent
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/mazu-mesh/mazu-ztunnel/deploy/ambient"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/meshtest"
+	"github.com/mazu-mesh/mazu-ztunnel/testbed"
+)
+
+// chartAccessKinds are the chart objects that make up the agent's access
+// to the API server, with where the dynamic client finds them.
+var chartAccessKinds = map[string]schema.GroupVersionResource{
+	"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
+	"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Role":                             {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"RoleBinding":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+	"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
+	"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
+}
+
+// chartInstall is what applyChartAccess installed.
+type chartInstall struct {
+	// Namespace, ServiceAccount and Audience are the release namespace,
+	// the agent's service account and its registration token audience, as
+	// the DaemonSet gives them to the agent.
+	Namespace, ServiceAccount, Audience string
+}
+
+// applyChartAccess renders the chart with default values and server-side
+// applies its RBAC objects and admission policies, and removes them when
+// the test ends.
+func applyChartAccess(t *testing.T, tb *testbed.Testbed) chartInstall {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	manifest, err := ambient.Render(ambient.RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects, err := ambient.Objects(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	install := chartInstall{Namespace: ambient.DefaultNamespace}
+	ensureNamespace(t, tb, install.Namespace)
+
+	dyn := dynamicClient(t, tb)
+	applied := 0
+	for _, obj := range objects {
+		if obj.GetKind() == "DaemonSet" {
+			install.ServiceAccount, install.Audience = daemonSetAccess(t, obj)
+		}
+	}
+	if install.ServiceAccount == "" || install.Audience == "" {
+		t.Fatalf("the chart's DaemonSet names service account %q and audience %q; want both", install.ServiceAccount, install.Audience)
+	}
+	for _, obj := range objects {
+		// The agent's objects carry its name; the curator's and the
+		// witnesses' have their own.
+		gvr, ok := chartAccessKinds[obj.GetKind()]
+		if !ok || obj.GetLabels()["app.kubernetes.io/name"] != install.ServiceAccount {
+			continue
+		}
+		res := dyn.Resource(gvr)
+		var client interface {
+			Apply(context.Context, string, *unstructured.Unstructured, metav1.ApplyOptions, ...string) (*unstructured.Unstructured, error)
+			Delete(context.Context, string, metav1.DeleteOptions, ...string) error
+		} = res
+		if obj.GetNamespace() != "" {
+			client = res.Namespace(obj.GetNamespace())
+		}
+		if _, err := client.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "mazu-chart-access-test", Force: true}); err != nil {
+			t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		name := obj.GetName()
+		t.Cleanup(func() { _ = client.Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		applied++
+	}
+	// ServiceAccount, ClusterRole and its binding, three admission policies
+	// and their bindings.
+	if applied < 9 {
+		t.Fatalf("applied %d of the agent's access objects from the chart, want at least 9", applied)
+	}
+	return install
+}
+
+// daemonSetAccess returns the service account and the registration token
+// audience (MAZU_CURATOR_AUDIENCE) of the chart's agent DaemonSet.
+func daemonSetAccess(t *testing.T, ds *unstructured.Unstructured) (serviceAccount, audience string) {
+	t.Helper()
+	serviceAccount, _, _ = unstructured.NestedString(ds.Object, "spec", "template", "spec", "serviceAccountName")
+	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	for _, c := range containers {
+		container, _ := c.(map[string]any)
+		env, _, _ := unstructured.NestedSlice(container, "env")
+		for _, e := range env {
+			v, _ := e.(map[string]any)
+			if v["name"] == "MAZU_CURATOR_AUDIENCE" {
+				audience, _ = v["value"].(string)
+			}
+		}
+	}
+	return serviceAccount, audience
+}
+
+// ensureNamespace creates the namespace unless it exists, and deletes it
+// at the end only if it created it.
+func ensureNamespace(t *testing.T, tb *testbed.Testbed, name string) {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	_, err := tb.Client().CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{})
+	switch {
+	case apierrors.IsAlreadyExists(err):
+	case err != nil:
+		t.Fatal(err)
+	default:
+		t.Cleanup(func() {
+			_ = tb.Client().CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
+	}
+}
+
+// agentPodREST creates the agent pod of node as the DaemonSet would. It
+// returns an API server configuration whose only credential is a token
+// bound to that pod for the API server's default audience, as the kubelet
+// projects it into the kube-api-access volume.
+func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node *testbed.Node) (*rest.Config, *testbed.Pod) {
+	t.Helper()
+	pod := testbed.NewPod(t, tb, node, testbed.PodSpec{
+		Namespace: install.Namespace, Name: install.ServiceAccount + "-" + node.Name, ServiceAccount: install.ServiceAccount,
+	})
+	seconds := int64(3600)
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		// No audience: the API server's default, as for kube-api-access.
+		ExpirationSeconds: &seconds,
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := tb.Client().CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.ServiceAccount, req, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("request the agent pod's token: %v", err)
+	}
+	return &rest.Config{
+		Host:            tb.APIServerURL(),
+		BearerToken:     resp.Status.Token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: tb.CACertFile()},
+	}, pod
+}
+
+// waitAgentPatchRejected repeats a merge patch of pod with the agent's
+// credentials until the API server rejects it with message.
+func waitAgentPatchRejected(t *testing.T, cfg *rest.Config, pod *testbed.Pod, patch, message string) {
+	t.Helper()
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		_, err := kc.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil && strings.Contains(err.Error(), message) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no rejection containing %q for patch %s of pod %s/%s within 60 s; last result: %v", message, patch, pod.Namespace, pod.Name, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// TestAgentRunsWithChartAccess runs two node agents with only what the
+// chart grants them: each authenticates with a token bound to its own
+// agent pod, and the chart's RBAC and admission policies decide what it
+// may do. Enrollment, registration through pod-bound tokens, the peer
+// verifier's liveness checks and HBONE traffic then all have to work, so
+// a permission the chart lacks fails this test.
+func TestAgentRunsWithChartAccess(t *testing.T) {
+	tb := testbed.Get(t)
+	ctx := context.Background()
+	install := applyChartAccess(t, tb)
+	// The chart's curator reviews registration tokens for its log origin,
+	// which the DaemonSet hands to the agent as its audience.
+	mesh, err := meshtest.StartCurator(ctx, meshtest.CuratorOptions{Client: tb.Client(), Dir: t.TempDir(), Witnesses: 2, Audience: install.Audience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mesh.Stop() })
+	cni := buildCNI(t)
+	nodeA := testbed.NewNode(t, tb, "rbac-a")
+	nodeB := testbed.NewNode(t, tb, "rbac-b")
+	restA, podA := agentPodREST(t, tb, install, nodeA)
+	restB, _ := agentPodREST(t, tb, install, nodeB)
+	// The admission policies load asynchronously; wait until the pod
+	// annotation policy is enforced, so that the agents' annotation
+	// patches below go through it.
+	waitAgentPatchRejected(t, restA, podA, `{"metadata":{"labels":{"app":"other"}}}`, "may change only the annotations")
+	agentA := startAgentWith(t, tb, mesh, nodeA, agentOptions{REST: restA, Audience: install.Audience})
+	agentB := startAgentWith(t, tb, mesh, nodeB, agentOptions{REST: restB, Audience: install.Audience})
+	ambientNamespace(t, tb, "rbac")
+
+	server := testbed.NewPod(t, tb, nodeB, testbed.PodSpec{
+		Namespace: "rbac", Name: "web", ServiceAccount: "web", Labels: map[string]string{"app": "web"},
+		Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}, OnNetwork: cniAdd(cni, agentB.socket),
+	})
+	startServer(t, server)
+	client := testbed.NewPod(t, tb, nodeA, testbed.PodSpec{Namespace: "rbac", Name: "client", ServiceAccount: "client", OnNetwork: cniAdd(cni, agentA.socket)})
+	svc, err := tb.AddService(ctx, "rbac", "web", map[string]string{"app": "web"}, corev1.ServicePort{Name: "http", Port: 80, TargetPort: intOrString(8080)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.WaitEndpoints(ctx, "rbac", "web", 1, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The agents annotate the pods they enroll.
+	waitEnrolled(t, tb, server)
+	waitEnrolled(t, tb, client)
+
+	const requests = 5
+	expectOK(t, client, "http://"+svc.Spec.ClusterIP+":80/", requests, "hello from web")
+	// The server's agent verified the client through the registry and the
+	// API server (TokenReview, pod lookup): the traffic went through HBONE.
+	if n := counterSum(t, agentB.registry, "mazu_peer_verifications_total", map[string]string{"result": "accepted"}); n < 1 {
+		t.Errorf("server agent verified %v peers, want at least the client", n)
+	}
+	if n := counterSum(t, agentA.registry, "mazu_peer_verifications_total", map[string]string{"result": "accepted"}); n < 1 {
+		t.Errorf("client agent verified %v servers, want at least 1", n)
+	}
+	if n := counterSum(t, agentB.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination"}); n < requests {
+		t.Errorf("server agent counted %v inbound connections, want at least %d", n, requests)
+	}
+
+	// Audit alerts become Events; no alert fires in this test, so record
+	// one the way the agent does, with the agent's own credentials.
+	t.Run("record alert event", func(t *testing.T) {
+		kc, err := kubernetes.NewForConfig(restA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		event := &corev1.Event{
+			ObjectMeta:     metav1.ObjectMeta{GenerateName: "mazu-curator-alert-", Namespace: client.Namespace},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: client.Namespace, Name: client.Name, UID: client.UID, APIVersion: "v1"},
+			Reason:         "test", Message: "chart access test", Type: corev1.EventTypeWarning,
+			Source:         corev1.EventSource{Component: "mazu-ztunnel", Host: nodeA.Name},
+			FirstTimestamp: metav1.Now(), LastTimestamp: metav1.Now(), Count: 1,
+		}
+		got, err := kc.CoreV1().Events(client.Namespace).Create(ctx, event, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("agent could not record an alert event: %v", err)
+		}
+		_ = tb.Client().CoreV1().Events(client.Namespace).Delete(ctx, got.Name, metav1.DeleteOptions{})
+	})
+
+	// The agent's credentials are really the pod token's: it cannot read
+	// Secrets, which the chart does not grant.
+	t.Run("no more than granted", func(t *testing.T) {
+		kc, err := kubernetes.NewForConfig(restA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = kc.CoreV1().Secrets(install.Namespace).List(ctx, metav1.ListOptions{})
+		if !apierrors.IsForbidden(err) {
+			t.Fatalf("agent listing Secrets: got %v, want Forbidden", err)
+		}
+	})
+}
