@@ -142,7 +142,7 @@ func TestIstioValueNames(t *testing.T) {
 				t.Errorf("TERMINATION_GRACE_PERIOD_SECONDS = %q", v)
 			}
 		}},
-		{"revision", map[string]any{"revision": "canary"}, func(t *testing.T, ds *appsv1.DaemonSet, c corev1.Container) {
+		{"revision", map[string]any{"revision": "canary", "agent": map[string]any{"istiodCompat": true}}, func(t *testing.T, ds *appsv1.DaemonSet, c corev1.Container) {
 			if v, _ := envValue(c, "CA_ADDRESS"); v != "istiod-canary.istio-system.svc:15012" {
 				t.Errorf("CA_ADDRESS = %q", v)
 			}
@@ -150,7 +150,7 @@ func TestIstioValueNames(t *testing.T) {
 				t.Errorf("pod annotations = %v", ds.Spec.Template.Annotations)
 			}
 		}},
-		{"istioNamespace", map[string]any{"istioNamespace": "mesh-control"}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+		{"istioNamespace", map[string]any{"istioNamespace": "mesh-control", "agent": map[string]any{"istiodCompat": true}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
 			if v, _ := envValue(c, "XDS_ADDRESS"); v != "istiod.mesh-control.svc:15012" {
 				t.Errorf("XDS_ADDRESS = %q", v)
 			}

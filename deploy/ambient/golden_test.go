@@ -61,7 +61,7 @@ var goldenCases = []struct {
 				"multiCluster":   map[string]any{"clusterName": "east"},
 				"logAsJson":      true,
 				"resourceQuotas": map[string]any{"enabled": true},
-				"agent":          map[string]any{"istiodCompat": false},
+				"agent":          map[string]any{"istiodCompat": true},
 				"meshConfig": map[string]any{"defaultConfig": map[string]any{
 					"proxyMetadata": map[string]any{"ISTIO_META_ENABLE_HBONE": "true"},
 				}},
