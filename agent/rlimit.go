@@ -10,9 +10,9 @@ import (
 // proxied connection holds about two descriptors in the agent (the
 // captured or upstream socket and its share of an HBONE connection), so a
 // node's pods quickly exceed the common soft default of 1024. Go's os
-// package already raises the limit when the program starts; doing it here
-// also covers a limit changed since then, as when the agent runs inside
-// another program, and puts the values in the log. A failure is logged and
+// package already raises the limit when the program starts. Doing it here
+// also covers a limit lowered since then, as when the agent runs inside
+// another program, and puts the values in the log. A failure is logged, and
 // the agent runs with the limit it has.
 func raiseFileLimit(log *slog.Logger) {
 	var lim syscall.Rlimit
