@@ -234,6 +234,9 @@ func openFDs(t *testing.T) int {
 	return len(entries)
 }
 
+// loadRuns numbers the load test's runs in this process.
+var loadRuns atomic.Int64
+
 // loadCount is loadConns or the count MAZU_LOADTEST_CONNS names.
 func loadCount(t *testing.T) int {
 	v := os.Getenv(envLoadConns)
@@ -307,9 +310,12 @@ func TestLoadConcurrentConnections(t *testing.T) {
 		t.Fatalf("soft RLIMIT_NOFILE is %d after the agents started, want it raised to the hard limit %d", lim.Cur, want.Max)
 	}
 
-	ambientNamespace(t, tb, "lt")
+	// Each run takes a new namespace: the last run's may still be
+	// terminating.
+	namespace := fmt.Sprintf("lt-%d", loadRuns.Add(1))
+	ambientNamespace(t, tb, namespace)
 	server := testbed.NewPod(t, tb, nodeB, testbed.PodSpec{
-		Namespace: "lt", Name: "echo", ServiceAccount: "echo",
+		Namespace: namespace, Name: "echo", ServiceAccount: "echo",
 		Ports: []corev1.ContainerPort{{Name: "echo", ContainerPort: loadPort}}, OnNetwork: cniAdd(cni, agentB.socket),
 	})
 	echo := runInPod(t, server, roleEchoServer, envTarget+"=:"+strconv.Itoa(loadPort))
@@ -317,7 +323,7 @@ func TestLoadConcurrentConnections(t *testing.T) {
 	if err := server.Start(echo); err != nil {
 		t.Fatal(err)
 	}
-	client := testbed.NewPod(t, tb, nodeA, testbed.PodSpec{Namespace: "lt", Name: "client", ServiceAccount: "client", OnNetwork: cniAdd(cni, agentA.socket)})
+	client := testbed.NewPod(t, tb, nodeA, testbed.PodSpec{Namespace: namespace, Name: "client", ServiceAccount: "client", OnNetwork: cniAdd(cni, agentA.socket)})
 	waitEnrolled(t, tb, server)
 	waitEnrolled(t, tb, client)
 	target := net.JoinHostPort(server.IP.String(), strconv.Itoa(loadPort))
@@ -398,6 +404,9 @@ func TestLoadConcurrentConnections(t *testing.T) {
 	}
 	t.Logf("after close: %d goroutines (baseline %d), %d descriptors (baseline %d), %d pooled HBONE connections, %s after the client ended",
 		g, baseG, fd, baseFD, pool.Len(), time.Since(start.Add(elapsed)).Round(time.Millisecond))
+	if left := pool.Len(); left != 0 {
+		t.Errorf("client agent still pools %d HBONE connections 20 s after the connections closed, want 0 after the 2 s idle timeout", left)
+	}
 	if g > baseG+slackG {
 		t.Errorf("%d goroutines 20 s after the connections closed, baseline %d (+%d allowed)", g, baseG, slackG)
 	}
