@@ -67,6 +67,9 @@ type Config struct {
 	// DrainTimeout bounds how long streams may finish at unenrollment or
 	// shutdown.
 	DrainTimeout time.Duration
+	// PoolIdleTimeout closes pooled HBONE connections without streams
+	// after this long; zero means the pool's default of 5 minutes.
+	PoolIdleTimeout time.Duration
 
 	Capture    *bpf.Capture
 	Client     kubernetes.Interface

@@ -43,6 +43,8 @@ type clientReport struct {
 
 func runRole(role string) int {
 	switch role {
+	case roleEchoServer, roleLoadClient:
+		return runLoadRole(role)
 	case "http-server":
 		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "hello from %s", os.Getenv("POD_NAME"))

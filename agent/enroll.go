@@ -288,6 +288,7 @@ func (a *Agent) startProxies(p *podProxy) (err error) {
 		Dial: func(ctx context.Context, key tunnel.PoolKey) (net.Conn, error) {
 			return a.markedDialIn(ns)(ctx, netip.Addr{}, key.Addr)
 		},
+		IdleTimeout: a.cfg.PoolIdleTimeout,
 	})
 	if err != nil {
 		return err

@@ -54,6 +54,8 @@ type agentOptions struct {
 	// Audience is the registration token audience; empty means
 	// curator.DefaultAudience.
 	Audience string
+	// PoolIdleTimeout is NodeConfig.PoolIdleTimeout.
+	PoolIdleTimeout time.Duration
 }
 
 // pinUsers counts the running test agents of each pin folder, so that the
@@ -98,9 +100,9 @@ func startAgentWith(t *testing.T, tb *testbed.Testbed, mesh *meshtest.Curator, n
 		RootNamespace: "istio-system", Audience: audience, CuratorURL: mesh.URL,
 		CRSFile: mesh.CRSFile, LogKey: mesh.LogVKey, WitnessKeys: mesh.WitnessVKeys,
 		CgroupRoot: node.CgroupRoot, PinDir: pins, CNISocket: socket, StateDir: filepath.Join(dir, "state"),
-		AuditInterval: time.Second,
-		Endpoints:     EndpointsConfig{AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", ReadinessAddr: "127.0.0.1:0"},
-		Logger:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: agentLogLevel()})),
+		AuditInterval: time.Second, PoolIdleTimeout: opts.PoolIdleTimeout,
+		Endpoints: EndpointsConfig{AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", ReadinessAddr: "127.0.0.1:0"},
+		Logger:    slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: agentLogLevel()})),
 		Started: func(a *Agent, e *Endpoints, reg *prometheus.Registry) {
 			na.agent, na.endpoints, na.registry = a, e, reg
 			close(started)

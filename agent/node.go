@@ -57,7 +57,11 @@ type NodeConfig struct {
 	// Compat turns on compatibility mode with istiod's CA; nil is strict
 	// mode, which refuses peers that trust only Istio's CA.
 	Compat *CompatConfig
-	Logger *slog.Logger
+	// PoolIdleTimeout closes pooled HBONE connections that carried no
+	// stream for this long (ztunnel's POOL_UNUSED_RELEASE_TIMEOUT); zero
+	// means 5 minutes.
+	PoolIdleTimeout time.Duration
+	Logger          *slog.Logger
 	// Started, when set, is called once the agent and its endpoints are
 	// up, for tests and the demo to reach them.
 	Started func(*Agent, *Endpoints, *prometheus.Registry)
@@ -66,6 +70,7 @@ type NodeConfig struct {
 // RunNode assembles and runs a node agent until ctx ends.
 func RunNode(ctx context.Context, cfg NodeConfig) error {
 	log := cfg.Logger
+	raiseFileLimit(log)
 	client, err := kubernetes.NewForConfig(cfg.REST)
 	if err != nil {
 		return fmt.Errorf("create Kubernetes client: %w", err)
@@ -153,6 +158,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir,
 		Capture: capture, Client: client, Dynamic: dyn, Identities: workloads, Verifier: verifier,
 		CACertificates: caCerts, IstioRoots: roots, Registry: registry, Logger: log,
+		PoolIdleTimeout: cfg.PoolIdleTimeout,
 	})
 	if err != nil {
 		return err

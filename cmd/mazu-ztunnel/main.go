@@ -68,6 +68,15 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.CNISocket, "cni-socket", env("MAZU_CNI_SOCKET", cni.DefaultSocket), "Unix socket for mazu-cni; empty disables it")
 	fs.StringVar(&cfg.StateDir, "state-dir", env("MAZU_STATE_DIR", "/var/run/mazu-ztunnel"), "folder for the enrolled pods' state")
 	fs.DurationVar(&cfg.AuditInterval, "audit-interval", 5*time.Second, "how often the curator's log is audited for this node's IDs")
+	poolIdle := 5 * time.Minute
+	if v := os.Getenv("POOL_UNUSED_RELEASE_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("invalid POOL_UNUSED_RELEASE_TIMEOUT %q: want a duration such as 5m", v)
+		}
+		poolIdle = d
+	}
+	fs.DurationVar(&cfg.PoolIdleTimeout, "pool-idle-timeout", poolIdle, "close pooled HBONE connections without streams after this long (POOL_UNUSED_RELEASE_TIMEOUT)")
 	fs.StringVar(&cfg.Endpoints.AdminAddr, "admin-addr", agent.DefaultAdminAddr, "admin server address (/config_dump)")
 	fs.StringVar(&cfg.Endpoints.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "Prometheus /metrics address")
 	fs.StringVar(&cfg.Endpoints.ReadinessAddr, "readiness-addr", agent.DefaultReadinessAddr, "/healthz/ready address")
