@@ -270,7 +270,16 @@ func (res *Results) ratioDefs() []Ratio {
 	for _, p := range []string{"p50", "p90", "p99"} {
 		out = append(out, ratio("hbone-rbe-warm", "hbone-x509", cpu+"_"+p+"_us"))
 	}
-	out = append(out, ratio("hbone-rbe-cold", "hbone-x509", "crr_p90_us"), ratio("hbone-rbe-update", "hbone-x509", cpu+"_p90_us"))
+	for _, p := range []string{"p50", "p90", "p99"} {
+		out = append(out, ratio("hbone-rbe-update", "hbone-x509", cpu+"_"+p+"_us"))
+	}
+	for _, p := range []string{"p50", "p90", "p99"} {
+		out = append(out, ratio("hbone-rbe-warm-newtunnel", "hbone-x509-newtunnel", "crr_"+p+"_us"))
+	}
+	for _, p := range []string{"p50", "p90", "p99"} {
+		out = append(out, ratio("hbone-rbe-cold", "hbone-x509-newtunnel", "crr_"+p+"_us"))
+	}
+	out = append(out, ratio("hbone-rbe-cold", "hbone-rbe-warm-newtunnel", "crr_p90_us"))
 	for _, conns := range c.HTTPConns {
 		k := httpKey(conns, false)
 		for _, p := range []string{"p50", "p90", "p99"} {
