@@ -267,11 +267,12 @@ func (res *Results) ratioDefs() []Ratio {
 	c := res.Config
 	cpu := httpKey(c.CPUConns, false)
 	var out []Ratio
-	for _, p := range []string{"p50", "p90", "p99"} {
-		out = append(out, ratio("hbone-rbe-warm", "hbone-x509", cpu+"_"+p+"_us"))
-	}
-	for _, p := range []string{"p50", "p90", "p99"} {
-		out = append(out, ratio("hbone-rbe-update", "hbone-x509", cpu+"_"+p+"_us"))
+	for _, id := range []string{"hbone-rbe-warm", "hbone-rbe-update"} {
+		for _, conns := range c.HTTPConns {
+			for _, p := range []string{"p50", "p90", "p99"} {
+				out = append(out, ratio(id, "hbone-x509", httpKey(conns, false)+"_"+p+"_us"))
+			}
+		}
 	}
 	for _, p := range []string{"p50", "p90", "p99"} {
 		out = append(out, ratio("hbone-rbe-warm-newtunnel", "hbone-x509-newtunnel", "crr_"+p+"_us"))
