@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,9 +34,9 @@ import (
 // the namespace in clientID and serverID.
 const rbeNamespace = "perf"
 
-// RBEProxy is what an RBE HBONE proxy process needs: its workload's
-// certificate, key and staple, and how to reach the API server and the
-// curator. The proxies run in the node namespaces, where the host's
+// RBEProxy is the configuration of an RBE HBONE proxy process: its
+// workload's certificate, key and staple, and the way to the API server and
+// the curator. The proxies run in the node namespaces, where the host's
 // loopback is unreachable, so the parent relays both over Unix sockets.
 type RBEProxy struct {
 	CertDER    []byte `json:"cert_der"`
@@ -76,11 +77,10 @@ type rbeEnv struct {
 }
 
 // startRBE starts the RBE environment. clientIP and serverIP are the
-// addresses the HBONE peers see of each other: the suite's outbound proxy
-// dials from node A's address and the inbound proxy listens on node B's, so
-// the pods registered for those addresses stand for the client and server
-// workloads (the suite has no traffic capture that would keep pod
-// addresses).
+// addresses the HBONE peers see of each other: the outbound proxy dials
+// from node A's address and the inbound proxy listens on node B's. The pods
+// registered for those addresses are the client and server workloads,
+// because the suite has no traffic capture that would keep pod addresses.
 func startRBE(ctx context.Context, log *slog.Logger, clientIP, serverIP netip.Addr) (_ *rbeEnv, err error) {
 	bin, err := testbed.FindBinaries()
 	if err != nil {
@@ -98,6 +98,7 @@ func startRBE(ctx context.Context, log *slog.Logger, clientIP, serverIP netip.Ad
 	if e.tb, err = testbed.Start(ctx, testbed.Options{BinDir: bin, NoControllerManager: true, Logger: log}); err != nil {
 		return nil, fmt.Errorf("start testbed: %w", err)
 	}
+
 	client := e.tb.Client()
 	if err := e.tb.EnsureNamespace(ctx, rbeNamespace); err != nil {
 		return nil, err
@@ -110,6 +111,7 @@ func startRBE(ctx context.Context, log *slog.Logger, clientIP, serverIP netip.Ad
 	if e.mesh, err = meshtest.StartCurator(ctx, meshtest.CuratorOptions{Client: client, Dir: e.dir, Witnesses: 2, BlockSize: 16, Logger: log}); err != nil {
 		return nil, fmt.Errorf("start curator: %w", err)
 	}
+
 	cc := &curator.Client{URL: e.mesh.URL}
 	if e.wl, err = rbeauth.NewWorkloads(rbeauth.WorkloadsOptions{
 		Client: client, Curator: cc, Policy: e.mesh.Policy, CRS: e.mesh.CRS,
@@ -117,6 +119,7 @@ func startRBE(ctx context.Context, log *slog.Logger, clientIP, serverIP netip.Ad
 	}); err != nil {
 		return nil, err
 	}
+
 	apiSock, curSock := filepath.Join(e.dir, "api.sock"), filepath.Join(e.dir, "curator.sock")
 	apiHost := strings.TrimPrefix(e.tb.APIServerURL(), "https://")
 	if err := e.relay(apiSock, apiHost); err != nil {
@@ -127,6 +130,7 @@ func startRBE(ctx context.Context, log *slog.Logger, clientIP, serverIP netip.Ad
 	}
 	e.base = RBEProxy{Kubeconfig: e.tb.Kubeconfig(), APISocket: apiSock, CuratorSocket: curSock,
 		LogVKey: e.mesh.LogVKey, WitnessVKeys: e.mesh.WitnessVKeys, CRSFile: e.mesh.CRSFile}
+
 	cli, uid, err := e.register(ctx, "client", "client", clientIP)
 	if err != nil {
 		return nil, err
@@ -141,7 +145,9 @@ func startRBE(ctx context.Context, log *slog.Logger, clientIP, serverIP netip.Ad
 	return e, nil
 }
 
-var errNoTestbed = fmt.Errorf("testbed binaries missing")
+// errNoTestbed marks a run without the testbed binaries; the RBE rows are
+// then reported as not run.
+var errNoTestbed = errors.New("testbed binaries missing")
 
 // register creates a pod object holding ip and registers its identity.
 func (e *rbeEnv) register(ctx context.Context, name, sa string, ip netip.Addr) (RBEProxy, string, error) {
@@ -186,7 +192,8 @@ func (e *rbeEnv) updates(ctx context.Context, max int) {
 			return
 		}
 		n := e.attempts.Add(1)
-		// 198.18.100.0/22 is unused by the suite's links.
+		// The suite's links leave 198.18.100.0 to 198.18.111.255 unused.
+		// These addresses only go into Pod objects and are never dialled.
 		ip := netip.AddrFrom4([4]byte{198, 18, 100 + byte(n/250), byte(1 + n%250)})
 		if _, _, err := e.register(ctx, fmt.Sprintf("extra-%d", n), "extra", ip); err != nil {
 			if ctx.Err() == nil {
