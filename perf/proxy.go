@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 	"github.com/mazu-mesh/mazu-ztunnel/tunnel"
 )
 
@@ -31,6 +32,9 @@ type ProxyConfig struct {
 	// instead of pooling (hbone out only).
 	NewTunnel bool `json:"new_tunnel,omitempty"`
 	PKI       *PKI `json:"pki,omitempty"`
+	// RBE, when set on an hbone proxy, replaces the PKI's certificates with
+	// an RBE-registered identity and verifies peers with rbeauth.Verifier.
+	RBE *RBEProxy `json:"rbe,omitempty"`
 }
 
 // ProxyRoute is one listener and where its connections go.
@@ -90,12 +94,12 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg *ProxyConfig) error {
 			go acceptLoop(ln, func(c net.Conn) { forward(ctx, c, r.Target, nil, conf) })
 		}
 	case cfg.Kind == "hbone" && cfg.Side == "in":
-		conf, err := cfg.PKI.ServerTLS()
+		tlsConfig, err := hboneServerTLS(ctx, log, cfg)
 		if err != nil {
 			return err
 		}
 		srv, err := tunnel.NewServer(tunnel.InboundConfig{
-			TLSConfig:      func() (*tls.Config, error) { return conf, nil },
+			TLSConfig:      tlsConfig,
 			AnyDestination: true, // the :authority is the server pod, not this node
 			Logger:         log,
 		})
@@ -124,18 +128,70 @@ func runProxy(ctx context.Context, log *slog.Logger, cfg *ProxyConfig) error {
 	return nil
 }
 
-func startHBONEOut(ctx context.Context, log *slog.Logger, cfg *ProxyConfig, listen func(string) (net.Listener, error)) error {
-	conf, err := cfg.PKI.ClientTLS()
-	if err != nil {
-		return err
+// hboneServerTLS returns the inbound HBONE TLS configuration source: the
+// PKI's server certificate, or with RBE the verifier's strict-mode
+// configuration, made cold per connection when ForgetUID is set.
+func hboneServerTLS(ctx context.Context, log *slog.Logger, cfg *ProxyConfig) (func() (*tls.Config, error), error) {
+	if cfg.RBE == nil {
+		conf, err := cfg.PKI.ServerTLS()
+		if err != nil {
+			return nil, err
+		}
+		return func() (*tls.Config, error) { return conf, nil }, nil
 	}
+	v, cert, err := rbeVerifier(ctx, log, cfg.RBE)
+	if err != nil {
+		return nil, fmt.Errorf("rbe inbound: %w", err)
+	}
+	conf := v.ServerConfig(func(netip.Addr) (*tls.Certificate, error) { return cert, nil })
+	forget := cfg.RBE.ForgetUID
+	return func() (*tls.Config, error) {
+		if forget != "" {
+			v.ForgetPod(forget)
+		}
+		return conf, nil
+	}, nil
+}
+
+// hboneClientTLS is the outbound counterpart of hboneServerTLS.
+func hboneClientTLS(ctx context.Context, log *slog.Logger, cfg *ProxyConfig, peer netip.Addr) (func(tunnel.PoolKey) (*tls.Config, error), error) {
+	if cfg.RBE == nil {
+		conf, err := cfg.PKI.ClientTLS()
+		if err != nil {
+			return nil, err
+		}
+		return func(tunnel.PoolKey) (*tls.Config, error) { return conf, nil }, nil
+	}
+	v, cert, err := rbeVerifier(ctx, log, cfg.RBE)
+	if err != nil {
+		return nil, fmt.Errorf("rbe outbound: %w", err)
+	}
+	want, err := rbeauth.ParseIdentity(cfg.RBE.Expect)
+	if err != nil {
+		return nil, fmt.Errorf("rbe outbound expected identity: %w", err)
+	}
+	conf := v.ClientConfig(func() (*tls.Certificate, error) { return cert, nil }, peer, []rbeauth.Identity{want})
+	forget := cfg.RBE.ForgetUID
+	return func(tunnel.PoolKey) (*tls.Config, error) {
+		if forget != "" {
+			v.ForgetPod(forget)
+		}
+		return conf, nil
+	}, nil
+}
+
+func startHBONEOut(ctx context.Context, log *slog.Logger, cfg *ProxyConfig, listen func(string) (net.Listener, error)) error {
 	peer, err := netip.ParseAddrPort(cfg.Peer)
 	if err != nil {
 		return fmt.Errorf("hbone outbound peer %q: %w", cfg.Peer, err)
 	}
+	tlsConfig, err := hboneClientTLS(ctx, log, cfg, peer.Addr())
+	if err != nil {
+		return err
+	}
 	newOutbound := func() (*tunnel.Outbound, *tunnel.Pool, error) {
 		pool, err := tunnel.NewPool(tunnel.ClientConfig{
-			TLSConfig: func(tunnel.PoolKey) (*tls.Config, error) { return conf, nil },
+			TLSConfig: tlsConfig,
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("hbone pool: %w", err)

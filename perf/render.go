@@ -133,7 +133,7 @@ func (res *Results) RenderMarkdown() string {
 
 	w("\n## Topology and variants\n\n")
 	w("Five network namespaces in 198.18.96.0/20: client pod — node A ══ node B — server pod, plus a second server pod on node A for the same-node rows. ")
-	w("The client dials the outbound proxy's listener on node A explicitly (no capture). Proxies run in the node namespaces; the HBONE rows use the `tunnel` package with ECDSA P-256 certificates from one CA, TLS 1.3, X25519.\n\n")
+	w("The client dials the outbound proxy's listener on node A explicitly (no capture). Proxies run in the node namespaces; the HBONE rows use the `tunnel` package, TLS 1.3, X25519; the hbone-x509 rows with ECDSA P-256 certificates from one CA, the hbone-rbe rows with RBE-registered identities (see the RBE section).\n\n")
 	w("| variant | topology | kind | CRR mode | status |\n|---|---|---|---|---|\n")
 	for _, v := range res.Variants {
 		st := v.Status
@@ -203,6 +203,8 @@ func (res *Results) RenderMarkdown() string {
 		}
 		w("| %s | %s%s | %s | run |\n", r.Name, fmtNum(r.Summary.Median), unit, ciText(*r.Summary))
 	}
+
+	res.renderRBE(w)
 
 	w("\n### Against the published anchors\n\n")
 	w("Istio reports +0.17 ms p90 and +0.20 ms p99 for two ztunnels over no mesh (HTTP/1.1, 1 KB, 1000 rps, bare metal). ")
@@ -387,4 +389,35 @@ func (res *Results) WriteAll(dir, mdPath string) error {
 		}
 	}
 	return nil
+}
+
+// renderRBE writes the RBE-HBONE against mTLS-HBONE section.
+func (res *Results) renderRBE(w func(string, ...any)) {
+	c := res.Config
+	w("\n## RBE-HBONE against mTLS-HBONE (paired within rounds)\n\n")
+	w("The hbone-rbe rows run the same `tunnel` proxies as hbone-x509, with the TLS configurations of `rbeauth.Verifier` (strict mode) instead of a CA: ")
+	w("a testbed kube-apiserver (TokenReview, pod lookups), a meshtest curator with two witnesses and RBE block size 16, and client and server identities registered through `rbeauth.Workloads` for Pod objects whose IPs are node A's and node B's addresses, the addresses the two proxies see of each other (the suite has no capture that would keep pod addresses). ")
+	w("Each proxy process trusts the curator's latest cosigned checkpoint, refreshed every second, and reaches the API server and curator through Unix-socket relays run by the suite. ")
+	w("The cold row drops the verifier's caches for the peer pod (`Verifier.ForgetPod`: TokenReview, pod lookup and registration verdict) before every new tunnel, on both ends. ")
+	w("The update row registers up to %d more identities in the background during each of its blocks.\n\n", c.UpdateRegs)
+	w("| comparison | p50 | p90 | p99 |\n|---|---|---|---|\n")
+	for _, id := range []string{"hbone-rbe-warm", "hbone-rbe-update"} {
+		for _, n := range c.HTTPConns {
+			k := httpKey(n, false)
+			w("| %s / hbone-x509, HTTP 1 KB c=%d (pooled) | %s× | %s× | %s× |\n", id, n,
+				res.ratioCell(id, "hbone-x509", k+"_p50_us", false), res.ratioCell(id, "hbone-x509", k+"_p90_us", false), res.ratioCell(id, "hbone-x509", k+"_p99_us", false))
+		}
+	}
+	for _, id := range []string{"hbone-rbe-warm-newtunnel", "hbone-rbe-cold"} {
+		w("| %s / hbone-x509-newtunnel, sequential new tunnels | %s× | %s× | %s× |\n", id,
+			res.ratioCell(id, "hbone-x509-newtunnel", "crr_p50_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p90_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p99_us", false))
+	}
+	if s, ok := res.variant("hbone-rbe-update").metric("curator_registrations"); ok {
+		w("\nIdentities registered during an update block: median %.0f.\n", s.Median)
+	}
+	for _, g := range res.Goals {
+		if strings.HasPrefix(g.Name, "RBE-HBONE") {
+			w("\nGoal \"%s\": **%s** (%s).\n", g.Name, g.Status, g.Value)
+		}
+	}
 }

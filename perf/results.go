@@ -267,10 +267,20 @@ func (res *Results) ratioDefs() []Ratio {
 	c := res.Config
 	cpu := httpKey(c.CPUConns, false)
 	var out []Ratio
-	for _, p := range []string{"p50", "p90", "p99"} {
-		out = append(out, ratio("hbone-rbe-warm", "hbone-x509", cpu+"_"+p+"_us"))
+	for _, id := range []string{"hbone-rbe-warm", "hbone-rbe-update"} {
+		for _, conns := range c.HTTPConns {
+			for _, p := range []string{"p50", "p90", "p99"} {
+				out = append(out, ratio(id, "hbone-x509", httpKey(conns, false)+"_"+p+"_us"))
+			}
+		}
 	}
-	out = append(out, ratio("hbone-rbe-cold", "hbone-x509", "crr_p90_us"), ratio("hbone-rbe-update", "hbone-x509", cpu+"_p90_us"))
+	for _, p := range []string{"p50", "p90", "p99"} {
+		out = append(out, ratio("hbone-rbe-warm-newtunnel", "hbone-x509-newtunnel", "crr_"+p+"_us"))
+	}
+	for _, p := range []string{"p50", "p90", "p99"} {
+		out = append(out, ratio("hbone-rbe-cold", "hbone-x509-newtunnel", "crr_"+p+"_us"))
+	}
+	out = append(out, ratio("hbone-rbe-cold", "hbone-rbe-warm-newtunnel", "crr_p90_us"))
 	for _, conns := range c.HTTPConns {
 		k := httpKey(conns, false)
 		for _, p := range []string{"p50", "p90", "p99"} {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -44,7 +45,10 @@ type Config struct {
 	// 1-minute load average above it; zero turns the gate off.
 	MaxLoad float64 `json:"max_load"`
 	// ProxyProcs is GOMAXPROCS for each proxy, like ztunnel's 2 workers.
-	ProxyProcs int    `json:"proxy_gomaxprocs"`
+	ProxyProcs int `json:"proxy_gomaxprocs"`
+	// UpdateRegs bounds the identities registered in the background during
+	// one hbone-rbe-update block.
+	UpdateRegs int    `json:"update_registrations"`
 	Seed       uint64 `json:"seed"`
 }
 
@@ -58,14 +62,17 @@ func Preset(mode string) (Config, error) {
 		c.Rounds, c.HTTPConns, c.JitterConns = 6, []int{1, 16, 64}, []int{16}
 		c.HTTPDuration, c.HTTPWarmup = 1500*time.Millisecond, 500*time.Millisecond
 		c.RRCount, c.TputDuration, c.CRRCount = 1000, time.Second, 150
+		c.UpdateRegs = 40
 	case "full":
 		c.Rounds, c.HTTPConns, c.JitterConns = 8, []int{1, 4, 16, 64}, []int{1, 4, 16, 64}
 		c.HTTPDuration, c.HTTPWarmup = 5*time.Second, time.Second
 		c.RRCount, c.TputDuration, c.CRRCount = 5000, 4*time.Second, 1000
+		c.UpdateRegs = 150
 	case "smoke":
 		c.Rounds, c.HTTPConns, c.JitterConns = 1, []int{4}, nil
 		c.HTTPExactly, c.HTTPWarmup, c.CPUConns = 300, 0, 4
 		c.RRCount, c.TputDuration, c.CRRCount = 200, 200*time.Millisecond, 30
+		c.UpdateRegs = 5
 		c.MaxLoad = 0
 	default:
 		return c, fmt.Errorf("mode %q: want quick, full or smoke", mode)
@@ -90,28 +97,23 @@ type variant struct {
 // Target indices into variant.entry and server ports.
 var targetPorts = [3]int{portHTTP, portEcho, portSink}
 
-// variants lists every data path of the suite. The RBE rows are listed with
-// the reason they were not run.
+// variants lists every data path of the suite.
 //
-// NOTE: to run them, add an "hbone-rbe" proxy kind whose TLS configurations
-// come from rbeauth.Verifier.ClientConfig and ServerConfig over an
-// rbeauth.CuratorRegistry, with the verifier's cache kept (warm), cleared
-// with ForgetPod before each connection (cold), or used while the curator
-// applies updates, and clear Reason here.
+// The hbone-rbe rows run the tunnel package with RBE-registered
+// certificates and rbeauth.Verifier over an rbeauth.CuratorRegistry, backed
+// by a testbed API server and a meshtest curator with two witnesses. When
+// the testbed binaries are missing they are reported as not run.
 func variants() []*variant {
-	// The curator and rbeauth.CuratorRegistry reached main late in this
-	// suite's development; the rows need the testbed's API server for
-	// TokenReview, a curator with witnesses and registered certificates.
-	const rbeReason = "not wired into the suite's proxies yet (needs an API server, a curator with witnesses and registered certificates)"
 	return []*variant{
 		{ID: "direct", Topo: "cross-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
 		{ID: "null", Topo: "cross-node", Kind: "null", Mode: "new connection through both proxies", Warm: true, CRR: true},
 		{ID: "tls", Topo: "cross-node", Kind: "tls", Mode: "new mTLS tunnel per connection", Warm: true, CRR: true},
 		{ID: "hbone-x509", Topo: "cross-node", Kind: "hbone-x509", Mode: "new stream on a pooled tunnel", Warm: true, CRR: true},
 		{ID: "hbone-x509-newtunnel", Topo: "cross-node", Kind: "hbone-x509", Mode: "new tunnel per connection", CRR: true},
-		{ID: "hbone-rbe-warm", Topo: "cross-node", Kind: "hbone-rbe", Mode: "warm verification cache", Reason: rbeReason},
-		{ID: "hbone-rbe-cold", Topo: "cross-node", Kind: "hbone-rbe", Mode: "verification on every new tunnel", Reason: rbeReason},
-		{ID: "hbone-rbe-update", Topo: "cross-node", Kind: "hbone-rbe", Mode: "while the curator applies updates", Reason: rbeReason},
+		{ID: "hbone-rbe-warm", Topo: "cross-node", Kind: "hbone-rbe", Mode: "new stream on a pooled tunnel, warm verification cache", Warm: true, CRR: true},
+		{ID: "hbone-rbe-warm-newtunnel", Topo: "cross-node", Kind: "hbone-rbe", Mode: "new tunnel per connection, warm verification cache", CRR: true},
+		{ID: "hbone-rbe-cold", Topo: "cross-node", Kind: "hbone-rbe", Mode: "new tunnel per connection, verifier caches dropped before each", CRR: true},
+		{ID: "hbone-rbe-update", Topo: "cross-node", Kind: "hbone-rbe", Mode: "new stream on a pooled tunnel while the curator registers more identities", Warm: true, CRR: true},
 		{ID: "direct-same", Topo: "same-node", Kind: "direct", Mode: "new TCP connection", Warm: true, CRR: true},
 		{ID: "null-same", Topo: "same-node", Kind: "null", Mode: "new connection through both proxies", Warm: true},
 		{ID: "hbone-x509-same", Topo: "same-node", Kind: "hbone-x509", Mode: "new stream on a pooled tunnel", Warm: true, CRR: true},
@@ -173,6 +175,25 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 		return nil, err
 	}
 	vs := variants()
+	var rbeEnv *rbeEnv
+	if slices.ContainsFunc(vs, func(v *variant) bool { return v.Kind == "hbone-rbe" && v.Reason == "" }) {
+		env, err := startRBE(ctx, log, netip.MustParseAddr(ipNodeA), netip.MustParseAddr(ipNodeB))
+		if err != nil {
+			reason := "RBE setup failed: " + err.Error()
+			if errors.Is(err, errNoTestbed) {
+				reason = errNoTestbed.Error()
+			}
+			log.Warn("RBE variants not run", "reason", reason)
+			for _, v := range vs {
+				if v.Kind == "hbone-rbe" {
+					v.Reason = reason
+				}
+			}
+		} else {
+			rbeEnv = env
+			defer env.Close()
+		}
+	}
 	var children []*child
 	defer func() {
 		for _, c := range children {
@@ -267,6 +288,32 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 				return nil, err
 			}
 			v.pids = []int{out, in}
+		case "hbone-rbe":
+			// The cold row has its own inbound proxy, which drops its
+			// verifier's caches for the client before each connection;
+			// the other rows share one with a warm cache.
+			cold := v.ID == "hbone-rbe-cold"
+			port := 15108
+			srvRBE, cliRBE := rbeEnv.server, rbeEnv.client
+			if cold {
+				port = 15208
+				srvRBE.ForgetUID, cliRBE.ForgetUID = rbeEnv.cliUID, rbeEnv.srvUID
+			}
+			peer := fmt.Sprintf("%s:%d", peerIP, port)
+			in, ok := hboneIn[peer]
+			if !ok {
+				in, err = startProxy(peerNS, "hbone-rbe inbound "+peer, ProxyConfig{Kind: "hbone", Side: "in", RBE: &srvRBE, Routes: []ProxyRoute{{Listen: peer}}})
+				if err != nil {
+					return nil, err
+				}
+				hboneIn[peer] = in
+			}
+			out, err := startProxy(topo.NodeA, v.ID+" outbound", ProxyConfig{Kind: "hbone", Side: "out", Peer: peer, RBE: &cliRBE,
+				NewTunnel: cold || strings.HasSuffix(v.ID, "-newtunnel"), Routes: routes(ipNodeACli, outBase, server(srvIP))})
+			if err != nil {
+				return nil, err
+			}
+			v.pids = []int{out, in}
 		}
 	}
 	log.Info("topology ready", "prefix", topo.Prefix, "children", len(children))
@@ -327,7 +374,14 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 				return nil, err
 			}
 			b := Block{Round: round, Variant: v.ID, LoadBefore: loadAvg(), StealBefore: stealTicks(), Start: time.Now().UTC()}
+			var stopUpdates func() int64
+			if v.ID == "hbone-rbe-update" && rbeEnv != nil {
+				stopUpdates = rbeEnv.background(ctx, cfg.UpdateRegs)
+			}
 			errs := r.runBlock(v, round, runLoadChild, put)
+			if stopUpdates != nil {
+				put(v.ID, "curator_registrations", round, float64(stopUpdates()))
+			}
 			b.LoadAfter, b.StealAfter = loadAvg(), stealTicks()
 			b.Seconds = time.Since(b.Start).Seconds()
 			for _, e := range errs {
