@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -162,29 +160,6 @@ func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node 
 		BearerToken:     resp.Status.Token,
 		TLSClientConfig: rest.TLSClientConfig{CAFile: tb.CACertFile()},
 	}, pod
-}
-
-// waitAgentPatchRejected repeats a merge patch of pod with the agent's
-// credentials until the API server rejects it with message.
-func waitAgentPatchRejected(t *testing.T, cfg *rest.Config, pod *testbed.Pod, patch, message string) {
-	t.Helper()
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for {
-		_, err := kc.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-		if err != nil && strings.Contains(err.Error(), message) {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("no rejection containing %q for patch %s of pod %s/%s within 60 s; last result: %v", message, patch, pod.Namespace, pod.Name, err)
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }
 
 // TestAgentRunsWithChartAccess runs two node agents with only what the
