@@ -58,7 +58,7 @@ func (c *Client) do(req *http.Request) ([]byte, error) {
 	return body, nil
 }
 
-// An HTTPError is a non-200 answer from the curator.
+// An HTTPError is a non-200 response from the curator.
 type HTTPError struct {
 	Path string
 	Code int
@@ -67,7 +67,7 @@ type HTTPError struct {
 
 func (e *HTTPError) Error() string { return fmt.Sprintf("%s: HTTP %d: %s", e.Path, e.Code, e.Body) }
 
-// PostJSON posts in as JSON and decodes the answer into out.
+// PostJSON posts in as JSON and decodes the response into out.
 func (c *Client) PostJSON(ctx context.Context, path string, in, out any) error {
 	b, err := json.Marshal(in)
 	if err != nil {

@@ -9,14 +9,14 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// An UpdatesRequest asks for what changed for some IDs since a checkpoint
+// An UpdatesRequest requests the changes for some IDs since a checkpoint
 // size the node agent already verified.
 type UpdatesRequest struct {
 	Since int64 `json:"since"`
 	IDs   []ID  `json:"ids"`
 }
 
-// An UpdatesResponse answers an UpdatesRequest at the latest checkpoint
+// An UpdatesResponse is the reply to an UpdatesRequest at the latest checkpoint
 // N. Its size depends on log2 N and on the number of changes to the
 // requested IDs, never on the number of other entries.
 type UpdatesResponse struct {

@@ -35,7 +35,7 @@ var (
 	ErrCAChain = errors.New("peer certificate not valid under the Istio CA")
 )
 
-// PodFacts is what the Kubernetes API says about the pod at an address.
+// PodFacts contains the Kubernetes API's facts about the pod at an address.
 type PodFacts struct {
 	// Identity is the pod's service account as a SPIFFE identity.
 	Identity Identity
@@ -43,7 +43,7 @@ type PodFacts struct {
 	Mazu bool
 }
 
-// Directory answers, from the Kubernetes API, which peers are mazu pods.
+// Directory reports, from the Kubernetes API, which peers are mazu pods.
 type Directory interface {
 	// PodAt returns the running pod with the address; false when none.
 	PodAt(ip netip.Addr) (PodFacts, bool)
@@ -56,7 +56,7 @@ type CompatOptions struct {
 	// Roots returns Istio's current root certificates. It is called for
 	// every CA-trusted handshake, so a rotated root takes effect at once.
 	Roots func() (*x509.CertPool, error)
-	// Directory tells mazu peers from stock ones.
+	// Directory distinguishes mazu peers from stock ones.
 	Directory Directory
 	// Registerer receives mazu_ca_trusted_connections_total; nil registers
 	// none.
@@ -103,7 +103,7 @@ func NewCompat(v *Verifier, opts CompatOptions) (*Compat, error) {
 	return c, nil
 }
 
-// hbonePath is how one connection authenticates.
+// hbonePath is the authentication path of one connection.
 type hbonePath int
 
 const (
@@ -177,7 +177,7 @@ func checkCAPeer(dir Directory, ip netip.Addr, id Identity) error {
 		return fmt.Errorf("%w: %s is a mazu-enrolled pod (%s)", ErrMazuPeerWithoutRBE, ip, pod.Identity)
 	}
 	if dir.MazuIdentity(id) && (!known || pod.Identity != id) {
-		return fmt.Errorf("%w: %s is held by mazu-enrolled pods and %s is no other pod of it", ErrMazuPeerWithoutRBE, id, ip)
+		return fmt.Errorf("%w: identity %s belongs to mazu-enrolled pods, and %s is not a non-mazu pod with that identity; use the RBE path (ALPN mazu-rbe-h2)", ErrMazuPeerWithoutRBE, id, ip)
 	}
 	return nil
 }

@@ -145,7 +145,7 @@ func TestCheckCAPeer(t *testing.T) {
 	}
 }
 
-// testCA stands in for istiod's CA in tests that run without istiod.
+// testCA replaces istiod's CA in tests that run without istiod.
 type testCA struct {
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey

@@ -18,7 +18,7 @@ import (
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 )
 
-// A Witness is a cosigner the curator asks for every checkpoint, through
+// A Witness is a cosigner the curator requests a cosignature from for every checkpoint, through
 // the C2SP tlog-witness add-checkpoint call.
 type Witness struct {
 	URL      string        // base URL; the call goes to URL + "/add-checkpoint"
@@ -63,7 +63,7 @@ func (l *Log) currentSizeLocked() int64 {
 	return l.checkpointTree.N
 }
 
-// cosign asks all witnesses in parallel and returns the note with every
+// cosign requests cosignatures from all witnesses in parallel and returns the note with every
 // cosignature received, or an error below quorum.
 func (l *Log) cosign(ctx context.Context, signed []byte, tree tlog.Tree) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.WitnessTimeout)

@@ -19,7 +19,7 @@ type TokenReviewer interface {
 	Review(ctx context.Context, token string) (*PodIdentity, error)
 }
 
-// A PodIdentity is what a reviewed token authenticates.
+// A PodIdentity is the pod identity a reviewed token authenticates.
 type PodIdentity struct {
 	Namespace      string
 	ServiceAccount string

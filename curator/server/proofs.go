@@ -79,7 +79,7 @@ func (l *Log) bundleAt(cp []byte, t tlog.Tree, index uint64, mp *curator.MapProo
 // MaxUpdateIDs bounds the IDs of one updates request.
 const MaxUpdateIDs = 1024
 
-// Updates answers a node agent's query at the latest published checkpoint.
+// Updates serves a node agent's query at the latest published checkpoint.
 // Its cost is O(len(IDs) · (log N + changes)).
 func (l *Log) Updates(req *curator.UpdatesRequest) (*curator.UpdatesResponse, error) {
 	if len(req.IDs) > MaxUpdateIDs {

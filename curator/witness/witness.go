@@ -50,7 +50,7 @@ type Config struct {
 	Scheme      curator.Scheme
 	JWKS        *curator.JWKS // the service-account issuer keys
 	Audience    string        // default curator.DefaultAudience
-	CuratorURL  string        // where to read tiles and token signatures
+	CuratorURL  string        // base URL for tiles and token signatures
 	HTTP        *http.Client  // default http.DefaultClient
 	MaxSkew     time.Duration // how far entry times may run ahead; default 1m
 	EvidenceDir string        // rejected requests are kept here; empty keeps none

@@ -250,7 +250,7 @@ func TestAgentTokenScope(t *testing.T) {
 			t.Errorf("agent could not read namespace %s: %v", appA.Namespace, err)
 		}
 		// The peer verifier reviews peers' tokens to see that they are still
-		// live. A review answers only whether a token is valid.
+		// live. A review reports only whether a token is valid.
 		review, err := clientA.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: "x"}}, metav1.CreateOptions{})
 		if err != nil {
 			t.Errorf("agent could not review a token: %v", err)
