@@ -27,7 +27,7 @@ func ParseCheckpoint(text string) (origin string, t tlog.Tree, err error) {
 	}
 	origin = strings.TrimSuffix(lines[0], "\n")
 	n, err := strconv.ParseInt(strings.TrimSuffix(lines[1], "\n"), 10, 64)
-	h, err1 := base64.StdEncoding.DecodeString(strings.TrimSuffix(lines[2], "\n"))
+	h, err1 := DecodeBase64(strings.TrimSuffix(lines[2], "\n"))
 	if origin == "" || err != nil || n < 0 || err1 != nil || len(h) != tlog.HashSize ||
 		strconv.FormatInt(n, 10) != strings.TrimSuffix(lines[1], "\n") {
 		return "", t, errMalformed
@@ -35,6 +35,21 @@ func ParseCheckpoint(text string) (origin string, t tlog.Tree, err error) {
 	t.N = n
 	copy(t.Hash[:], h)
 	return origin, t, nil
+}
+
+// DecodeBase64 decodes s as padded standard base64 and accepts only the
+// canonical encoding: no line breaks and zero trailing bits. A checkpoint
+// or cosignature that re-encodes to different bytes would let two texts
+// stand for one signed value.
+func DecodeBase64(s string) ([]byte, error) {
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("decode base64: %w", err)
+	}
+	if base64.StdEncoding.EncodeToString(b) != s {
+		return nil, fmt.Errorf("decode base64: %q is not in canonical form", s)
+	}
+	return b, nil
 }
 
 // DefaultQuorum returns ⌊2n/3⌋+1, the smallest k for which a k-of-n witness

@@ -88,7 +88,7 @@ type CosignatureVerifier struct {
 func NewCosignatureVerifier(vkey string) (*CosignatureVerifier, error) {
 	name, rest, ok1 := strings.Cut(vkey, "+")
 	hash16, key64, ok2 := strings.Cut(rest, "+")
-	key, err := base64.StdEncoding.DecodeString(key64)
+	key, err := DecodeBase64(key64)
 	h, err1 := strconv.ParseUint(hash16, 16, 32)
 	if !ok1 || !ok2 || err != nil || err1 != nil || len(key) != 1+ed25519.PublicKeySize || key[0] != algCosignatureV1 {
 		return nil, fmt.Errorf("invalid witness key %q: want name+hash+base64(0x04 ‖ Ed25519 key)", vkey)
@@ -114,7 +114,7 @@ func (v *CosignatureVerifier) Verify(msg, sig []byte) bool {
 
 // cosignatureTime extracts the timestamp of a verified cosignature line.
 func cosignatureTime(s note.Signature) (time.Time, error) {
-	b, err := base64.StdEncoding.DecodeString(s.Base64)
+	b, err := DecodeBase64(s.Base64)
 	if err != nil || len(b) != 4+8+ed25519.SignatureSize {
 		return time.Time{}, errors.New("malformed cosignature")
 	}
@@ -157,7 +157,7 @@ func TokenSignatureAuth(signer *CosignatureSigner, start, end int64, now time.Ti
 func CheckTokenSignatureAuth(witnesses []note.Verifier, header string, start, end int64, now time.Time) bool {
 	ts, sig64, ok := strings.Cut(header, " ")
 	unix, err := strconv.ParseInt(ts, 10, 64)
-	sig, err1 := base64.StdEncoding.DecodeString(sig64)
+	sig, err1 := DecodeBase64(sig64)
 	if !ok || err != nil || err1 != nil {
 		return false
 	}

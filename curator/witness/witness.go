@@ -19,7 +19,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -240,7 +239,7 @@ func ParseAddCheckpoint(body []byte) (old int64, proof tlog.TreeProof, signed []
 		return 0, nil, nil, bad
 	}
 	for sc.Scan() {
-		h, err := base64.StdEncoding.DecodeString(sc.Text())
+		h, err := curator.DecodeBase64(sc.Text())
 		if err != nil || len(h) != tlog.HashSize || len(proof) == 63 {
 			return 0, nil, nil, bad
 		}
