@@ -30,7 +30,7 @@ import (
 
 	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/bpf"
-	"github.com/mazu-mesh/mazu-ztunnel/demo/internal/rogue"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/rogue"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
 

@@ -1,7 +1,7 @@
 // Package rogue runs the demo's curator: an honest curator with two
 // verifying witnesses, plus the misbehaviour of a compromised one, so the
-// demo can show the defences firing. It lives under demo/internal so that no
-// production binary links it.
+// demo and the threat-model tests can show the defences firing. Only the
+// demo and tests import it; no production binary links it.
 //
 // Every client reaches the curator through a front door, one per client,
 // whose target the demo can switch. That is how a split view works: the
