@@ -9,6 +9,7 @@
 package rogue
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -73,6 +74,9 @@ type Curator struct {
 	store     *store.Store
 	log       *server.Log
 	witnesses []server.Witness
+	// cosigners are the witnesses' keys, which the curator holds only to
+	// play witnesses that collude with it (see Collude).
+	cosigners []*curator.CosignatureSigner
 	fronts    map[string]*front
 	servers   []*http.Server
 	closers   []func()
@@ -158,6 +162,7 @@ func Start(ctx context.Context, opts Options) (_ *Curator, err error) {
 	for i := range 2 {
 		_, key, _ := ed25519.GenerateKey(rand.Reader)
 		cosigner := curator.NewCosignatureSigner(fmt.Sprintf("witness-%d.mazu.demo", i), key)
+		c.cosigners = append(c.cosigners, cosigner)
 		st, err := c.openStore(fmt.Sprintf("witness-%d.db", i))
 		if err != nil {
 			return nil, err
@@ -281,11 +286,21 @@ type ReRegistration struct {
 	Rejections []Rejection
 	Cosigned   int
 	Evidence   []string
+	// Key and Token are what the attacker holds: the TLS key that the
+	// rogue entry binds, and the victim's token, which the curator rebuilds
+	// from the logged claims and the signature it keeps for the witnesses.
+	Key   *ecdsa.PrivateKey
+	Token string
+	// View is the rogue copy of the log with the second registration. Its
+	// checkpoint carries the log signature alone until Collude adds the
+	// witnesses' cosignatures.
+	View *View
 }
 
 // ReRegister plays a curator that re-registers an ID. It copies the log and
-// appends a second registration of id, bound to podIP and a new attacker TLS
-// key. Then it signs the new checkpoint with the log key and requests the
+// appends a second registration of id in the ID's own slot, bound to podIP
+// and a new attacker TLS key, and a state entry whose ID map points id at
+// it. Then it signs the new checkpoint with the log key and requests the
 // witnesses' cosignatures. The witnesses read the entries through their
 // front door, which serves the rogue copy meanwhile.
 func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Addr) (*ReRegistration, error) {
@@ -295,7 +310,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	if err != nil {
 		return nil, err
 	}
-	rogueStore, err := c.copyStore("rogue-reregister.db", n)
+	rogueStore, err := c.copyStore(fmt.Sprintf("rogue-reregister-%d.db", time.Now().UnixNano()), n)
 	if err != nil {
 		return nil, err
 	}
@@ -323,8 +338,9 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	}
 
 	// The curator keeps each token's signature for the witnesses, so it
-	// holds the whole token. It builds the attacker's RBE key in a new slot
-	// from that token, as an honest registration would be built.
+	// holds the whole token. It builds the attacker's RBE key from that
+	// token, as an honest registration would be built, in the ID's own
+	// slot: the block then needs no new digest in the rogue state entry.
 	token := string(orig.TokenClaims) + "." + string(sigs[0])
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -334,7 +350,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	if err != nil {
 		return nil, err
 	}
-	block, slot := st.GlobalSlot(st.SlotEnd())
+	block, slot := first.Block, first.Slot
 	sk, err := rbe.DeriveSecretKey([]byte(token), podIP.AsSlice(), spki)
 	if err != nil {
 		return nil, err
@@ -358,9 +374,16 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 		return nil, err
 	}
 
-	// The state entry cannot be computed under the rules, which refuse the
-	// registration; a rogue curator writes the one it likes.
-	stateEntry, err := st.NextState(ms).Marshal()
+	// The rules refuse the registration, so no state entry computed under
+	// them can include it; a rogue curator writes the one it likes: the
+	// honest blocks, and an ID map that points id at the new entry.
+	mt, current, err := idMap(append(entries, reg))
+	if err != nil {
+		return nil, err
+	}
+	state := st.NextState(ms)
+	state.MapRoot = mt.Root()
+	stateEntry, err := state.Marshal()
 	if err != nil {
 		return nil, err
 	}
@@ -368,15 +391,20 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	if err != nil {
 		return nil, err
 	}
+	signed, err := c.sign(tree)
+	if err != nil {
+		return nil, err
+	}
 
-	out := &ReRegistration{Index: n}
+	out := &ReRegistration{Index: n, Key: key, Token: token}
 	c.fronts[witnessFront].set(rawLog(rogueStore, tree.N))
 	defer c.fronts[witnessFront].set(c.log.Handler())
-	out.Rejections, out.Cosigned, err = c.askWitnesses(ctx, rogueStore, tree, n)
+	out.Rejections, out.Cosigned, err = c.askWitnesses(ctx, rogueStore, tree, n, signed)
 	if err != nil {
 		return nil, err
 	}
 	out.Evidence = evidenceFiles(c.EvidenceDirs, "rule-violation-")
+	out.View = &View{c: c, store: rogueStore, tree: tree, checkpoint: signed, state: st, ids: mt, current: current}
 	return out, nil
 }
 
@@ -400,15 +428,36 @@ func (c *Curator) copyStore(name string, n int64) (*store.Store, error) {
 	return st, nil
 }
 
-// askWitnesses signs tree with the log key and sends it to each witness
-// with old as the witnesses' size. It returns the rejections and the number
-// of cosignatures.
-func (c *Curator) askWitnesses(ctx context.Context, st *store.Store, tree tlog.Tree, old int64) ([]Rejection, int, error) {
-	signed, err := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(Origin, tree))}, c.signer)
+// sign signs a checkpoint of tree with the log key.
+func (c *Curator) sign(tree tlog.Tree) ([]byte, error) {
+	return note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(Origin, tree))}, c.signer)
+}
+
+// Collude adds every witness's cosignature to a checkpoint that the log
+// key signed, as witnesses would that cosign without replaying the entries
+// or comparing the checkpoint with the last one they cosigned.
+func (c *Curator) Collude(signed []byte) ([]byte, error) {
+	n, err := note.Open(signed, note.VerifierList(c.Policy.Log))
 	if err != nil {
-		return nil, 0, err
+		return nil, fmt.Errorf("collude: open the checkpoint: %w", err)
 	}
+	out := bytes.Clone(signed)
+	for _, w := range c.cosigners {
+		cosigned, err := note.Sign(&note.Note{Text: n.Text}, w)
+		if err != nil {
+			return nil, fmt.Errorf("collude: cosign as %s: %w", w.Name(), err)
+		}
+		out = append(out, cosigned[len(n.Text)+1:]...)
+	}
+	return out, nil
+}
+
+// askWitnesses sends signed, a checkpoint of tree, to each witness with old
+// as the witnesses' size. It returns the rejections and the number of
+// cosignatures.
+func (c *Curator) askWitnesses(ctx context.Context, st *store.Store, tree tlog.Tree, old int64, signed []byte) ([]Rejection, int, error) {
 	var proof tlog.TreeProof
+	var err error
 	if old > 0 && old < tree.N {
 		if proof, err = tlog.ProveTree(tree.N, old, st); err != nil {
 			return nil, 0, err
@@ -442,6 +491,8 @@ type Fork struct {
 	Base, Size int64
 	Rejections []Rejection
 	Evidence   []string
+	// Checkpoint is fork B's checkpoint as served, with the witnesses'
+	// cosignatures when they collude.
 	Checkpoint []byte
 }
 
@@ -451,9 +502,21 @@ type Fork struct {
 // The witnesses reject it. Fork B's checkpoint, signed by the log key alone,
 // is then served through the front door named frontName.
 func (c *Curator) StartFork(ctx context.Context, base int64, frontName string, register func(ctx context.Context, forkURL string) error) (*Fork, error) {
+	return c.startFork(ctx, base, frontName, register, false)
+}
+
+// StartColludingFork is StartFork with witnesses that collude: after the
+// honest witnesses refuse fork B, its checkpoint gets every witness's
+// cosignature anyway (see Collude), as if the witnesses equivocated. The
+// front door then serves a fork that meets the quorum.
+func (c *Curator) StartColludingFork(ctx context.Context, base int64, frontName string, register func(ctx context.Context, forkURL string) error) (*Fork, error) {
+	return c.startFork(ctx, base, frontName, register, true)
+}
+
+func (c *Curator) startFork(ctx context.Context, base int64, frontName string, register func(ctx context.Context, forkURL string) error, collude bool) (*Fork, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st, err := c.copyStore("fork-b.db", base)
+	st, err := c.copyStore(fmt.Sprintf("fork-b-%d.db", time.Now().UnixNano()), base)
 	if err != nil {
 		return nil, err
 	}
@@ -498,13 +561,17 @@ func (c *Curator) StartFork(ctx context.Context, base int64, frontName string, r
 	out := &Fork{Base: base, Size: n}
 	// The fork's log requested cosignatures as it grew. Request them once
 	// more with the witnesses' size, so that the rejection is on record here.
-	if out.Rejections, _, err = c.askWitnesses(ctx, st, tree, honest); err != nil {
-		return nil, err
-	}
-
-	signed, err := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(Origin, tree))}, c.signer)
+	signed, err := c.sign(tree)
 	if err != nil {
 		return nil, err
+	}
+	if out.Rejections, _, err = c.askWitnesses(ctx, st, tree, honest, signed); err != nil {
+		return nil, err
+	}
+	if collude {
+		if signed, err = c.Collude(signed); err != nil {
+			return nil, err
+		}
 	}
 	if err := st.SetCheckpoint(signed); err != nil {
 		return nil, err
