@@ -494,6 +494,10 @@ type Fork struct {
 	// Checkpoint is fork B's checkpoint as served, with the witnesses'
 	// cosignatures when they collude.
 	Checkpoint []byte
+
+	st     *store.Store
+	tree   tlog.Tree
+	signed []byte // the checkpoint with the log signature alone
 }
 
 // StartFork plays a curator that keeps a second history. Fork B shares the
@@ -538,7 +542,9 @@ func (c *Curator) startFork(ctx context.Context, base int64, frontName string, r
 		if err != nil {
 			return nil, err
 		}
-		if n >= honest {
+		// Fork B takes at least one entry of its own, so it differs from
+		// the honest log even when that has not grown since base.
+		if n >= honest && n > base {
 			break
 		}
 		if i == 20 {
@@ -558,13 +564,14 @@ func (c *Curator) startFork(ctx context.Context, base int64, frontName string, r
 	}
 	tree := tlog.Tree{N: n, Hash: hash}
 
-	out := &Fork{Base: base, Size: n}
+	out := &Fork{Base: base, Size: n, st: st, tree: tree}
 	// The fork's log requested cosignatures as it grew. Request them once
 	// more with the witnesses' size, so that the rejection is on record here.
 	signed, err := c.sign(tree)
 	if err != nil {
 		return nil, err
 	}
+	out.signed = signed
 	if out.Rejections, _, err = c.askWitnesses(ctx, st, tree, honest, signed); err != nil {
 		return nil, err
 	}
@@ -583,6 +590,25 @@ func (c *Curator) startFork(ctx context.Context, base int64, frontName string, r
 	out.Evidence = evidenceFiles(c.EvidenceDirs, "inconsistent-")
 	c.fronts[frontName].set(forkLog.Handler())
 	return out, nil
+}
+
+// AskWitnesses requests the witnesses' cosignatures for fork B again, with
+// the honest log's current size as theirs, and updates f.Rejections and
+// f.Evidence. A fork shown before the honest log grew is refused only once
+// the witnesses cosigned the honest growth: until then fork B extends what
+// they cosigned, and they fail to fetch its entries from the honest log.
+func (c *Curator) AskWitnesses(ctx context.Context, f *Fork) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	honest, err := c.store.Size()
+	if err != nil {
+		return err
+	}
+	if f.Rejections, _, err = c.askWitnesses(ctx, f.st, f.tree, honest, f.signed); err != nil {
+		return err
+	}
+	f.Evidence = evidenceFiles(c.EvidenceDirs, "inconsistent-")
+	return nil
 }
 
 func evidenceFiles(dirs []string, prefix string) []string {
@@ -635,4 +661,103 @@ func rawLog(st *store.Store, n int64) http.Handler {
 		w.Write(out)
 	})
 	return mux
+}
+
+// RegisterUnderCRS plays a curator that registers token, bound to podIP
+// and a new TLS key, with an RBE key made under crs instead of the
+// ceremony's CRS, as a curator that handed some agents a CRS of its own
+// making would. It appends the registration and a state entry to a copy of
+// the log and requests the witnesses' cosignatures, which they refuse
+// because the key does not check under the logged CRS.
+func (c *Curator) RegisterUnderCRS(ctx context.Context, token string, podIP netip.Addr, crs *rbe.CRS) (*ReRegistration, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	claims, sig, ok := cutLast(token, ".")
+	if !ok {
+		return nil, errors.New("register under a foreign CRS: the token is not a compact JWS")
+	}
+	n, err := c.store.Size()
+	if err != nil {
+		return nil, err
+	}
+	rogueStore, err := c.copyStore(fmt.Sprintf("rogue-crs-%d.db", time.Now().UnixNano()), n)
+	if err != nil {
+		return nil, err
+	}
+	st := curator.NewState(curator.StateConfig{Scheme: c.scheme, SkipKeyCheck: true})
+	entries, err := rogueStore.Entries(0, n)
+	if err != nil {
+		return nil, err
+	}
+	for _, data := range entries {
+		if _, err := st.ApplyRecord(data); err != nil {
+			return nil, fmt.Errorf("replay the log: %w", err)
+		}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	spki, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	block, slot := st.GlobalSlot(st.SlotEnd())
+	sk, err := rbe.DeriveSecretKey([]byte(token), podIP.AsSlice(), spki)
+	if err != nil {
+		return nil, err
+	}
+	pk, err := crs.KeyGen(sk, int(slot))
+	if err != nil {
+		return nil, err
+	}
+	rbeKey, err := pk.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	ms := max(uint64(time.Now().UnixMilli()), st.LastTimestamp())
+	e := &curator.Entry{Kind: curator.KindRegistration, TimestampMS: ms, ID: curator.IDFromToken(token), PrevIndex: curator.NoPrev,
+		Block: block, Slot: slot, RBEKey: rbeKey, TLSKey: spki, PodIP: podIP.AsSlice(), TokenClaims: []byte(claims)}
+	if e.PoPSig, err = curator.SignPoP(key, curator.PoPMessage(e)); err != nil {
+		return nil, err
+	}
+	reg, err := e.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	mt, _, err := idMap(append(entries, reg))
+	if err != nil {
+		return nil, err
+	}
+	state := st.NextState(ms)
+	state.MapRoot = mt.Root()
+	stateEntry, err := state.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	tree, err := rogueStore.Append(&store.Batch{Start: n, Entries: [][]byte{reg, stateEntry}, TokenSigs: [][]byte{[]byte(sig), nil}})
+	if err != nil {
+		return nil, err
+	}
+	signed, err := c.sign(tree)
+	if err != nil {
+		return nil, err
+	}
+	out := &ReRegistration{Index: n, Key: key, Token: token}
+	c.fronts[witnessFront].set(rawLog(rogueStore, tree.N))
+	defer c.fronts[witnessFront].set(c.log.Handler())
+	out.Rejections, out.Cosigned, err = c.askWitnesses(ctx, rogueStore, tree, n, signed)
+	if err != nil {
+		return nil, err
+	}
+	out.Evidence = evidenceFiles(c.EvidenceDirs, "rule-violation-")
+	return out, nil
+}
+
+// cutLast slices s around the last sep.
+func cutLast(s, sep string) (before, after string, found bool) {
+	if i := strings.LastIndex(s, sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
+	}
+	return s, "", false
 }
