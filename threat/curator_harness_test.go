@@ -8,8 +8,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -261,10 +263,14 @@ func registerToken(ctx context.Context, tb *testbed.Testbed, crs *rbe.CRS, url s
 }
 
 // publishedSize returns the size of the checkpoint that the curator at url
-// publishes, verified under policy.
+// publishes, verified under policy, or 0 before the first one.
 func publishedSize(t *testing.T, url string, policy *curator.Policy) int64 {
 	t.Helper()
 	raw, err := (&curator.Client{URL: url}).Checkpoint(context.Background())
+	var httpErr *curator.HTTPError
+	if errors.As(err, &httpErr) && httpErr.Code == http.StatusNotFound {
+		return 0
+	}
 	if err != nil {
 		t.Fatalf("read the curator's checkpoint: %v", err)
 	}
