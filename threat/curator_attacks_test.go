@@ -16,16 +16,19 @@ import (
 var rbeALPN = []string{rbeauth.ALPNRBE}
 
 // TestAttackReRegistrationWithoutQuorum plays a compromised curator that
-// re-registers a victim's ID with an attacker's TLS key. Attack: the
-// curator appends a second registration of web's ID, bound to web's IP and
-// a key the attacker holds, and asks the honest witnesses to cosign. The
-// attacker then presents web's token with its own key and a staple from
-// the rogue log, from web's own IP and from its own pod. Defence: the
-// witnesses replay the entry under the curator rules and refuse it
-// (evidence kept on disk), so the published checkpoint does not move; a
-// peer's agent refuses the rogue staple for lacking a witness quorum
-// (checkpoint_quorum), and refuses the attacker's own pod for not being
-// the token's pod (pod_mismatch).
+// re-registers a victim's ID with an attacker's TLS key.
+//
+// Attack: the curator appends a second registration of web's ID, bound to
+// web's IP and to a key the attacker has, and requests the honest
+// witnesses' cosignatures. The attacker then presents web's token with its
+// own key and a staple from the rogue log, from web's IP and from its own
+// pod.
+//
+// Defence: the witnesses replay the entry under the curator rules and
+// reject it, keeping evidence on disk, so the published checkpoint does
+// not move. A peer's agent rejects the rogue staple for lacking a witness
+// quorum (checkpoint_quorum). It rejects the attacker's own pod because
+// the token names another pod (pod_mismatch).
 func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
 	rm := newRogueMesh(t, "rereg")
 	s := newVictimSetup(t, rm.mesh, "rereg")
@@ -38,7 +41,7 @@ func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
 		t.Fatalf("re-register web's ID: %v", err)
 	}
 	t.Logf("the curator appended entry %d: a second registration of web's ID %x… for %s and an attacker key", res.Index, id[:8], s.web.IP)
-	expectWitnessesRefused(t, res.Rejections, res.Cosigned, 2, curator.ErrReRegistration.Error())
+	expectWitnessesRejected(t, res.Rejections, res.Cosigned, 2, curator.ErrReRegistration.Error())
 	expectEvidence(t, res.Evidence, 2)
 	if after := publishedSize(t, rm.cur.URL(frontName(1)), rm.cur.Policy); after != before {
 		t.Fatalf("the published checkpoint moved from %d to %d entries although no witness cosigned", before, after)
@@ -48,7 +51,7 @@ func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
 	staple := viewStaple(t, res.View, id)
 	// From web's network namespace (outside its cgroup, so web's agent
 	// does not capture it): the IP that both the token and the rogue
-	// entry name, so only the witness quorum stands in the way.
+	// entry name, so only the witness quorum is left to reject it.
 	expectProbeRejected(t, rm.agents[0], s.web, hboneAddr(s.client), cert, staple, rbeALPN, "checkpoint_quorum")
 	expectProbeRejected(t, rm.agents[0], s.mallory, hboneAddr(s.client), cert, staple, rbeALPN, "pod_mismatch")
 
@@ -59,21 +62,24 @@ func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
 }
 
 // TestAttackReRegistrationWithColludingWitnesses plays a compromised
-// curator whose witnesses collude. Attack: the curator appends a second
-// registration of web's ID bound to an attacker's key; the honest replay
-// refuses it, but the witness keys cosign the rogue checkpoint anyway, so
-// it meets the quorum, and the curator shows it to both nodes. The
-// attacker then connects with web's token, its key and the rogue staple.
+// curator whose witnesses collude.
+//
+// Attack: the curator appends a second registration of web's ID bound to
+// an attacker's key. The honest replay rejects it, but the witness keys
+// cosign the rogue checkpoint anyway, so it meets the quorum, and the
+// curator serves it to both nodes. The attacker then connects with web's
+// token, its own key and the rogue staple.
+//
 // Defence: web's agent polls the curator for its own IDs every audit
 // interval (1 s here), finds an entry it did not request, and raises
 // UnexpectedReRegistration as a metric, an error log line and a Kubernetes
-// Event on the web pod; the other agent raises nothing, since the entry
-// touches none of its IDs; and peers refuse the attacker's handshake from
-// its own pod because the token names web's pod (pod_mismatch).
+// Event on the web pod. The other agent raises nothing, because the entry
+// touches none of its IDs. Peers reject the attacker's handshake from its
+// own pod because the token names web's pod (pod_mismatch).
 //
-// NOTE: an attacker that holds web's IP as well as a colluding quorum is
-// not refused by the handshake: the quorum is the trust root for the log,
-// and the alert is what remains.
+// NOTE: the handshake does not reject an attacker that has web's IP as
+// well as a colluding quorum, because the quorum is the trust root for the
+// log. The alert is the defence left.
 func TestAttackReRegistrationWithColludingWitnesses(t *testing.T) {
 	rm := newRogueMesh(t, "collude")
 	s := newVictimSetup(t, rm.mesh, "collude")
@@ -85,7 +91,7 @@ func TestAttackReRegistrationWithColludingWitnesses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("re-register web's ID: %v", err)
 	}
-	expectWitnessesRefused(t, res.Rejections, res.Cosigned, 2, curator.ErrReRegistration.Error())
+	expectWitnessesRejected(t, res.Rejections, res.Cosigned, 2, curator.ErrReRegistration.Error())
 	if err := res.View.Collude(); err != nil {
 		t.Fatal(err)
 	}
@@ -120,17 +126,21 @@ func TestAttackReRegistrationWithColludingWitnesses(t *testing.T) {
 }
 
 // TestAttackForkedLogForTwoNodes plays a compromised curator that shows two
-// nodes two histories. Attack: after web and the client registered, the
-// curator serves web's node fork B (the shared prefix plus a registration
-// of its own) and the client's node the honest log, which then grows with a
-// second client's registration. The witness keys cosign fork B as well, as
-// witnesses that equivocate would, so each node alone sees a log that meets
-// the quorum and extends what it trusted. Defences: honest witnesses
-// refuse fork B as inconsistent with what they cosigned and keep both
-// checkpoints as evidence; web restaples its proof from fork B, and the
-// second client's agent, comparing the stapled checkpoint with its own in
-// the handshake, refuses web with reason log_fork; and once the curator
-// shows web's node the honest log again, its monitor raises KCForkDetected.
+// nodes two histories.
+//
+// Attack: after web and the client registered, the curator serves web's
+// node fork B (the shared prefix plus a registration of its own) and the
+// client's node the honest log, which then grows with a second client's
+// registration. The witness keys cosign fork B as well, as equivocating
+// witnesses would, so each node alone sees a log that meets the quorum and
+// extends the checkpoint it trusted.
+//
+// Defence: honest witnesses reject fork B as inconsistent with what they
+// cosigned, and keep both checkpoints as evidence. Web restaples its proof
+// from fork B, so the second client's agent, which compares the stapled
+// checkpoint with its own in the handshake, rejects web with reason
+// log_fork. Once the curator serves web's node the honest log again, that
+// node's monitor raises KCForkDetected.
 func TestAttackForkedLogForTwoNodes(t *testing.T) {
 	rm := newRogueMesh(t, "fork")
 	s := newVictimSetup(t, rm.mesh, "fork")
@@ -158,7 +168,7 @@ func TestAttackForkedLogForTwoNodes(t *testing.T) {
 	if err := rm.cur.AskWitnesses(ctx, fork); err != nil {
 		t.Fatal(err)
 	}
-	expectWitnessesRefused(t, fork.Rejections, 0, 2, "")
+	expectWitnessesRejected(t, fork.Rejections, 0, 2, "")
 	expectEvidence(t, fork.Evidence, 2)
 
 	eventually(t, 20*time.Second, "web restaples its proof from fork B", func() bool {

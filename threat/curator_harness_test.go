@@ -140,7 +140,7 @@ func (na *nodeAgent) alerts(t *testing.T, alert string) float64 {
 	return counterSum(t, na.registry, "mazu_curator_alerts_total", map[string]string{"alert": alert})
 }
 
-// logContains reports whether the agent's log holds a line with every one
+// logContains reports whether a line of the agent's log contains every one
 // of parts.
 func (na *nodeAgent) logContains(t *testing.T, parts ...string) bool {
 	t.Helper()
@@ -181,23 +181,23 @@ func waitEvent(t *testing.T, tb *testbed.Testbed, namespace, reason, object stri
 	return msg
 }
 
-// expectWitnessesRefused fails the test unless every one of want witnesses
-// refused with HTTP 422 and a body that contains cause.
-func expectWitnessesRefused(t *testing.T, rejections []rogue.Rejection, cosigned, want int, cause string) {
+// expectWitnessesRejected fails the test unless all want witnesses
+// rejected the checkpoint with HTTP 422 and a body that contains cause.
+func expectWitnessesRejected(t *testing.T, rejections []rogue.Rejection, cosigned, want int, cause string) {
 	t.Helper()
 	if cosigned != 0 || len(rejections) != want {
-		t.Fatalf("witnesses: %d cosigned, %d refused (%v); want all %d to refuse", cosigned, len(rejections), rejections, want)
+		t.Fatalf("witnesses: %d cosigned, %d rejected (%v); expected all %d to reject", cosigned, len(rejections), rejections, want)
 	}
 	for _, r := range rejections {
 		if r.Status != 422 || !strings.Contains(r.Body, cause) {
-			t.Fatalf("witness %s answered %d %q; want 422 naming %q", r.Witness, r.Status, r.Body, cause)
+			t.Fatalf("witness %s returned %d %q; expected 422 containing %q", r.Witness, r.Status, r.Body, cause)
 		}
-		t.Logf("witness %s refused: %d %s", r.Witness, r.Status, r.Body)
+		t.Logf("witness %s rejected: %d %s", r.Witness, r.Status, r.Body)
 	}
 }
 
 // expectEvidence fails the test unless at least want evidence files exist
-// and each holds a signed checkpoint of the curator's log.
+// and each contains a signed checkpoint of the curator's log.
 func expectEvidence(t *testing.T, files []string, want int) {
 	t.Helper()
 	if len(files) < want {
@@ -209,7 +209,7 @@ func expectEvidence(t *testing.T, files []string, want int) {
 			t.Fatalf("read evidence: %v", err)
 		}
 		if !bytes.Contains(data, []byte(rogue.Origin)) || !bytes.Contains(data, []byte("\n— ")) {
-			t.Fatalf("evidence %s holds no signed checkpoint of %s:\n%s", f, rogue.Origin, data)
+			t.Fatalf("evidence %s contains no signed checkpoint of %s:\n%s", f, rogue.Origin, data)
 		}
 		t.Logf("evidence kept: %s", f)
 	}

@@ -19,8 +19,8 @@ import (
 
 // craftCertificate self-signs a certificate with key for the URI SANs uris,
 // carrying the extra extensions exts, valid until notAfter. It builds the
-// malformed variants of a workload certificate that rbeauth.NewCertificate
-// refuses to make.
+// malformed variants of a workload certificate, which
+// rbeauth.NewCertificate does not make.
 func craftCertificate(t *testing.T, key *ecdsa.PrivateKey, uris []*url.URL, exts []pkix.Extension, notAfter time.Time) []byte {
 	t.Helper()
 	template := &x509.Certificate{
@@ -53,15 +53,18 @@ func utf8DER(t *testing.T, s string) []byte {
 
 // TestAttackMalformedPeerInputs sends malformed certificates, token
 // extensions and proof bundles to an agent's HBONE port over real TLS
-// handshakes. Attack: a peer at a registered workload's IP, holding its
-// token, key and staple, presents broken variants of each, looking for a
-// parser that panics or accepts. Defence: the verifier checks the
-// certificate's shape, the token's encoding and the staple's encoding
-// before anything else, and rejects each variant with its reason
-// (certificate_invalid, token_malformed, registration_missing), or Go's
-// TLS stack rejects a certificate that does not parse. The agent keeps
-// serving: the genuine identity is accepted afterwards and genuine traffic
-// still flows.
+// handshakes.
+//
+// Attack: a peer at a registered workload's IP, with its token, key and
+// staple, presents broken variants of each, looking for a parser that
+// panics or accepts.
+//
+// Defence: the verifier checks the certificate's shape and the encodings of
+// the token and the staple before anything else, and rejects each variant
+// with its reason (certificate_invalid, token_malformed,
+// registration_missing). Go's TLS stack rejects a certificate that does not
+// parse. The agent keeps serving: the genuine identity is accepted
+// afterwards and genuine traffic still flows.
 func TestAttackMalformedPeerInputs(t *testing.T) {
 	m := sharedMesh(t)
 	s := newVictimSetup(t, m, "malformed")

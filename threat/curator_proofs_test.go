@@ -31,7 +31,7 @@ const auditInterval = time.Second
 
 // managedIdentity is a workload identity that the test manages with
 // rbeauth.Workloads, the identity manager node agents run, for a pod that
-// no agent enrolls: the test can then rotate it and hold its keys.
+// no agent enrolls, so that the test can rotate it and keep its keys.
 type managedIdentity struct {
 	w   *rbeauth.Workloads
 	tb  *testbed.Testbed
@@ -121,13 +121,13 @@ func (mi *managedIdentity) revoke(t *testing.T, url string, reg registration, ke
 
 // expectProbeAccepted runs probeHBONE and fails the test unless the server
 // let the connection through and its agent na counted an accepted peer. It
-// is the positive control of the tests that hold a genuine identity.
+// is the positive control of the tests that have a genuine identity.
 func expectProbeAccepted(t *testing.T, na *nodeAgent, from *testbed.Pod, target netip.AddrPort, cert tls.Certificate) {
 	t.Helper()
 	before := na.accepted(t)
 	res := probeHBONE(t, from, target, cert, nil, rbeALPN)
 	if !res.Connected {
-		t.Fatalf("positive control from %s to %s: the genuine identity was refused: %v", from.Name, target, res.Err)
+		t.Fatalf("positive control from %s to %s: the genuine identity was rejected: %v", from.Name, target, res.Err)
 	}
 	eventually(t, 5*time.Second, "an accepted peer counted", func() bool { return na.accepted(t) > before })
 }
@@ -145,21 +145,25 @@ func waitCovered(t *testing.T, m *mesh, index uint64) {
 }
 
 // TestAttackStapleReplayedAfterReRegistration replays a stapled proof that
-// a re-registration superseded. Attack: the victim pod's identity rotates
-// as an agent's token renewal does (a new token and TLS key are registered,
-// then the old registration is revoked with the old key); an attacker that
-// copied the old certificate, its key and its staple, and so the old token,
-// connects from the victim's IP with them. Defence: the staple's bundle is
-// older than the server's trusted checkpoint, so the server's agent asks the
-// curator for the ID's current entry, finds the revocation and refuses the
-// handshake as registration_superseded. The old identity is accepted
-// before the rotation and the new one after it.
+// a re-registration superseded.
+//
+// Attack: the victim pod's identity rotates as an agent's token renewal
+// does. A new token and TLS key are registered, then the old registration
+// is revoked with the old key. An attacker that copied the old
+// certificate, its key and its staple (and so the old token) connects from
+// the victim's IP with them.
+//
+// Defence: the staple's bundle is older than the server's trusted
+// checkpoint, so the server's agent requests the ID's current entry from
+// the curator, finds the revocation and rejects the handshake as
+// registration_superseded. The old identity is accepted before the
+// rotation and the new one after it.
 func TestAttackStapleReplayedAfterReRegistration(t *testing.T) {
 	m := sharedMesh(t)
 	ns := newNamespace(t, m, "superseded", true)
 	web := newAmbientPod(t, m, 1, testbedPodSpec(ns, "web"))
 	victim := newBarePod(t, m, nil, testbedPodSpec(ns, "victim"))
-	// The victim's identity is managed here, so the test can rotate it; the
+	// The test manages the victim's identity so that it can rotate it. The
 	// victim pod is on the node without an agent.
 	mi := newManagedIdentity(t, m, victim)
 	old := mi.certificate(t)
@@ -197,15 +201,18 @@ func certificateToken(t *testing.T, cert tls.Certificate) (string, *x509.Certifi
 }
 
 // TestAttackTamperedBlockDigest staples block digests and openings that
-// the witnessed state entry does not commit to. Attack: a curator that
-// wants a key accepted without the RBE block holding it computes a block
-// of its own in which the workload's key sits in its slot, and staples that
-// block's digest and opening; or staples the committed digest with that
-// forged opening; or names another version of the block. Defence: the
-// handshake checks the digest's inclusion proof under the state entry's
-// block-digest root, which the witnesses recomputed, and then the RBE
-// membership of the derived key, so each tampered staple is refused as
-// registration_missing, while the genuine staple is accepted.
+// the witnessed state entry does not commit to.
+//
+// Attack: a curator that wants a key accepted without the RBE block
+// containing it computes a block of its own with the workload's key in its
+// slot, and staples that block's digest and opening. It also tries the
+// committed digest with the forged opening, and another version of the
+// block.
+//
+// Defence: the handshake checks the digest's inclusion proof under the
+// state entry's block-digest root, which the witnesses recomputed, and
+// then the RBE membership of the derived key. Each tampered staple is
+// rejected as registration_missing, and the genuine staple is accepted.
 func TestAttackTamperedBlockDigest(t *testing.T) {
 	m := sharedMesh(t)
 	ns := newNamespace(t, m, "digest", true)
@@ -266,18 +273,21 @@ func TestAttackTamperedBlockDigest(t *testing.T) {
 
 // TestAttackForeignCRS gives a node agent a CRS that is not the ceremony's,
 // as a curator that hands out a CRS of its own making (whose trapdoor it
-// may know) would. Attack: the agent on a new node reads the foreign CRS
-// and enrolls a pod, registering its RBE key under that CRS; the curator
-// then tries to get such a registration cosigned. Defence: the curator's
-// key check refuses a key whose CRS fingerprint is not the log's, so the
-// pod is captured but never registered (its agent retries and logs the
-// refusal) nor annotated as enrolled, and the log does not grow; and
-// the witnesses, which check every key under the logged CRS, refuse a
-// checkpoint that holds one. The same pod spec enrolls on a node whose
-// agent has the genuine CRS.
+// may know) would.
 //
-// NOTE: the agent starts with the foreign CRS: it does not compare its
-// CRS file with the log before it serves.
+// Attack: the agent on a new node reads the foreign CRS and enrolls a pod,
+// which registers an RBE key made under that CRS. A rogue curator then
+// requests cosignatures for such a registration.
+//
+// Defence: the curator's key check rejects a key whose CRS fingerprint is
+// not the log's. The pod is captured but never registered (its agent
+// retries and logs the rejection) nor annotated as enrolled, and the log
+// does not grow. The witnesses check every key under the logged CRS, so
+// they reject a checkpoint that contains one. The same pod spec enrolls on
+// a node whose agent has the genuine CRS.
+//
+// NOTE: the agent starts with the foreign CRS, because it does not compare
+// its CRS file with the log before it serves.
 func TestAttackForeignCRS(t *testing.T) {
 	m := sharedMesh(t)
 	ctx := context.Background()
@@ -315,9 +325,9 @@ func TestAttackForeignCRS(t *testing.T) {
 	spec := testbedPodSpec(ns, "tampered")
 	spec.OnNetwork = cniAdd(m.cni, na.socket)
 	pod := testbed.NewPod(t, m.tb, node, spec)
-	// mazu-cni returns once the pod is captured; the agent registers it
+	// mazu-cni returns once the pod is captured. The agent registers it
 	// afterwards and retries until the curator accepts.
-	eventually(t, 20*time.Second, "the agent's registration refused for the foreign CRS", func() bool {
+	eventually(t, 20*time.Second, "the curator to reject the registration under the foreign CRS", func() bool {
 		return na.logContains(t, "registration pending", "pod="+ns+"/tampered", "another CRS")
 	})
 	select {
@@ -333,7 +343,7 @@ func TestAttackForeignCRS(t *testing.T) {
 		t.Errorf("pod %s is annotated %s=%q without a registration", pod.Name, agent.RedirectionAnnotation, v)
 	}
 	if after := publishedSize(t, m.curator.URL, m.curator.Policy); after != before {
-		t.Errorf("the log grew from %d to %d entries while only the refused pod registered", before, after)
+		t.Errorf("the log grew from %d to %d entries while only the rejected pod registered", before, after)
 	}
 
 	// Positive control: the genuine CRS enrolls the same pod spec.
@@ -358,6 +368,6 @@ func TestAttackForeignCRS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectWitnessesRefused(t, res.Rejections, res.Cosigned, 2, "check RBE key")
+	expectWitnessesRejected(t, res.Rejections, res.Cosigned, 2, "check RBE key")
 	expectEvidence(t, res.Evidence, 2)
 }

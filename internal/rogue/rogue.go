@@ -74,7 +74,7 @@ type Curator struct {
 	store     *store.Store
 	log       *server.Log
 	witnesses []server.Witness
-	// cosigners are the witnesses' keys, which the curator holds only to
+	// cosigners are the witnesses' keys. The curator keeps them only to
 	// play witnesses that collude with it (see Collude).
 	cosigners []*curator.CosignatureSigner
 	fronts    map[string]*front
@@ -286,9 +286,9 @@ type ReRegistration struct {
 	Rejections []Rejection
 	Cosigned   int
 	Evidence   []string
-	// Key and Token are what the attacker holds: the TLS key that the
-	// rogue entry binds, and the victim's token, which the curator rebuilds
-	// from the logged claims and the signature it keeps for the witnesses.
+	// Key is the attacker's TLS key, which the rogue entry binds. Token is
+	// the victim's token, which the curator rebuilds from the logged claims
+	// and the signature it keeps for the witnesses.
 	Key   *ecdsa.PrivateKey
 	Token string
 	// View is the rogue copy of the log with the second registration. Its
@@ -340,7 +340,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	// The curator keeps each token's signature for the witnesses, so it
 	// holds the whole token. It builds the attacker's RBE key from that
 	// token, as an honest registration would be built, in the ID's own
-	// slot: the block then needs no new digest in the rogue state entry.
+	// slot, so the rogue state entry needs no new block digest.
 	token := string(orig.TokenClaims) + "." + string(sigs[0])
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -374,9 +374,9 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 		return nil, err
 	}
 
-	// The rules refuse the registration, so no state entry computed under
-	// them can include it; a rogue curator writes the one it likes: the
-	// honest blocks, and an ID map that points id at the new entry.
+	// The rules reject the registration, so no state entry computed under
+	// them can include it. A rogue curator writes its own state entry, with
+	// the honest blocks and an ID map that points id at the new entry.
 	mt, current, err := idMap(append(entries, reg))
 	if err != nil {
 		return nil, err
@@ -434,7 +434,7 @@ func (c *Curator) sign(tree tlog.Tree) ([]byte, error) {
 }
 
 // Collude adds every witness's cosignature to a checkpoint that the log
-// key signed, as witnesses would that cosign without replaying the entries
+// key signed. It plays witnesses that cosign without replaying the entries
 // or comparing the checkpoint with the last one they cosigned.
 func (c *Curator) Collude(signed []byte) ([]byte, error) {
 	n, err := note.Open(signed, note.VerifierList(c.Policy.Log))

@@ -14,11 +14,11 @@ import (
 	"github.com/mazu-mesh/mazu-ztunnel/curator/store"
 )
 
-// A View is a rogue copy of the log that holds entries the curator rules
-// refuse. It answers the read calls of the curator's API (checkpoint, tiles,
-// updates, bundles) as the honest log would, so that a node agent shown it
-// verifies it like any other log. server.Log cannot serve it, because
-// server.Log replays its store under the rules.
+// A View is a rogue copy of the log that contains entries the curator rules
+// reject. It serves the read calls of the curator's API (checkpoint, tiles,
+// updates, bundles) as the honest log would, so that a node agent verifies
+// it like any other log. server.Log cannot serve it, because server.Log
+// replays its store under the rules.
 type View struct {
 	c     *Curator
 	store *store.Store
@@ -26,8 +26,9 @@ type View struct {
 
 	mu         sync.Mutex
 	checkpoint []byte
-	// state is the honest state before the rogue entries, which gives the
-	// blocks; ids and current are the ID map the rogue state entry commits.
+	// state is the honest state before the rogue entries, which provides
+	// the blocks. ids and current are the ID map the rogue state entry
+	// commits to.
 	state   *curator.State
 	ids     *curator.MapTree
 	current map[curator.ID]uint64
@@ -97,8 +98,8 @@ func (c *Curator) ShowHonest(frontName string) error {
 	return nil
 }
 
-// Handler serves the view's read API. Writes (reserve, register, rotate,
-// revoke) are refused as unavailable.
+// Handler serves the view's read API. It rejects writes (reserve,
+// register, rotate, revoke) as unavailable.
 func (v *View) Handler() http.Handler {
 	mux := http.NewServeMux()
 	raw := rawLog(v.store, v.tree.N)
@@ -180,8 +181,8 @@ func (v *View) Bundle(id curator.ID) ([]byte, error) {
 	return b.Marshal()
 }
 
-// Updates answers an updates request at the view's checkpoint, as
-// server.Log.Updates does for the honest log.
+// Updates returns the reply to an updates request at the view's
+// checkpoint, as server.Log.Updates does for the honest log.
 func (v *View) Updates(req *curator.UpdatesRequest) (*curator.UpdatesResponse, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
