@@ -1,7 +1,21 @@
 package threat
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -60,4 +74,190 @@ func TestAttackTokenReplayFromOtherIP(t *testing.T) {
 	for _, alpn := range [][]string{{rbeauth.ALPNRBE}, {rbeauth.ALPN}} {
 		expectProbeRejected(t, m.agents[1], s.mallory, hboneAddr(s.web), cert, leaked.Staple, alpn, "pod_mismatch")
 	}
+}
+
+// TestAttackTokenWithOtherTLSKey replays a leaked token from the victim's
+// own IP with another TLS key. Attack: a process in the client pod's network
+// namespace, outside the agent that holds the pod's TLS key (for example a
+// compromised container), harvests the client's registered token and
+// stapled proof, wraps the token in a certificate with a key of its own,
+// and connects to web's HBONE port from the client's IP. Token, identity,
+// liveness and pod IP all check out. Defence: the registration in the
+// witnessed log binds the TLS key (and the RBE key derived from token, IP
+// and TLS key), so web's agent rejects the handshake with reason
+// registration_key.
+func TestAttackTokenWithOtherTLSKey(t *testing.T) {
+	m := sharedMesh(t)
+	s := newVictimSetup(t, m, "tlskey")
+
+	leaked := harvestIdentity(t, s.mallory, s.client)
+	cert := mintCertificate(t, podIdentity(s.client), leaked.Token)
+	expectProbeRejected(t, m.agents[1], s.client, hboneAddr(s.web), cert, leaked.Staple, []string{rbeauth.ALPNRBE}, "registration_key")
+
+	// The genuine client, whose agent holds the registered key, still
+	// gets through from the same IP.
+	expectOK(t, s.client, webURL(s.web), 1, "hello from web")
+}
+
+// TestAttackTokenAfterIPReuse replays a dead pod's token from its reused
+// IP. Attack: mallory harvests the token and stapled proof of an enrolled
+// pod "victim". The victim pod is deleted, and a new pod "reuse" on the
+// same node gets the same IP and is enrolled in the mesh in its own right.
+// A process in the new pod's network namespace presents the victim's token
+// in a certificate of its own, with the victim's staple, to web's HBONE
+// port. Defence: web's agent checks token liveness (TokenReview) and that
+// the token's pod exists with the token's UID and the peer's IP. The
+// victim's pod is gone, so the handshake is rejected with reason
+// token_not_live (TokenReview already rejects the token) or pod_mismatch
+// (TokenReview's success cache still accepts it but the pod is gone).
+// Positive control: the new pod's own traffic, under its own identity,
+// gets through from the same IP.
+func TestAttackTokenAfterIPReuse(t *testing.T) {
+	m := sharedMesh(t)
+	s := newVictimSetup(t, m, "ipreuse")
+	victim := newAmbientPod(t, m, 0, testbed.PodSpec{Namespace: s.ns, Name: "victim", ServiceAccount: "victim"})
+	expectOK(t, victim, webURL(s.web), 1, "hello from web")
+	leaked := harvestIdentity(t, s.mallory, victim)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := m.tb.DeletePod(ctx, victim); err != nil {
+		t.Fatalf("delete the victim pod: %v", err)
+	}
+	eventually(t, 30*time.Second, "victim unenrolled", func() bool { return !m.agents[0].agent.IsEnrolled(victim.UID) })
+	reuse := newAmbientPod(t, m, 0, testbed.PodSpec{Namespace: s.ns, Name: "reuse", ServiceAccount: "reuse", IP: victim.IP})
+	if reuse.IP != victim.IP {
+		t.Fatalf("new pod got IP %s, want the victim's %s", reuse.IP, victim.IP)
+	}
+	expectOK(t, reuse, webURL(s.web), 1, "hello from web")
+
+	cert := mintCertificate(t, podIdentity(victim), leaked.Token)
+	reason := expectProbeRejected(t, m.agents[1], reuse, hboneAddr(s.web), cert, leaked.Staple, []string{rbeauth.ALPNRBE}, "token_not_live", "pod_mismatch")
+	t.Logf("the victim's token from its reused IP was rejected with reason %s", reason)
+}
+
+// TestAttackForgedTokens presents tokens that the cluster's issuer did not
+// sign for mazu, or signed long ago, from the victim's own IP with the
+// victim's stapled proof. Attacks and defences, one subtest each:
+//   - forged: the client's token claims re-signed with another key under
+//     the cluster key's ID. The verifier checks the signature against the
+//     API server's JWKS: token_signature.
+//   - expired: the client's claims with an expiry an hour ago, signed with
+//     the cluster's real service-account key, as a token leaked long ago
+//     would be: token_expired.
+//   - wrong audience: a real token for the client pod that the API server
+//     issued for another audience: token_audience.
+//   - other cluster: the client's claims signed by another cluster's
+//     issuer and key: token_issuer.
+func TestAttackForgedTokens(t *testing.T) {
+	m := sharedMesh(t)
+	s := newVictimSetup(t, m, "forged")
+	leaked := harvestIdentity(t, s.mallory, s.client)
+	header, claims := decodeToken(t, leaked.Token)
+	id := podIdentity(s.client)
+
+	otherKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterKey := readClusterSigningKey(t, m.tb)
+
+	cases := []struct {
+		name   string
+		token  func(t *testing.T) string
+		reason string
+	}{
+		{"forged", func(t *testing.T) string {
+			return signToken(t, otherKey, header["kid"].(string), claims)
+		}, "token_signature"},
+		{"expired", func(t *testing.T) string {
+			old := maps.Clone(claims)
+			now := time.Now()
+			old["iat"] = now.Add(-2 * time.Hour).Unix()
+			old["nbf"] = now.Add(-2 * time.Hour).Unix()
+			old["exp"] = now.Add(-time.Hour).Unix()
+			return signToken(t, clusterKey, header["kid"].(string), old)
+		}, "token_expired"},
+		{"wrong audience", func(t *testing.T) string {
+			token, err := m.tb.RequestToken(context.Background(), s.client, "vault.example", 10*time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return token
+		}, "token_audience"},
+		{"other cluster", func(t *testing.T) string {
+			foreign := maps.Clone(claims)
+			foreign["iss"] = "https://kubernetes.other-cluster.example"
+			return signToken(t, otherKey, "other-cluster-key", foreign)
+		}, "token_issuer"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cert := mintCertificate(t, id, c.token(t))
+			expectProbeRejected(t, m.agents[1], s.client, hboneAddr(s.web), cert, leaked.Staple, []string{rbeauth.ALPNRBE}, c.reason)
+		})
+	}
+	expectOK(t, s.client, webURL(s.web), 1, "hello from web")
+}
+
+// decodeToken returns a compact JWS's header and claims, unverified.
+func decodeToken(t *testing.T, token string) (header, claims map[string]any) {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		t.Fatalf("token has %d parts, want 3", len(parts))
+	}
+	for i, dst := range []*map[string]any{&header, &claims} {
+		raw, err := base64.RawURLEncoding.DecodeString(parts[i])
+		if err != nil {
+			t.Fatalf("token part %d: %v", i, err)
+		}
+		if err := json.Unmarshal(raw, dst); err != nil {
+			t.Fatalf("token part %d: %v", i, err)
+		}
+	}
+	return header, claims
+}
+
+// signToken encodes claims as an ES256 compact JWS signed by key, with key
+// ID kid in the header.
+func signToken(t *testing.T, key *ecdsa.PrivateKey, kid string, claims map[string]any) string {
+	t.Helper()
+	header, err := json.Marshal(map[string]string{"alg": "ES256", "kid": kid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := base64.RawURLEncoding.EncodeToString(header) + "." + base64.RawURLEncoding.EncodeToString(payload)
+	digest := sha256.Sum256([]byte(signed))
+	r, sig, err := ecdsa.Sign(rand.Reader, key, digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := make([]byte, 64)
+	r.FillBytes(raw[:32])
+	sig.FillBytes(raw[32:])
+	return signed + "." + base64.RawURLEncoding.EncodeToString(raw)
+}
+
+// readClusterSigningKey reads the testbed's service-account signing key,
+// the key kube-apiserver signs every token with.
+func readClusterSigningKey(t *testing.T, tb *testbed.Testbed) *ecdsa.PrivateKey {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(tb.Dir(), "sa.key"))
+	if err != nil {
+		t.Fatalf("read the cluster's service-account signing key: %v", err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf("%s/sa.key holds no PEM block", tb.Dir())
+	}
+	key, err := x509.ParseECPrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("parse the cluster's service-account signing key: %v", err)
+	}
+	return key
 }
