@@ -605,6 +605,18 @@ func (na *nodeAgent) accepted(t *testing.T) float64 {
 	return counterSum(t, na.registry, "mazu_peer_verifications_total", map[string]string{"result": "accepted"})
 }
 
+// inboundMTLS returns the agent's count of inbound connections to pod that
+// arrived over HBONE (istio_tcp_connections_opened_total with reporter
+// destination and connection_security_policy mutual_tls). It counts every
+// connection, also those carried on a pooled HBONE connection.
+func (na *nodeAgent) inboundMTLS(t *testing.T, pod *testbed.Pod) float64 {
+	t.Helper()
+	return counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{
+		"reporter": "destination", "connection_security_policy": "mutual_tls",
+		"destination_workload": pod.Name, "destination_workload_namespace": pod.Namespace,
+	})
+}
+
 // waitRejected waits up to 5 s until the agent's rejection count for one of
 // reasons exceeds its count in before, and returns that reason. Otherwise
 // it fails the test, naming the reasons whose counts did move.

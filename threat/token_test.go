@@ -33,7 +33,7 @@ type victimSetup struct {
 
 // newVictimSetup creates a victimSetup and runs its positive control: the
 // genuine client reaches web over HBONE, and web's agent counts the
-// accepted peer.
+// connections as mutual TLS.
 func newVictimSetup(t *testing.T, m *mesh, prefix string) victimSetup {
 	t.Helper()
 	s := victimSetup{ns: newNamespace(t, m, prefix, true)}
@@ -45,12 +45,10 @@ func newVictimSetup(t *testing.T, m *mesh, prefix string) victimSetup {
 	s.client = newAmbientPod(t, m, 0, testbed.PodSpec{Namespace: s.ns, Name: "client", ServiceAccount: "client"})
 	s.mallory = newBarePod(t, m, nil, testbed.PodSpec{Namespace: s.ns, Name: "mallory", ServiceAccount: "mallory"})
 
-	// The client's agent pools HBONE connections, so three requests may
-	// take one handshake.
-	before := m.agents[1].accepted(t)
+	before := m.agents[1].inboundMTLS(t, s.web)
 	expectOK(t, s.client, webURL(s.web), 3, "hello from web")
-	if after := m.agents[1].accepted(t); after <= before {
-		t.Fatalf("positive control: web's agent accepted no peer (count stays %v), so the requests did not go over HBONE", after)
+	if got := m.agents[1].inboundMTLS(t, s.web) - before; got != 3 {
+		t.Fatalf("positive control: web's agent counted %v inbound HBONE connections, want 3", got)
 	}
 	return s
 }
