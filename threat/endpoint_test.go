@@ -192,8 +192,9 @@ func ambientWorkloadOf(t *testing.T, tb *testbed.Testbed, service string, ip net
 			continue
 		}
 		for _, a := range w.Addresses {
-			// NOTE: istiod 1.32's debug output carries the address as
-			// base64 of its text form; the raw 4 bytes are accepted too.
+			// The istiod the testbed builds (istio.io/istio at commit
+			// eed52ebb66ad) writes the address as base64 of its text
+			// form. The raw 4 bytes are accepted too.
 			if bytes.Equal(a, ip.AsSlice()) || string(a) == ip.String() {
 				return true
 			}

@@ -31,7 +31,7 @@ import (
 //     then mazu-rbe-h2. Web's agent rejects both handshakes.
 //   - server: a rogue server "web-rogue" runs as web's service account on a
 //     node without a mazu agent, carries the ambient redirection
-//     annotation, and answers HBONE with an istiod-issued certificate for
+//     annotation, and serves HBONE with an istiod-issued certificate for
 //     web's identity. The client's agent resolves the pod, expects web's
 //     identity, reaches the rogue server, and rejects its certificate
 //     before sending any data: the client's requests fail and the rogue
@@ -111,7 +111,7 @@ func istiodCertificate(t *testing.T, tb *testbed.Testbed, pod *testbed.Pod) tls.
 
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(rootsPEM) {
-		t.Fatal("istio-ca-root-cert holds no PEM certificate")
+		t.Fatal("istio-ca-root-cert contains no PEM certificate")
 	}
 	intermediates := x509.NewCertPool()
 	for _, c := range chain[1:] {

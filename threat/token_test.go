@@ -251,7 +251,7 @@ func readClusterSigningKey(t *testing.T, tb *testbed.Testbed) *ecdsa.PrivateKey 
 	}
 	block, _ := pem.Decode(data)
 	if block == nil {
-		t.Fatalf("%s/sa.key holds no PEM block", tb.Dir())
+		t.Fatalf("%s/sa.key contains no PEM block", tb.Dir())
 	}
 	key, err := x509.ParseECPrivateKey(block.Bytes)
 	if err != nil {
