@@ -5,13 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -39,11 +42,11 @@ import (
 // (Service, EndpointSlice, Pod, service account). Every resolution of the
 // ClusterIP by the client's agent yields web's pod and identity, all
 // requests to the ClusterIP reach the genuine web pod, and mallory's
-// listeners receive no connection. The other case, a forged endpoint that
-// the client does reach and that cannot prove the identity Kubernetes
-// states, is not reachable through istiod; TestAttackIstiodCertificate's
-// server case covers a server that presents istiod's certificate instead
-// of a registered token.
+// listeners receive no connection. This test does not send traffic to the
+// attacker, so it does not exercise the identity check.
+// TestAttackImpostorAtEndpointIP covers traffic that does reach an
+// impostor, and TestAttackIstiodCertificate's server case a server that
+// presents istiod's certificate.
 func TestAttackForgedEndpoint(t *testing.T) {
 	m := sharedMesh(t)
 	if m.tb.IstiodCAAddr() == "" {
@@ -201,4 +204,107 @@ func ambientWorkloadOf(t *testing.T, tb *testbed.Testbed, service string, ip net
 		}
 	}
 	return false
+}
+
+// TestAttackImpostorAtEndpointIP has the network deliver a service's
+// traffic to an impostor, the case TestAttackForgedEndpoint leaves open:
+// the client's agent picks the genuine endpoint, but the connection reaches
+// the attacker. Attack: routes in the client's node and the bare node send
+// web's pod IP to mallory, who holds web's IP on its loopback interface,
+// as an attacker on the untrusted network between nodes could. Mallory
+// harvested web's certificate and stapled proof, and serves HBONE on web's
+// IP:15008 with a certificate of its own that carries web's registered
+// token, with web's staple. Token, identity (the one Kubernetes states for
+// the service's endpoint), liveness and peer IP all check out. Defence:
+// the client's agent checks that web's registration binds the server's TLS
+// key, rejects the server with reason registration_key, and sends no data:
+// every request fails and mallory completes no TLS handshake. Positive
+// control: with the routes removed, the same client pod reaches web.
+func TestAttackImpostorAtEndpointIP(t *testing.T) {
+	m := sharedMesh(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s := newVictimSetup(t, m, "impostor")
+	svc, err := m.tb.AddService(ctx, s.ns, "web", map[string]string{"app": "web"}, corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.tb.WaitEndpoints(ctx, s.ns, "web", 1, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	serviceURL := "http://" + svc.Spec.ClusterIP + ":80/"
+	// A second client pod, so that no HBONE connection pooled by the
+	// positive control carries the attack's requests.
+	victim := newAmbientPod(t, m, 0, testbed.PodSpec{Namespace: s.ns, Name: "victim", ServiceAccount: "victim"})
+
+	leaked := harvestIdentity(t, s.mallory, s.web)
+	cert := mintCertificate(t, podIdentity(s.web), leaked.Token)
+	cert.SignedCertificateTimestamps = [][]byte{leaked.Staple}
+	restore := hijackIP(t, m, s.web.IP, m.agents[0].node, s.mallory)
+	impostor := startRogueListener(t, s.mallory, hboneAddr(s.web), &cert)
+
+	before := m.agents[0].rejections(t)
+	report := httpFrom(t, victim, serviceURL, 3)
+	if report.OK != 0 {
+		t.Fatalf("victim -> %s: %d of 3 requests succeeded through the impostor, want none", serviceURL, report.OK)
+	}
+	waitRejected(t, m.agents[0], before, "registration_key")
+	if n := impostor.Conns.Load(); n == 0 {
+		t.Fatal("the impostor received no connection, so the route did not deliver web's traffic to it")
+	}
+	if n := impostor.Handshakes.Load(); n != 0 {
+		t.Fatalf("the impostor completed %d TLS handshakes, want 0", n)
+	}
+
+	restore()
+	expectOK(t, victim, serviceURL, 3, "hello from web")
+}
+
+// hijackIP makes the network deliver packets for ip from node's pods to
+// pod on the bare node: a /32 route on node to the bare node, a /32 route
+// on the bare node to pod, and ip on pod's loopback interface. It returns a
+// function that removes the routes, which also runs when the test ends.
+func hijackIP(t *testing.T, m *mesh, ip netip.Addr, node *testbed.Node, pod *testbed.Pod) (restore func()) {
+	t.Helper()
+	if pod.Node != m.bare {
+		t.Fatalf("hijack %s: pod %s is on %s, want the bare node", ip, pod.Name, pod.Node.Name)
+	}
+	dst := &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	onNode := &netlink.Route{Dst: dst, Gw: m.bare.IP.AsSlice()}
+	onBare := &netlink.Route{Dst: dst, Gw: pod.IP.AsSlice()}
+	// The address goes away with the pod's network namespace.
+	if err := pod.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: dst})
+	}); err != nil {
+		t.Fatalf("add %s to %s's loopback: %v", ip, pod.Name, err)
+	}
+
+	var mu sync.Mutex
+	var added []func() error
+	restore = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := len(added) - 1; i >= 0; i-- {
+			if err := added[i](); err != nil {
+				t.Errorf("remove a hijack route for %s: %v", ip, err)
+			}
+		}
+		added = nil
+	}
+	t.Cleanup(restore)
+	add := func(n *testbed.Node, r *netlink.Route) {
+		if err := n.Do(func() error { return netlink.RouteAdd(r) }); err != nil {
+			t.Fatalf("route %s via %s on %s: %v", ip, r.Gw, n.Name, err)
+		}
+		mu.Lock()
+		added = append(added, func() error { return n.Do(func() error { return netlink.RouteDel(r) }) })
+		mu.Unlock()
+	}
+	add(m.bare, onBare)
+	add(node, onNode)
+	return restore
 }

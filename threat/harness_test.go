@@ -655,21 +655,29 @@ type rogueServer struct {
 	Handshakes atomic.Int64
 }
 
-// startRogueServer listens on port in pod's network namespace until the
-// test ends. With cert nil it accepts plain TCP and closes each connection.
-// With cert it serves TLS 1.3 with that certificate, selects ALPN
-// mazu-rbe-h2 or h2, the way a mazu agent does, and asks for no client
-// certificate.
+// startRogueServer listens on port at the pod's IP in its network
+// namespace until the test ends. With cert nil it accepts plain TCP and
+// closes each connection. With cert it serves TLS 1.3 with that
+// certificate (and its stapled SignedCertificateTimestamps, if any),
+// selects ALPN mazu-rbe-h2 or h2 the way a mazu agent does, and requests no
+// client certificate.
 func startRogueServer(t *testing.T, pod *testbed.Pod, port int, cert *tls.Certificate) *rogueServer {
+	t.Helper()
+	return startRogueListener(t, pod, netip.AddrPortFrom(pod.IP, uint16(port)), cert)
+}
+
+// startRogueListener is startRogueServer on any address of the pod's
+// network namespace, such as an address the attacker took over.
+func startRogueListener(t *testing.T, pod *testbed.Pod, addr netip.AddrPort, cert *tls.Certificate) *rogueServer {
 	t.Helper()
 	var ln net.Listener
 	err := pod.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(pod.IP, uint16(port)).String())
+		ln, err = net.Listen("tcp", addr.String())
 		return err
 	})
 	if err != nil {
-		t.Fatalf("rogue listener on %s port %d: %v", pod.Name, port, err)
+		t.Fatalf("rogue listener on %s at %s: %v", pod.Name, addr, err)
 	}
 	rs := &rogueServer{}
 	var cfg *tls.Config
