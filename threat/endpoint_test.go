@@ -261,9 +261,10 @@ func TestAttackImpostorAtEndpointIP(t *testing.T) {
 }
 
 // hijackIP makes the network deliver packets for ip from node's pods to
-// pod on the bare node: a /32 route on node to the bare node, a /32 route
-// on the bare node to pod, and ip on pod's loopback interface. It returns a
-// function that removes the routes, which also runs when the test ends.
+// pod on the bare node. It adds a /32 route on node to the bare node, a /32
+// route on the bare node to pod, and ip on pod's loopback interface. It
+// returns a function that removes the routes, which also runs when the
+// test ends.
 func hijackIP(t *testing.T, m *mesh, ip netip.Addr, node *testbed.Node, pod *testbed.Pod) (restore func()) {
 	t.Helper()
 	if pod.Node != m.bare {

@@ -106,8 +106,9 @@ func TestAttackTokenWithOtherTLSKey(t *testing.T) {
 // port. Defence: web's agent checks token liveness (TokenReview) and that
 // the token's pod exists with the token's UID and the peer's IP. The
 // victim's pod is gone, so the handshake is rejected with reason
-// token_not_live (TokenReview already rejects the token) or pod_mismatch
-// (TokenReview's success cache still accepts it but the pod is gone).
+// pod_mismatch while TokenReview's caches still accept the token, and with
+// token_not_live after they expire; the test probes until it has seen the
+// latter.
 // Positive control: the new pod's own traffic, under its own identity,
 // gets through from the same IP.
 func TestAttackTokenAfterIPReuse(t *testing.T) {
@@ -129,9 +130,24 @@ func TestAttackTokenAfterIPReuse(t *testing.T) {
 	}
 	expectOK(t, reuse, webURL(s.web), 1, "hello from web")
 
+	// Right after the deletion kube-apiserver's TokenReview may still
+	// accept the token from its success cache, and the pod check rejects
+	// it (pod_mismatch). Once that cache and the verifier's liveness cache
+	// (10 s each) have expired, TokenReview rejects it too
+	// (token_not_live). Every probe on the way must be rejected.
 	cert := mintCertificate(t, podIdentity(victim), leaked.Token)
-	reason := expectProbeRejected(t, m.agents[1], reuse, hboneAddr(s.web), cert, leaked.Staple, []string{rbeauth.ALPNRBE}, "token_not_live", "pod_mismatch")
-	t.Logf("the victim's token from its reused IP was rejected with reason %s", reason)
+	deadline := time.Now().Add(45 * time.Second)
+	for probes := 1; ; probes++ {
+		reason := expectProbeRejected(t, m.agents[1], reuse, hboneAddr(s.web), cert, leaked.Staple, []string{rbeauth.ALPNRBE}, "token_not_live", "pod_mismatch")
+		if reason == "token_not_live" {
+			t.Logf("probe %d: TokenReview now rejects the dead pod's token", probes)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("TokenReview still accepts the deleted pod's token 45 s after the deletion (%d probes, all rejected by the pod check)", probes)
+		}
+		time.Sleep(2 * time.Second)
+	}
 }
 
 // TestAttackForgedTokens presents tokens that the cluster's issuer did not
