@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/mazu-mesh/mazu-ztunnel/agent"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
 
@@ -48,6 +49,7 @@ import (
 // impostor, and TestAttackIstiodCertificate's server case a server that
 // presents istiod's certificate.
 func TestAttackForgedEndpoint(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	if m.tb.IstiodCAAddr() == "" {
 		t.Fatal("istiod is not running: this test needs the testbed started with Options.Istiod")
@@ -221,6 +223,7 @@ func ambientWorkloadOf(t *testing.T, tb *testbed.Testbed, service string, ip net
 // every request fails and mallory completes no TLS handshake. Positive
 // control: with the routes removed, the same client pod reaches web.
 func TestAttackImpostorAtEndpointIP(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

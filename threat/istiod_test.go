@@ -14,6 +14,7 @@ import (
 
 	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/istioca"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
@@ -37,6 +38,7 @@ import (
 //     before sending any data: the client's requests fail and the rogue
 //     completes no TLS handshake.
 func TestAttackIstiodCertificate(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	if m.tb.IstiodCAAddr() == "" {
 		t.Fatal("istiod is not running: this test needs the testbed started with Options.Istiod")

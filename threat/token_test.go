@@ -19,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
@@ -64,6 +65,7 @@ func webURL(pod *testbed.Pod) string { return "http://" + pod.IP.String() + ":80
 // peer's IP (and the registration binds the IP), so it rejects the
 // handshake with reason pod_mismatch.
 func TestAttackTokenReplayFromOtherIP(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	s := newVictimSetup(t, m, "replay")
 
@@ -85,6 +87,7 @@ func TestAttackTokenReplayFromOtherIP(t *testing.T) {
 // and TLS key), so web's agent rejects the handshake with reason
 // registration_key.
 func TestAttackTokenWithOtherTLSKey(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	s := newVictimSetup(t, m, "tlskey")
 
@@ -112,6 +115,7 @@ func TestAttackTokenWithOtherTLSKey(t *testing.T) {
 // Positive control: the new pod's own traffic, under its own identity,
 // gets through from the same IP.
 func TestAttackTokenAfterIPReuse(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	s := newVictimSetup(t, m, "ipreuse")
 	victim := newAmbientPod(t, m, 0, testbed.PodSpec{Namespace: s.ns, Name: "victim", ServiceAccount: "victim"})
@@ -164,6 +168,7 @@ func TestAttackTokenAfterIPReuse(t *testing.T) {
 //   - other cluster: the client's claims signed by another cluster's
 //     issuer and key: token_issuer.
 func TestAttackForgedTokens(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	s := newVictimSetup(t, m, "forged")
 	leaked := harvestIdentity(t, s.mallory, s.client)
