@@ -110,7 +110,7 @@ func TestAttackTokenWithOtherTLSKey(t *testing.T) {
 // the token's pod exists with the token's UID and the peer's IP. The
 // victim's pod is gone, so the handshake is rejected with reason
 // pod_mismatch while TokenReview's caches still accept the token, and with
-// token_not_live after they expire; the test probes until it has seen the
+// token_not_live after they expire. The test probes until it has seen the
 // latter.
 // Positive control: the new pod's own traffic, under its own identity,
 // gets through from the same IP.
