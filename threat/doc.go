@@ -2,15 +2,17 @@
 // SECURITY.md. Each runs against real components: the testbed's
 // kube-apiserver, istiod and nodes, and a curator with two witnesses. Node
 // agents with eBPF capture and HBONE run in the test process, and pods are
-// enrolled through the real mazu-cni binary. Each TestAttack test carries out one
-// attack on the data path, fails if the attack succeeds, and also checks a
-// positive control (the genuine workload still gets through), so a test
-// cannot pass because everything fails. A refusal counts only when the
-// agent that refused it counted a rejection with the expected reason in
-// mazu_peer_verifications_total.
+// enrolled through the real mazu-cni binary.
 //
-// The tests share one mesh (curator, two nodes with an agent each, and a
-// bare node without an agent for attacker pods); each test creates its own
+// Each TestAttack test carries out one attack on the data path and fails
+// if the attack succeeds. It also checks a positive control (the genuine
+// workload still gets through), so a test cannot pass because everything
+// fails. Where the defence is a rejection, it counts only when the agent
+// that rejected the attacker counted it in mazu_peer_verifications_total
+// with the expected reason.
+//
+// The tests share one mesh: a curator, two nodes with an agent each, and a
+// bare node without an agent for attacker pods. Each test creates its own
 // namespaces and pods and deletes them. Run as root with the testbed's
 // binaries:
 //

@@ -468,7 +468,7 @@ func harvestIdentity(t *testing.T, from *testbed.Pod, victim *testbed.Pod) leake
 	var cs tls.ConnectionState
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13, NextProtos: []string{rbeauth.ALPNRBE},
-		// The harvester wants the certificate, whoever signed it.
+		// The harvester records any certificate, signed by anyone.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(state tls.ConnectionState) error {
 			cs = state
@@ -605,6 +605,18 @@ func (na *nodeAgent) accepted(t *testing.T) float64 {
 	return counterSum(t, na.registry, "mazu_peer_verifications_total", map[string]string{"result": "accepted"})
 }
 
+// inboundMTLS returns the agent's count of inbound connections to pod that
+// arrived over HBONE (istio_tcp_connections_opened_total with reporter
+// destination and connection_security_policy mutual_tls). It counts every
+// connection, also those carried on a pooled HBONE connection.
+func (na *nodeAgent) inboundMTLS(t *testing.T, pod *testbed.Pod) float64 {
+	t.Helper()
+	return counterSum(t, na.registry, "istio_tcp_connections_opened_total", map[string]string{
+		"reporter": "destination", "connection_security_policy": "mutual_tls",
+		"destination_workload": pod.Name, "destination_workload_namespace": pod.Namespace,
+	})
+}
+
 // waitRejected waits up to 5 s until the agent's rejection count for one of
 // reasons exceeds its count in before, and returns that reason. Otherwise
 // it fails the test, naming the reasons whose counts did move.
@@ -643,21 +655,29 @@ type rogueServer struct {
 	Handshakes atomic.Int64
 }
 
-// startRogueServer listens on port in pod's network namespace until the
-// test ends. With cert nil it accepts plain TCP and closes each connection.
-// With cert it serves TLS 1.3 with that certificate, selects ALPN
-// mazu-rbe-h2 or h2, the way a mazu agent does, and asks for no client
-// certificate.
+// startRogueServer listens on port at the pod's IP in its network
+// namespace until the test ends. With cert nil it accepts plain TCP and
+// closes each connection. With cert it serves TLS 1.3 with that
+// certificate (and its stapled SignedCertificateTimestamps, if any),
+// selects ALPN mazu-rbe-h2 or h2 the way a mazu agent does, and requests no
+// client certificate.
 func startRogueServer(t *testing.T, pod *testbed.Pod, port int, cert *tls.Certificate) *rogueServer {
+	t.Helper()
+	return startRogueListener(t, pod, netip.AddrPortFrom(pod.IP, uint16(port)), cert)
+}
+
+// startRogueListener is startRogueServer on any address of the pod's
+// network namespace, such as an address the attacker took over.
+func startRogueListener(t *testing.T, pod *testbed.Pod, addr netip.AddrPort, cert *tls.Certificate) *rogueServer {
 	t.Helper()
 	var ln net.Listener
 	err := pod.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(pod.IP, uint16(port)).String())
+		ln, err = net.Listen("tcp", addr.String())
 		return err
 	})
 	if err != nil {
-		t.Fatalf("rogue listener on %s port %d: %v", pod.Name, port, err)
+		t.Fatalf("rogue listener on %s at %s: %v", pod.Name, addr, err)
 	}
 	rs := &rogueServer{}
 	var cfg *tls.Config
