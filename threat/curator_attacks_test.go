@@ -8,6 +8,7 @@ import (
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/audit"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
@@ -30,6 +31,7 @@ var rbeALPN = []string{rbeauth.ALPNRBE}
 // quorum (checkpoint_quorum). It rejects the attacker's own pod because
 // the token names another pod (pod_mismatch).
 func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
+	privtest.Require(t)
 	rm := newRogueMesh(t, "rereg")
 	s := newVictimSetup(t, rm.mesh, "rereg")
 	ctx := context.Background()
@@ -81,6 +83,7 @@ func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
 // well as a colluding quorum, because the quorum is the trust root for the
 // log. The alert is the defence left.
 func TestAttackReRegistrationWithColludingWitnesses(t *testing.T) {
+	privtest.Require(t)
 	rm := newRogueMesh(t, "collude")
 	s := newVictimSetup(t, rm.mesh, "collude")
 	ctx := context.Background()
@@ -142,6 +145,7 @@ func TestAttackReRegistrationWithColludingWitnesses(t *testing.T) {
 // log_fork. Once the curator serves web's node the honest log again, that
 // node's monitor raises KCForkDetected.
 func TestAttackForkedLogForTwoNodes(t *testing.T) {
+	privtest.Require(t)
 	rm := newRogueMesh(t, "fork")
 	s := newVictimSetup(t, rm.mesh, "fork")
 	ctx := context.Background()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 )
 
@@ -66,6 +67,7 @@ func utf8DER(t *testing.T, s string) []byte {
 // parse. The agent keeps serving: the genuine identity is accepted
 // afterwards and genuine traffic still flows.
 func TestAttackMalformedPeerInputs(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	s := newVictimSetup(t, m, "malformed")
 	prober := newBarePod(t, m, nil, testbedPodSpec(s.ns, "prober"))

@@ -20,6 +20,7 @@ import (
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/meshtest"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/rogue"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth/rbe"
@@ -159,6 +160,7 @@ func waitCovered(t *testing.T, m *mesh, index uint64) {
 // registration_superseded. The old identity is accepted before the
 // rotation and the new one after it.
 func TestAttackStapleReplayedAfterReRegistration(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	ns := newNamespace(t, m, "superseded", true)
 	web := newAmbientPod(t, m, 1, testbedPodSpec(ns, "web"))
@@ -214,6 +216,7 @@ func certificateToken(t *testing.T, cert tls.Certificate) (string, *x509.Certifi
 // then the RBE membership of the derived key. Each tampered staple is
 // rejected as registration_missing, and the genuine staple is accepted.
 func TestAttackTamperedBlockDigest(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	ns := newNamespace(t, m, "digest", true)
 	web := newAmbientPod(t, m, 1, testbedPodSpec(ns, "web"))
@@ -289,6 +292,7 @@ func TestAttackTamperedBlockDigest(t *testing.T) {
 // NOTE: the agent starts with the foreign CRS, because it does not compare
 // its CRS file with the log before it serves.
 func TestAttackForeignCRS(t *testing.T) {
+	privtest.Require(t)
 	m := sharedMesh(t)
 	ctx := context.Background()
 	start, err := rbe.NewCeremony(m.curator.CRS.N())
