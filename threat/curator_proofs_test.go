@@ -1,6 +1,7 @@
 package threat
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -374,4 +375,42 @@ func TestAttackForeignCRS(t *testing.T) {
 	}
 	expectWitnessesRejected(t, res.Rejections, res.Cosigned, 2, "check RBE key")
 	expectEvidence(t, res.Evidence, 2)
+}
+
+// TestAttackTamperedDigestServedToAgent serves a node agent block digests
+// that the witnessed state entry does not commit to.
+//
+// Attack: the curator's front door for web's node changes the block digest
+// in every updates reply. The log then grows, so web's agent fetches a new
+// opening for web's staple.
+//
+// Defence: the agent checks each digest's inclusion proof under the state
+// entry before it staples it. It rejects the tampered reply, logs that the
+// staple was not refreshed and keeps web's previous staple, which peers
+// still accept after checking online that it names web's current entry.
+func TestAttackTamperedDigestServedToAgent(t *testing.T) {
+	privtest.Require(t)
+	rm := newRogueMesh(t, "served")
+	s := newVictimSetup(t, rm.mesh, "served")
+	ctx := context.Background()
+	webAgent := rm.agents[1]
+
+	before := harvestIdentity(t, s.mallory, s.web).Staple
+	if err := rm.cur.TamperDigests(frontName(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registerToken(ctx, rm.tb, rm.cur.CRS, rm.cur.URL(frontName(0)), s.mallory); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "web's agent rejects the tampered digest", func() bool {
+		return webAgent.logContains(t, "staple not refreshed", "pod="+s.ns+"/web", "invalid block digest proof")
+	})
+	if after := harvestIdentity(t, s.mallory, s.web).Staple; !bytes.Equal(after, before) {
+		t.Fatalf("web's staple changed while its agent was served only tampered digests")
+	}
+
+	// Positive control: a new client, with no pooled connection, reaches
+	// web, whose agent kept the previous staple.
+	client2 := newAmbientPod(t, rm.mesh, 0, testbedPodSpec(s.ns, "client2"))
+	expectOK(t, client2, webURL(s.web), 2, "hello from web")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -263,4 +264,38 @@ func (v *View) idUpdateLocked(id curator.ID, since int64) (*curator.IDUpdate, er
 	}
 	iu.Block, iu.BlockVersion, iu.BlockDigest, iu.BlockProof, iu.Opening = cur.Block, b.Version(), b.Digest(), bp, op
 	return iu, nil
+}
+
+// TamperDigests makes the front door named frontName serve the honest log
+// with every block digest in updates replies changed, as a curator would
+// that serves an agent a digest other than the one its state entry
+// commits to. The rest of the API is served unchanged.
+func (c *Curator) TamperDigests(frontName string) error {
+	f, ok := c.fronts[frontName]
+	if !ok {
+		return fmt.Errorf("tamper digests: no front door named %q", frontName)
+	}
+	honest := c.log.Handler()
+	f.set(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/updates" {
+			honest.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		honest.ServeHTTP(rec, r)
+		var resp curator.UpdatesResponse
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &resp) != nil {
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
+			return
+		}
+		for i := range resp.IDs {
+			if d := resp.IDs[i].BlockDigest; len(d) > 0 {
+				d[len(d)-1] ^= 1
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(&resp)
+	}))
+	return nil
 }
