@@ -228,7 +228,8 @@ func (r *run) attackReRegister(ctx context.Context) (bool, error) {
 	// NOTE: the defence shown is the witnesses' replay. Without a quorum
 	// the entry never reaches an agent, so the demo does not exercise the
 	// victim agent's UnexpectedReRegistration alert or a handshake that
-	// staples the rogue entry.
+	// staples the rogue entry. The threat suite's
+	// TestAttackReRegistrationWithColludingWitnesses does.
 	return blocked && after == before && len(res.Evidence) >= 2, nil
 }
 

@@ -80,7 +80,7 @@ func (mi *managedIdentity) certificate(t *testing.T) tls.Certificate {
 	return *cert
 }
 
-// registration is where the pod's current registration sits in the log.
+// registration is the log position of the pod's current registration.
 type registration struct {
 	id          curator.ID
 	index       uint64

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/store"
 )
 
@@ -117,7 +118,7 @@ func (v *View) Handler() http.Handler {
 			err = json.Unmarshal(body, &req)
 		}
 		if err != nil {
-			http.Error(w, "bad updates request: "+err.Error(), http.StatusBadRequest)
+			http.Error(w, "invalid updates request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		resp, err := v.Updates(&req)
@@ -188,8 +189,11 @@ func (v *View) Updates(req *curator.UpdatesRequest) (*curator.UpdatesResponse, e
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	t := v.tree
-	if req.Since < 0 || req.Since > t.N || len(req.IDs) > 1024 {
-		return nil, fmt.Errorf("since %d outside [0, %d] or too many IDs", req.Since, t.N)
+	if req.Since < 0 || req.Since > t.N {
+		return nil, fmt.Errorf("invalid updates request: since %d is outside [0, %d]", req.Since, t.N)
+	}
+	if len(req.IDs) > server.MaxUpdateIDs {
+		return nil, fmt.Errorf("invalid updates request: %d IDs, the maximum is %d", len(req.IDs), server.MaxUpdateIDs)
 	}
 	resp := &curator.UpdatesResponse{Checkpoint: v.checkpoint}
 	var err error
@@ -221,6 +225,7 @@ func (v *View) idUpdateLocked(id curator.ID, since int64) (*curator.IDUpdate, er
 	if !ok {
 		return iu, nil
 	}
+
 	var cur *curator.Entry
 	for idx := index; ; {
 		data, err := v.store.Entry(int64(idx))
@@ -247,6 +252,7 @@ func (v *View) idUpdateLocked(id curator.ID, since int64) (*curator.IDUpdate, er
 	if cur.Kind == curator.KindRevocation {
 		return iu, nil
 	}
+
 	// The blocks are the honest ones: a rogue entry in the ID's own slot
 	// names a block that exists, with the digest the honest state entry
 	// committed.
@@ -267,9 +273,9 @@ func (v *View) idUpdateLocked(id curator.ID, since int64) (*curator.IDUpdate, er
 }
 
 // TamperDigests makes the front door named frontName serve the honest log
-// with every block digest in updates replies changed, as a curator would
-// that serves an agent a digest other than the one its state entry
-// commits to. The rest of the API is served unchanged.
+// with every block digest in updates replies changed. It plays a curator
+// that serves an agent digests other than those its state entries commit
+// to. The rest of the API is served unchanged.
 func (c *Curator) TamperDigests(frontName string) error {
 	f, ok := c.fronts[frontName]
 	if !ok {
