@@ -73,7 +73,7 @@ func TestAttackReRegistrationWithoutQuorum(t *testing.T) {
 // token, its own key and the rogue staple.
 //
 // Defence: web's agent polls the curator for its own IDs every audit
-// interval (1 s here), finds an entry it did not request, and raises
+// interval (1 s here) and finds an entry it did not request. It raises
 // UnexpectedReRegistration as a metric, an error log line and a Kubernetes
 // Event on the web pod. The other agent raises nothing, because the entry
 // touches none of its IDs. Peers reject the attacker's handshake from its
@@ -135,8 +135,8 @@ func TestAttackReRegistrationWithColludingWitnesses(t *testing.T) {
 // node fork B (the shared prefix plus a registration of its own) and the
 // client's node the honest log, which then grows with a second client's
 // registration. The witness keys cosign fork B as well, as equivocating
-// witnesses would, so each node alone sees a log that meets the quorum and
-// extends the checkpoint it trusted.
+// witnesses would, so each node alone is served a log that meets the quorum
+// and extends the checkpoint it trusted.
 //
 // Defence: honest witnesses reject fork B as inconsistent with what they
 // cosigned, and keep both checkpoints as evidence. Web restaples its proof

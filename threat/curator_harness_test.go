@@ -223,11 +223,13 @@ func registerToken(ctx context.Context, tb *testbed.Testbed, crs *rbe.CRS, url s
 	if err != nil {
 		return 0, err
 	}
+
 	client := &curator.Client{URL: url}
 	var reserved server.ReserveResponse
 	if err := client.PostJSON(ctx, "/v1/reserve", map[string]string{"token": token}, &reserved); err != nil {
-		return 0, fmt.Errorf("reserve a slot: %w", err)
+		return 0, fmt.Errorf("reserve a slot for a token of %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
+
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return 0, err
@@ -248,6 +250,7 @@ func registerToken(ctx context.Context, tb *testbed.Testbed, crs *rbe.CRS, url s
 	if err != nil {
 		return 0, err
 	}
+
 	entry := &curator.Entry{Kind: curator.KindRegistration, ID: curator.IDFromToken(token), PrevIndex: curator.NoPrev,
 		RBEKey: rbeKey, TLSKey: spki, PodIP: pod.IP.AsSlice()}
 	pop, err := curator.SignPoP(key, curator.PoPMessage(entry))
@@ -257,7 +260,7 @@ func registerToken(ctx context.Context, tb *testbed.Testbed, crs *rbe.CRS, url s
 	req := &server.KeyRequest{Token: token, Block: reserved.Block, Slot: reserved.Slot, RBEKey: rbeKey, TLSKey: spki, PodIP: pod.IP.String(), PoPSig: pop}
 	var resp server.KeyResponse
 	if err := client.PostJSON(ctx, "/v1/register", req, &resp); err != nil {
-		return 0, fmt.Errorf("register: %w", err)
+		return 0, fmt.Errorf("register a token of %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return resp.Index, nil
 }

@@ -95,7 +95,7 @@ func TestAttackMalformedPeerInputs(t *testing.T) {
 	}{
 		{"no token extension", craftCertificate(t, key, spiffe, nil, future), "certificate_invalid"},
 		// Go's certificate parser rejects duplicate extensions, so the TLS
-		// stack rejects this one before the verifier sees it.
+		// stack rejects this one before the verifier is called.
 		{"token extension twice", craftCertificate(t, key, spiffe, []pkix.Extension{tokenExt, tokenExt}, future), ""},
 		{"token extension not a UTF8String", craftCertificate(t, key, spiffe, []pkix.Extension{tokenExtension([]byte{0x04, 0x03, 'a', '.', 'b'})}, future), "certificate_invalid"},
 		{"token extension with trailing bytes", craftCertificate(t, key, spiffe, []pkix.Extension{tokenExtension(append(utf8DER(t, token), 0))}, future), "certificate_invalid"},
