@@ -274,7 +274,7 @@ type digestCache struct {
 	m  map[string]rbe.Digest
 }
 
-// maxCachedDigests bounds the cache. A node sees one digest per block and
+// maxCachedDigests bounds the cache. A node verifies one digest per block and
 // version at its checkpoint, so a full cache is emptied rather than
 // managed entry by entry.
 const maxCachedDigests = 1024
