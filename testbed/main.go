@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +19,10 @@ import (
 var (
 	shared       *Testbed
 	sharedReason string
+	// afterTests are the functions registered with AfterTests, run in
+	// reverse order.
+	afterTests   []func()
+	afterTestsMu sync.Mutex
 )
 
 // Main runs a test binary's tests with one shared testbed: it attaches to
@@ -67,6 +72,12 @@ func runMain(m *testing.M, opts Options) int {
 	}
 	stopOnSignal(shared)
 	code := m.Run()
+	afterTestsMu.Lock()
+	fns := afterTests
+	afterTestsMu.Unlock()
+	for i := len(fns) - 1; i >= 0; i-- {
+		fns[i]()
+	}
 	if err := shared.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "testbed: stop: %v\n", err)
 		code = 1
@@ -94,6 +105,16 @@ func stopOnSignal(tb *Testbed) {
 		_ = tb.Stop()
 		os.Exit(1)
 	}()
+}
+
+// AfterTests registers fn to run after the last test and before Main stops
+// the shared testbed, in reverse order of registration. It is for state that
+// several tests share, such as node agents, which t.Cleanup would end with
+// the first test.
+func AfterTests(fn func()) {
+	afterTestsMu.Lock()
+	defer afterTestsMu.Unlock()
+	afterTests = append(afterTests, fn)
 }
 
 // Get returns the testbed that Main started for this test binary. It skips
