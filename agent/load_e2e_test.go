@@ -356,7 +356,8 @@ func TestLoadConcurrentConnections(t *testing.T) {
 		base.goroutines, base.fds, base.procGoroutines, base.procFDs, lim.Cur, lim.Max)
 
 	// Sample both processes while the client runs, to report the peaks.
-	// The sampler reads /proc only: it must not call t.Fatal.
+	// The sampler runs outside the test goroutine, so it must not call
+	// t.Fatal and reads the counts directly.
 	var peak loadUsage
 	var peakPool int
 	procFDDir := fmt.Sprintf("/proc/%d/fd", agentB.cmd.Process.Pid)
