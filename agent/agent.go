@@ -38,8 +38,9 @@ type Identities interface {
 	// Certificate returns the pod's current certificate, with its proof
 	// bundle in SignedCertificateTimestamps.
 	Certificate(uid types.UID) (*tls.Certificate, error)
-	// Forget drops the pod's identity.
-	Forget(uid types.UID)
+	// Forget drops the pod's identity and revokes its registration. The
+	// identity is dropped even when it returns an error.
+	Forget(ctx context.Context, uid types.UID) error
 	// Describe returns the pod's certificate and registration state for
 	// the admin interface.
 	Describe(uid types.UID) any

@@ -45,6 +45,8 @@ func runRole(role string) int {
 	switch role {
 	case roleEchoServer, roleLoadClient:
 		return runLoadRole(role)
+	case roleNodeAgent:
+		return runNodeAgent()
 	case "http-server":
 		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "hello from %s", os.Getenv("POD_NAME"))

@@ -196,7 +196,12 @@ func (a *Agent) Unenroll(ctx context.Context, uid types.UID) error {
 		errs = append(errs, fmt.Errorf("detach capture of %s: %w", uid, err))
 	}
 	errs = append(errs, a.state.remove(string(uid)))
-	a.cfg.Identities.Forget(uid)
+	if err := a.cfg.Identities.Forget(ctx, uid); err != nil {
+		// A failed revocation does not stop unenrolling. Peers reject the
+		// registration once the pod is deleted, because its token then
+		// fails review.
+		a.log.Warn("registration not revoked", "uid", uid, "error", err)
+	}
 	a.cfg.Verifier.ForgetPod(string(uid))
 	if a.cfg.CACertificates != nil {
 		a.cfg.CACertificates.Forget(uid)

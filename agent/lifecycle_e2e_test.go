@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/internal/meshtest"
+	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
 )
 
@@ -123,11 +126,13 @@ func TestEnrollmentLifecycle(t *testing.T) {
 		}
 	})
 
-	t.Run("pod deletion unenrolls", func(t *testing.T) {
+	t.Run("pod deletion unenrolls and revokes", func(t *testing.T) {
+		id := registeredID(t, na, doomed)
 		if err := tb.DeletePod(context.Background(), doomed); err != nil {
 			t.Fatal(err)
 		}
 		waitUnenrolled(t, tb, na, doomed)
+		waitRevoked(t, mesh, id)
 	})
 
 	t.Run("CNI DEL unenrolls", func(t *testing.T) {
@@ -165,4 +170,38 @@ func TestEnrollmentLifecycle(t *testing.T) {
 			t.Error("re-enrolled pod's inbound traffic bypassed the agent")
 		}
 	})
+}
+
+// registeredID returns the curator ID under which the agent registered pod.
+func registeredID(t *testing.T, na *nodeAgent, pod *testbed.Pod) curator.ID {
+	t.Helper()
+	for id, uid := range na.agent.cfg.Identities.(*rbeauth.Workloads).IDs() {
+		if uid == pod.UID {
+			return id
+		}
+	}
+	t.Fatalf("pod %s has no registered ID", pod.Name)
+	return curator.ID{}
+}
+
+// waitRevoked waits up to 10 s for the ID's current entry in the curator's
+// log to be a revocation.
+func waitRevoked(t *testing.T, mesh *meshtest.Curator, id curator.ID) {
+	t.Helper()
+	client := &curator.Client{URL: mesh.URL}
+	kind := curator.Kind(0)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		resp, err := client.Updates(context.Background(), 0, []curator.ID{id})
+		if err != nil || len(resp.IDs) != 1 || len(resp.IDs[0].Entries) == 0 {
+			continue
+		}
+		e, err := curator.ParseEntry(resp.IDs[0].Entries[0].Entry)
+		if err != nil {
+			t.Fatalf("parse the current entry of ID %v: %v", id, err)
+		}
+		if kind = e.Kind; kind == curator.KindRevocation {
+			return
+		}
+	}
+	t.Fatalf("ID %v: current entry is %v after 10 s, want a revocation", id, kind)
 }

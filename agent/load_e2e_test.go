@@ -40,11 +40,16 @@ const (
 	// envLoadConns overrides loadConns.
 	envLoadConns = "MAZU_LOADTEST_CONNS"
 	// loadConns is how many concurrent connections the load test opens.
-	// Both agents run in the test process and hold a descriptor per
-	// connection each, so 10,000 connections need a hard RLIMIT_NOFILE
-	// of about 20,400. 9,500 fits the common hard limit of 20,000, which the
+	// Each agent holds about a descriptor per connection. The server's
+	// agent runs in a process of its own, so 10,000 connections need a
+	// hard RLIMIT_NOFILE of about 11,500 per process (n + n/10 +
+	// loadFDReserve), within the common hard limit of 20,000, which the
 	// test cannot raise without CAP_SYS_RESOURCE.
-	loadConns = 9500
+	loadConns = 10000
+	// loadFDReserve is the number of descriptors an agent's process holds
+	// besides its connections: listeners, API server and curator clients,
+	// eBPF objects and the test's own files. The baseline is about 100.
+	loadFDReserve = 512
 	// loadPort is the echo server's port in its pod.
 	loadPort = 9000
 )
@@ -254,27 +259,30 @@ func loadCount(t *testing.T) int {
 // process in a client pod to an echo server in a pod on another node. Each
 // connection is captured by eBPF and carried as one stream over the client
 // agent's HBONE pool to the server's agent. The test checks that every
-// connection works while all are open, that the agent raised its open file
-// limit, and that the agents' goroutines and descriptors return to what
-// they were once the connections close.
+// connection works while all are open, that the agents raised their open
+// file limits, and that the agents' goroutines and descriptors return to
+// what they were once the connections close.
 //
-// Both agents run in this test process, so it holds about two descriptors
-// per connection: the client agent's captured socket and the server
-// agent's upstream socket, plus the pooled HBONE connections.
+// The client's agent runs in this test process and the server's agent in a
+// process of its own (startProcessAgent). Each holds about one descriptor
+// per connection (the client agent's captured socket, the server agent's
+// upstream socket) plus the pooled HBONE connections, so neither process
+// needs more than about n descriptors.
 func TestLoadConcurrentConnections(t *testing.T) {
 	privtest.Require(t)
 	n := loadCount(t)
 	tb := testbed.Get(t)
 
-	// Make room for two agents' descriptors in one process, and leave the
-	// soft limit below the hard one so that the agents must raise it.
+	// Leave the soft limit below the hard one, so that the in-process agent
+	// must raise it. The server's agent process inherits the lowered soft
+	// limit.
 	var orig syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &orig); err != nil {
 		t.Fatal(err)
 	}
 	// Raising the hard limit needs CAP_SYS_RESOURCE; without it the hard
 	// limit must already hold the connections.
-	need := uint64(2*n + 512)
+	need := uint64(n + n/10 + loadFDReserve)
 	want := syscall.Rlimit{Cur: min(orig.Cur, 4096), Max: max(orig.Max, need)}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
 		want.Max = orig.Max
@@ -288,8 +296,8 @@ func TestLoadConcurrentConnections(t *testing.T) {
 		}
 	})
 	if want.Max < need {
-		t.Fatalf("hard RLIMIT_NOFILE %d cannot hold two agents' %d descriptors for %d connections: set %s to at most %d, or run with CAP_SYS_RESOURCE",
-			want.Max, need, n, envLoadConns, (want.Max-512)/2)
+		t.Fatalf("hard RLIMIT_NOFILE %d cannot hold an agent's %d descriptors for %d connections: set %s to at most %d, or run with CAP_SYS_RESOURCE",
+			want.Max, need, n, envLoadConns, (want.Max-loadFDReserve)*10/11)
 	}
 
 	mesh := startMesh(t, tb)
@@ -298,16 +306,22 @@ func TestLoadConcurrentConnections(t *testing.T) {
 	nodeB := testbed.NewNode(t, tb, "lt-b")
 	// Pooled HBONE connections without streams close after 2 s instead of
 	// 5 minutes, so the agents can return to their baseline during the test.
-	opts := agentOptions{PoolIdleTimeout: 2 * time.Second}
-	agentA := startAgentWith(t, tb, mesh, nodeA, opts)
-	agentB := startAgentWith(t, tb, mesh, nodeB, opts)
+	const poolIdle = 2 * time.Second
+	agentB := startProcessAgent(t, tb, mesh, nodeB, poolIdle)
+	agentA := startAgentWith(t, tb, mesh, nodeA, agentOptions{PoolIdleTimeout: poolIdle})
 
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
 	if lim.Cur != want.Max {
-		t.Fatalf("soft RLIMIT_NOFILE is %d after the agents started, want it raised to the hard limit %d", lim.Cur, want.Max)
+		t.Fatalf("soft RLIMIT_NOFILE is %d after the in-process agent started, want it raised to the hard limit %d", lim.Cur, want.Max)
+	}
+	// At start, Go's syscall package raises a process's soft limit to one
+	// below the hard limit (Go 1.26, src/syscall/rlimit.go). A soft limit
+	// equal to the hard one shows that the agent's raiseFileLimit ran.
+	if soft, hard := agentB.fileLimit(t); soft != hard || hard < need {
+		t.Fatalf("server agent process has RLIMIT_NOFILE soft %d hard %d, want the soft limit raised to the hard limit and both at least %d", soft, hard, need)
 	}
 
 	// Each run takes a new namespace: the last run's may still be
@@ -336,12 +350,17 @@ func TestLoadConcurrentConnections(t *testing.T) {
 	}
 	pool := podPool(t, agentA, client)
 	eventually(t, 30*time.Second, "warm-up HBONE connection released", func() bool { return pool.Len() == 0 })
-	baseG, baseFD := settle(t)
-	opened := counterSum(t, agentB.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination"})
-	t.Logf("baseline: %d goroutines, %d descriptors; RLIMIT_NOFILE soft %d hard %d", baseG, baseFD, lim.Cur, lim.Max)
+	base := settle(t, agentB)
+	opened := agentB.counterSum(t, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination"})
+	t.Logf("baseline: client agent (this process) %d goroutines, %d descriptors; server agent process %d goroutines, %d descriptors; RLIMIT_NOFILE soft %d hard %d",
+		base.goroutines, base.fds, base.procGoroutines, base.procFDs, lim.Cur, lim.Max)
 
-	// Sample the process while the client runs, to report the peak.
-	var peakG, peakFD, peakPool int
+	// Sample both processes while the client runs, to report the peaks.
+	// The sampler runs outside the test goroutine, so it must not call
+	// t.Fatal and reads the counts directly.
+	var peak loadUsage
+	var peakPool int
+	procFDDir := fmt.Sprintf("/proc/%d/fd", agentB.cmd.Process.Pid)
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
@@ -349,9 +368,12 @@ func TestLoadConcurrentConnections(t *testing.T) {
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			peakG = max(peakG, runtime.NumGoroutine())
+			peak.goroutines = max(peak.goroutines, runtime.NumGoroutine())
 			if e, err := os.ReadDir("/proc/self/fd"); err == nil {
-				peakFD = max(peakFD, len(e))
+				peak.fds = max(peak.fds, len(e))
+			}
+			if e, err := os.ReadDir(procFDDir); err == nil {
+				peak.procFDs = max(peak.procFDs, len(e))
 			}
 			peakPool = max(peakPool, pool.Len())
 			select {
@@ -368,20 +390,24 @@ func TestLoadConcurrentConnections(t *testing.T) {
 	<-sampled
 	t.Logf("%d connections: %d connected in %d ms, %d still echoed after holding in %d ms, closed in %d ms, total %s; client RLIMIT_NOFILE %d/%d",
 		n, report.Connected, report.ConnectMS, report.Held, report.HeldMS, report.CloseMS, elapsed.Round(time.Millisecond), report.Soft, report.Hard)
-	t.Logf("peak: %d goroutines, %d descriptors, %d pooled HBONE connections", peakG, peakFD, peakPool)
+	t.Logf("peak: client agent (this process) %d goroutines, %d descriptors, %d pooled HBONE connections; server agent process %d descriptors",
+		peak.goroutines, peak.fds, peakPool, peak.procFDs)
 	if report.Connected != n || report.Held != n {
 		t.Fatalf("%d of %d connections opened and %d stayed usable while all were open; %d errors, first: %v",
 			report.Connected, n, report.Held, report.ErrorCount, report.Errors)
 	}
-	if got := counterSum(t, agentB.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination"}) - opened; got < float64(n) {
+	if got := agentB.counterSum(t, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination"}) - opened; got < float64(n) {
 		t.Errorf("server agent counted %v inbound HBONE connections, want %d: traffic went around the tunnel", got, n)
 	}
 	// Each HBONE connection carries at most 100 streams.
 	if wantPool := (n + 99) / 100; peakPool < wantPool/2 {
 		t.Errorf("client agent pooled at most %d HBONE connections for %d concurrent streams, want about %d", peakPool, n, wantPool)
 	}
-	if peakFD < baseFD+n {
-		t.Errorf("peak of %d descriptors is below baseline %d plus %d connections: the connections were not all open at once in the agents", peakFD, baseFD, n)
+	if peak.fds < base.fds+n {
+		t.Errorf("peak of %d descriptors in the client agent's process is below baseline %d plus %d connections: the connections were not all open at once", peak.fds, base.fds, n)
+	}
+	if peak.procFDs < base.procFDs+n {
+		t.Errorf("peak of %d descriptors in the server agent process is below baseline %d plus %d connections: the connections were not all open at once", peak.procFDs, base.procFDs, n)
 	}
 
 	// Once the client closed, the agents end the streams, and the pool
@@ -393,43 +419,68 @@ func TestLoadConcurrentConnections(t *testing.T) {
 	// ended. A leak of one goroutine or descriptor in 200 connections
 	// exceeds the tolerance.
 	const slackG, slackFD = 50, 25
-	var g, fd int
+	var now loadUsage
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		g, fd = runtime.NumGoroutine(), openFDs(t)
-		if (pool.Len() == 0 && g <= baseG+slackG && fd <= baseFD+slackFD) || time.Now().After(deadline) {
+		now = sampleUsage(t, agentB)
+		back := now.goroutines <= base.goroutines+slackG && now.fds <= base.fds+slackFD &&
+			now.procGoroutines <= base.procGoroutines+slackG && now.procFDs <= base.procFDs+slackFD
+		if (pool.Len() == 0 && back) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	t.Logf("after close: %d goroutines (baseline %d), %d descriptors (baseline %d), %d pooled HBONE connections, %s after the client ended",
-		g, baseG, fd, baseFD, pool.Len(), time.Since(start.Add(elapsed)).Round(time.Millisecond))
+	t.Logf("after close, %s after the client ended: client agent (this process) %d goroutines (baseline %d), %d descriptors (baseline %d), %d pooled HBONE connections; server agent process %d goroutines (baseline %d), %d descriptors (baseline %d)",
+		time.Since(start.Add(elapsed)).Round(time.Millisecond), now.goroutines, base.goroutines, now.fds, base.fds, pool.Len(),
+		now.procGoroutines, base.procGoroutines, now.procFDs, base.procFDs)
 	if left := pool.Len(); left != 0 {
 		t.Errorf("client agent still pools %d HBONE connections 20 s after the connections closed, want 0 after the 2 s idle timeout", left)
 	}
-	if g > baseG+slackG {
-		t.Errorf("%d goroutines 20 s after the connections closed, baseline %d (+%d allowed)", g, baseG, slackG)
+	if now.goroutines > base.goroutines+slackG {
+		t.Errorf("client agent's process has %d goroutines 20 s after the connections closed, baseline %d (+%d allowed)", now.goroutines, base.goroutines, slackG)
 	}
-	if fd > baseFD+slackFD {
-		t.Errorf("%d open descriptors 20 s after the connections closed, baseline %d (+%d allowed)", fd, baseFD, slackFD)
+	if now.fds > base.fds+slackFD {
+		t.Errorf("client agent's process has %d open descriptors 20 s after the connections closed, baseline %d (+%d allowed)", now.fds, base.fds, slackFD)
+	}
+	if now.procGoroutines > base.procGoroutines+slackG {
+		t.Errorf("server agent process has %d goroutines 20 s after the connections closed, baseline %d (+%d allowed)", now.procGoroutines, base.procGoroutines, slackG)
+	}
+	if now.procFDs > base.procFDs+slackFD {
+		t.Errorf("server agent process has %d open descriptors 20 s after the connections closed, baseline %d (+%d allowed)", now.procFDs, base.procFDs, slackFD)
 	}
 }
 
-// settle returns the goroutine and descriptor counts once two samples a
-// second apart agree within a few, or after 10 s.
-func settle(t *testing.T) (int, int) {
+// loadUsage is a sample of the goroutines and open descriptors of this test
+// process, which runs the client's agent, and of the server agent process.
+type loadUsage struct {
+	goroutines, fds         int
+	procGoroutines, procFDs int
+}
+
+func sampleUsage(t *testing.T, pa *processAgent) loadUsage {
 	t.Helper()
-	g, fd := runtime.NumGoroutine(), openFDs(t)
+	return loadUsage{
+		goroutines: runtime.NumGoroutine(), fds: openFDs(t),
+		procGoroutines: pa.goroutines(t), procFDs: pa.openFDs(t),
+	}
+}
+
+// settle returns the usage once two samples a second apart agree within a
+// few goroutines and descriptors in both processes, or after 10 s.
+func settle(t *testing.T, pa *processAgent) loadUsage {
+	t.Helper()
+	u := sampleUsage(t, pa)
 	for range 10 {
 		time.Sleep(time.Second)
-		g2, fd2 := runtime.NumGoroutine(), openFDs(t)
-		stable := abs(g2-g) <= 3 && abs(fd2-fd) <= 2
-		g, fd = g2, fd2
+		next := sampleUsage(t, pa)
+		stable := abs(next.goroutines-u.goroutines) <= 3 && abs(next.fds-u.fds) <= 2 &&
+			abs(next.procGoroutines-u.procGoroutines) <= 3 && abs(next.procFDs-u.procFDs) <= 2
+		u = next
 		if stable {
 			break
 		}
 	}
-	return g, fd
+	return u
 }
 
 func abs(x int) int { return max(x, -x) }

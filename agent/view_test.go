@@ -18,7 +18,8 @@ import (
 
 func TestMain(m *testing.M) {
 	// The end-to-end tests re-run this binary inside pods as the
-	// application: an HTTP server or client.
+	// application (an HTTP server or client, an echo server or load
+	// client), and outside pods as a node agent process.
 	if role := os.Getenv(envRole); role != "" {
 		os.Exit(runRole(role))
 	}

@@ -451,6 +451,32 @@ func TestChainRejectsSupersededStaple(t *testing.T) {
 	}
 }
 
+// TestChainForgetRevokesRegistration forgets the client's identity, as the
+// agent does when a pod leaves the mesh, then replays its certificate and
+// staple: the log's revocation must reject it even though the pod and its
+// token are still live.
+func TestChainForgetRevokesRegistration(t *testing.T) {
+	f := newChainFixture(t, "chain-forget")
+	old := f.client
+	if clientErr, serverErr := handshake(t, f.a.verifier, f.b.verifier, old, old.pod, f.server, nil); clientErr != nil || serverErr != nil {
+		t.Fatalf("handshake before forgetting failed: client %v, server %v", clientErr, serverErr)
+	}
+
+	if err := f.a.workloads.Forget(context.Background(), old.pod.UID); err != nil {
+		t.Fatalf("forget %s: %v", old.pod.Name, err)
+	}
+	if _, err := f.a.workloads.Certificate(old.pod.UID); err == nil {
+		t.Fatal("the forgotten pod still has a certificate")
+	}
+	f.b.view.refresh(t)
+
+	_, serverErr := handshake(t, f.a.verifier, f.b.verifier, old, old.pod, f.server, nil)
+	wantRejected(t, serverErr, ErrRegistrationSuperseded, "registration_superseded")
+	if err := f.a.workloads.Forget(context.Background(), old.pod.UID); err != nil {
+		t.Fatalf("forgetting a forgotten pod: %v", err)
+	}
+}
+
 // renew runs Workloads' token renewal for pod now, as Run does at 80% of
 // the token's lifetime.
 func renew(t testing.TB, w *Workloads, pod *testbed.Pod) {

@@ -307,12 +307,50 @@ func (w *Workloads) Certificate(uid types.UID) (*tls.Certificate, error) {
 	return wl.cert, nil
 }
 
-// Forget drops the pod's identity. Its registration stays in the log until
-// its token expires, and its pod's deletion makes the token fail review.
-func (w *Workloads) Forget(uid types.UID) {
+// Forget drops the pod's identity and revokes its registration, which
+// frees its slot in the curator. The identity is dropped even when the
+// revocation fails, and the error then means the registration stays in the
+// log.
+func (w *Workloads) Forget(ctx context.Context, uid types.UID) error {
 	w.mu.Lock()
+	wl, ok := w.pods[uid]
 	delete(w.pods, uid)
 	w.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	wl.mu.Lock()
+	id, index, block, slot, key, spki, registered := wl.id, wl.index, wl.block, wl.slot, wl.key, wl.spki, wl.key != nil
+	wl.mu.Unlock()
+	if !registered {
+		return nil
+	}
+	index, err := w.revoke(ctx, wl, id, index, block, slot, key, spki)
+	if err != nil {
+		return fmt.Errorf("revoke the registration of %s/%s: %w", wl.namespace, wl.name, err)
+	}
+	w.log.Info("workload registration revoked", "pod", wl.namespace+"/"+wl.name, "revocation_index", index)
+	return nil
+}
+
+// revoke appends a revocation of the ID's entry at index, signed with the
+// entry's TLS key, and returns the revocation's index.
+func (w *Workloads) revoke(ctx context.Context, wl *workload, id curator.ID, index uint64, block, slot uint32, key *ecdsa.PrivateKey, spki []byte) (uint64, error) {
+	entry := &curator.Entry{Kind: curator.KindRevocation, ID: id, PrevIndex: index, PodIP: wl.ip.AsSlice(), TLSKey: spki}
+	message := curator.PoPMessage(entry)
+	sig, err := curator.SignPoP(key, message)
+	if err != nil {
+		return 0, err
+	}
+	if w.opts.Expect != nil {
+		w.opts.Expect(id, message)
+	}
+	req := &server.KeyRequest{ID: &id, PrevIndex: index, Block: block, Slot: slot, TLSKey: spki, PodIP: wl.ip.String(), OldKeySig: sig}
+	var resp server.KeyResponse
+	if err := w.opts.Curator.PostJSON(ctx, "/v1/revoke", req, &resp); err != nil {
+		return 0, err
+	}
+	return resp.Index, nil
 }
 
 // IDs returns the registered IDs of the enrolled pods.
@@ -417,20 +455,10 @@ func (w *Workloads) renew(ctx context.Context, wl *workload) error {
 	if err := w.enroll(ctx, wl, wl.identity.ServiceAccount); err != nil {
 		return err
 	}
-	entry := &curator.Entry{Kind: curator.KindRevocation, ID: oldID, PrevIndex: oldIndex, PodIP: wl.ip.AsSlice(), TLSKey: oldSPKI}
-	message := curator.PoPMessage(entry)
-	sig, err := curator.SignPoP(oldKey, message)
+	index, err := w.revoke(ctx, wl, oldID, oldIndex, oldBlock, oldSlot, oldKey, oldSPKI)
 	if err != nil {
-		return err
-	}
-	if w.opts.Expect != nil {
-		w.opts.Expect(oldID, message)
-	}
-	req := &server.KeyRequest{ID: &oldID, PrevIndex: oldIndex, Block: oldBlock, Slot: oldSlot, TLSKey: oldSPKI, PodIP: wl.ip.String(), OldKeySig: sig}
-	var resp server.KeyResponse
-	if err := w.opts.Curator.PostJSON(ctx, "/v1/revoke", req, &resp); err != nil {
 		return fmt.Errorf("revoke the superseded registration of %s/%s: %w", wl.namespace, wl.name, err)
 	}
-	w.log.Info("workload token renewed", "pod", wl.namespace+"/"+wl.name, "revoked_index", oldIndex, "revocation_index", resp.Index)
+	w.log.Info("workload token renewed", "pod", wl.namespace+"/"+wl.name, "revoked_index", oldIndex, "revocation_index", index)
 	return nil
 }

@@ -52,6 +52,9 @@ type CRS struct {
 
 	tablesMu sync.Mutex
 	tables   []*group.Comb[bls12381.G1, *bls12381.G1] // per P_k, nil until Precompute
+
+	preparedMu sync.Mutex
+	prepared   []*group.PreparedG2 // per Q_k, each built on first use
 }
 
 // kemTables holds fixed-base tables for Encap, built on first use.
@@ -335,6 +338,27 @@ func (c *CRS) Precompute() {
 // KeyGen in the benchmarks recorded in BENCHMARKS.md, because wider tables
 // cost more in constant-time lookups than they save in additions.
 const combTeeth = 6
+
+// preparedQ returns the Miller-loop lines of q[idx], preparing them on
+// first use. Preparing costs about one pairing, once per slot and process;
+// every later membership check in that slot saves about a third of its
+// pairing cost. Slots that are never checked cost nothing.
+func (c *CRS) preparedQ(idx int) *group.PreparedG2 {
+	c.preparedMu.Lock()
+	defer c.preparedMu.Unlock()
+	if c.prepared == nil {
+		c.prepared = make([]*group.PreparedG2, len(c.q))
+	}
+	if c.prepared[idx] == nil {
+		c.prepared[idx] = group.PrepareG2(&c.q[idx])
+	}
+	return c.prepared[idx]
+}
+
+// preparedG2Generator holds the Miller-loop lines of the G2 generator.
+var preparedG2Generator = sync.OnceValue(func() *group.PreparedG2 {
+	return group.PrepareG2(bls12381.G2Generator())
+})
 
 // keyGenTables returns the tables if Precompute ran, or nil.
 func (c *CRS) keyGenTables() []*group.Comb[bls12381.G1, *bls12381.G1] {

@@ -48,9 +48,9 @@ func (c *CRS) verifyOpening(op string, digest Digest, slot int, pk *bls12381.G1,
 	neg := *pk
 	neg.Neg()
 	lhs.Add(digest.point(), &neg)
-	if !group.PairingProductIsOne(
+	if !group.PreparedProductIsOne(
 		[]*bls12381.G1{&lhs, opening.point()},
-		[]*bls12381.G2{&c.q[c.n-slot], bls12381.G2Generator()},
+		[]*group.PreparedG2{c.preparedQ(c.n - slot), preparedG2Generator()},
 		[]int{1, -1},
 	) {
 		return fmt.Errorf("%s in slot %d: %w", op, slot, ErrMembership)
@@ -124,7 +124,7 @@ func (c *CRS) VerifyMemberships(digest Digest, proofs []MembershipProof, rnd io.
 	}
 
 	g1s := make([]*bls12381.G1, 0, len(order)+1)
-	g2s := make([]*bls12381.G2, 0, len(order)+1)
+	g2s := make([]*group.PreparedG2, 0, len(order)+1)
 	signs := make([]int, 0, len(order)+1)
 	for _, slot := range order {
 		t := bySlot[slot]
@@ -133,7 +133,7 @@ func (c *CRS) VerifyMemberships(digest Digest, proofs []MembershipProof, rnd io.
 			return fmt.Errorf("verify memberships: %w", err)
 		}
 		g1s = append(g1s, &sum)
-		g2s = append(g2s, &c.q[c.n-slot])
+		g2s = append(g2s, c.preparedQ(c.n-slot))
 		signs = append(signs, 1)
 	}
 	lam, err := group.MSM(openings, rho)
@@ -141,9 +141,9 @@ func (c *CRS) VerifyMemberships(digest Digest, proofs []MembershipProof, rnd io.
 		return fmt.Errorf("verify memberships: %w", err)
 	}
 	g1s = append(g1s, &lam)
-	g2s = append(g2s, bls12381.G2Generator())
+	g2s = append(g2s, preparedG2Generator())
 	signs = append(signs, -1)
-	if !group.PairingProductIsOne(g1s, g2s, signs) {
+	if !group.PreparedProductIsOne(g1s, g2s, signs) {
 		return fmt.Errorf("verify memberships of %d proofs: %w", len(proofs), ErrMembership)
 	}
 	return nil
