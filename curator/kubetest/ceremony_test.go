@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/audit"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/curatortest"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/rbescheme"
 	"github.com/mazu-mesh/mazu-ztunnel/rbeauth/rbe"
@@ -110,13 +111,36 @@ func TestCeremonyThroughTheLog(t *testing.T) {
 	if code, body := post(agentToken(), encs[1]); code != 200 {
 		t.Fatalf("second contribution = %d %s", code, body)
 	}
+	policy, err := curator.NewPolicy(curatortest.Origin, mustRead(t, vkeyFile), witnessKeys, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &curator.Client{URL: url}
+	// The witnesses cosign asynchronously, so the checkpoint may lag the
+	// second contribution for a moment.
+	var followed *audit.Ceremony
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if followed, err = audit.FollowCeremony(t.Context(), client, policy, time.Now()); err == nil && followed.Contributions == 2 {
+			break
+		}
+	}
+	if err != nil || followed.Contributions != 2 {
+		t.Fatalf("FollowCeremony before any registration = %+v, %v; want 2 contributions", followed, err)
+	}
+	if followed.Fingerprint != crs.Fingerprint() || followed.Closed {
+		t.Fatalf("FollowCeremony = fingerprint %x closed %v, want the second contribution's %x, still open", followed.Fingerprint[:8], followed.Closed, crs.Fingerprint())
+	}
 	kr, err := r.register(t.Context(), url)
 	if err != nil {
 		t.Fatalf("register after the ceremony: %v", err)
 	}
-	policy, err := curator.NewPolicy(curatortest.Origin, mustRead(t, vkeyFile), witnessKeys, 0)
-	if err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if followed, err = audit.FollowCeremony(t.Context(), client, policy, time.Now()); err == nil && followed.Closed {
+			break
+		}
+	}
+	if err != nil || !followed.Closed || followed.Fingerprint != crs.Fingerprint() {
+		t.Fatalf("FollowCeremony after the first registration = %+v, %v; want it closed with the same CRS", followed, err)
 	}
 	if reg, err := curator.VerifyBundle(kr.Bundle, policy, kr.ID, time.Now()); err != nil || reg.Checkpoint.Signed != 3 {
 		t.Fatalf("VerifyBundle = %+v, %v; want 3 cosignatures from witnesses without a CRS file", reg, err)
