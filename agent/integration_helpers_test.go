@@ -56,6 +56,9 @@ type agentOptions struct {
 	Audience string
 	// PoolIdleTimeout is NodeConfig.PoolIdleTimeout.
 	PoolIdleTimeout time.Duration
+	// CRSFromLog leaves NodeConfig.CRSFile empty, so the agent takes its
+	// CRS from the curator's log.
+	CRSFromLog bool
 }
 
 // pinUsers counts the running test agents of each pin folder, so that the
@@ -107,6 +110,9 @@ func startAgentWith(t *testing.T, tb *testbed.Testbed, mesh *meshtest.Curator, n
 			na.agent, na.endpoints, na.registry = a, e, reg
 			close(started)
 		},
+	}
+	if opts.CRSFromLog {
+		cfg.CRSFile = ""
 	}
 	pinUsers.Lock()
 	pinUsers.n[pins]++

@@ -38,7 +38,11 @@ type NodeConfig struct {
 	Audience   string
 	CuratorURL string
 	// CRSFile holds the RBE common reference string from the ceremony.
+	// Empty takes the CRS from the curator's log instead (see loadCRS).
 	CRSFile string
+	// CRSMinContributions is how many ceremony contributions the log must
+	// hold before the agent takes its CRS from there; zero means one.
+	CRSMinContributions int
 	// LogKey is the curator's checkpoint verifier key (note format).
 	LogKey string
 	// WitnessKeys are the witnesses' cosignature verifier keys.
@@ -79,21 +83,17 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	if err != nil {
 		return fmt.Errorf("create Kubernetes client: %w", err)
 	}
-	crsBytes, err := os.ReadFile(cfg.CRSFile)
-	if err != nil {
-		return fmt.Errorf("read CRS: %w (run the ceremony, or `mazu-curator crs` for development)", err)
-	}
-	crs, err := rbe.ParseCRS(crsBytes)
-	if err != nil {
-		return fmt.Errorf("read CRS %s: %w", cfg.CRSFile, err)
-	}
-	crs.Precompute()
 	origin, _, _ := strings.Cut(cfg.LogKey, "+")
 	policy, err := curator.NewPolicy(origin, cfg.LogKey, cfg.WitnessKeys, cfg.Quorum)
 	if err != nil {
 		return fmt.Errorf("witness policy: %w", err)
 	}
 	curatorClient := &curator.Client{URL: cfg.CuratorURL}
+	crs, err := loadCRS(ctx, cfg, curatorClient, policy, log)
+	if err != nil {
+		return err
+	}
+	crs.Precompute()
 	monitor := &audit.Monitor{Client: curatorClient, Policy: policy}
 	registry := prometheus.NewRegistry()
 
@@ -267,4 +267,64 @@ func selfCgroup() (string, error) {
 		}
 	}
 	return "", errors.New("read own cgroup: no cgroup v2 entry in /proc/self/cgroup")
+}
+
+// crsPollInterval is how often loadCRS reads the log while it waits for the
+// ceremony.
+const crsPollInterval = 2 * time.Second
+
+// loadCRS returns the RBE CRS. Without a CRS file it follows the curator's
+// log (audit.FollowCeremony): every contribution is checked against the CRS
+// before it under a witness-cosigned checkpoint, so an untrusted curator
+// cannot hand this node parameters of its own. It waits until the log holds
+// CRSMinContributions contributions. A CRS file is compared with the log's
+// ceremony when the log has one, and rejected when the finished ceremony
+// produced another CRS.
+func loadCRS(ctx context.Context, cfg NodeConfig, client *curator.Client, policy *curator.Policy, log *slog.Logger) (*rbe.CRS, error) {
+	if cfg.CRSFile != "" {
+		b, err := os.ReadFile(cfg.CRSFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CRS: %w (run the ceremony, or `mazu-curator crs` for development)", err)
+		}
+		crs, err := rbe.ParseCRS(b)
+		if err != nil {
+			return nil, fmt.Errorf("read CRS %s: %w", cfg.CRSFile, err)
+		}
+		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		c, err := audit.FollowCeremony(checkCtx, client, policy, time.Now())
+		switch {
+		case errors.Is(err, audit.ErrNoCeremony):
+			// The curator was started with a CRS file too.
+		case err != nil:
+			log.Warn("CRS file not compared with the log's ceremony", "crs_file", cfg.CRSFile, "error", err)
+		case c.Fingerprint != crs.Fingerprint() && c.Closed:
+			return nil, fmt.Errorf("CRS file %s has fingerprint %x, but the log's finished ceremony produced %x: remove the file to take the CRS from the log, or replace it with `mazu-curator ceremony verify -out`", cfg.CRSFile, crs.Fingerprint(), c.Fingerprint)
+		case c.Fingerprint != crs.Fingerprint():
+			log.Warn("CRS file differs from the log's ceremony, which is still open", "crs_file", cfg.CRSFile, "contributions", c.Contributions)
+		}
+		return crs, nil
+	}
+	want := max(cfg.CRSMinContributions, 1)
+	for {
+		c, err := audit.FollowCeremony(ctx, client, policy, time.Now())
+		switch {
+		case err == nil && c.Contributions >= want:
+			crs, err := rbe.ParseCRS(c.CRS)
+			if err != nil {
+				return nil, fmt.Errorf("parse the CRS from the log's ceremony: %w", err)
+			}
+			log.Info("CRS taken from the log's ceremony", "contributions", c.Contributions, "fingerprint", fmt.Sprintf("%x", c.Fingerprint[:8]), "closed", c.Closed)
+			return crs, nil
+		case err == nil || errors.Is(err, audit.ErrNoCeremony):
+			log.Info("waiting for the CRS ceremony", "contributions", c.Contributions, "required", want)
+		default:
+			log.Warn("CRS ceremony not read from the curator", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the CRS ceremony: %w", ctx.Err())
+		case <-time.After(crsPollInterval):
+		}
+	}
 }

@@ -57,7 +57,16 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.RootNamespace, "root-namespace", env("MAZU_ROOT_NAMESPACE", "istio-system"), "Istio root namespace for mesh-wide policies")
 	fs.StringVar(&cfg.Audience, "audience", env("MAZU_CURATOR_AUDIENCE", curator.DefaultAudience), "token audience reserved for mazu registrations and handshakes")
 	fs.StringVar(&cfg.CuratorURL, "curator-url", os.Getenv("MAZU_CURATOR_URL"), "curator base URL")
-	fs.StringVar(&cfg.CRSFile, "crs", env("MAZU_CRS_FILE", "/etc/mazu/crs.bin"), "RBE CRS file from the ceremony")
+	fs.StringVar(&cfg.CRSFile, "crs", os.Getenv("MAZU_CRS_FILE"), "RBE CRS file; empty takes the CRS from the curator's log, checked contribution by contribution (MAZU_CRS_FILE)")
+	minContributions := 1
+	if v := os.Getenv("MAZU_CRS_MIN_CONTRIBUTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("invalid MAZU_CRS_MIN_CONTRIBUTIONS %q: want a whole number of 1 or more", v)
+		}
+		minContributions = n
+	}
+	fs.IntVar(&cfg.CRSMinContributions, "crs-min-contributions", minContributions, "ceremony contributions the log must hold before the agent takes its CRS from there (MAZU_CRS_MIN_CONTRIBUTIONS)")
 	logKeyFile := fs.String("log-key", env("MAZU_LOG_KEY_FILE", "/etc/mazu/log.vkey"), "file with the curator's checkpoint verifier key")
 	var witnessKeys listFlag
 	fs.Var(&witnessKeys, "witness-key", "file with a witness's cosignature verifier key; repeat for each witness")

@@ -365,12 +365,23 @@ func (l *Log) handleCeremony(w http.ResponseWriter, r *http.Request) {
 		httpError(w, fmt.Errorf("contribution missing or over %d bytes: %w", curator.MaxEntrySize-16, errBadRequest))
 		return
 	}
-	res, err := l.submit(r.Context(), &curator.Entry{Kind: curator.KindCeremony, Ceremony: body}, nil)
+	index, err := l.SubmitContribution(r.Context(), body)
 	if err != nil {
 		httpError(w, err)
 		return
 	}
-	writeJSON(w, KeyResponse{Index: res.index})
+	writeJSON(w, KeyResponse{Index: index})
+}
+
+// SubmitContribution appends a CRS ceremony contribution, in the encoding
+// of rbescheme.EncodeContribution, and returns its index once it is
+// durable. The caller authenticates the contributor.
+func (l *Log) SubmitContribution(ctx context.Context, contribution []byte) (uint64, error) {
+	res, err := l.submit(ctx, &curator.Entry{Kind: curator.KindCeremony, Ceremony: contribution}, nil)
+	if err != nil {
+		return 0, err
+	}
+	return res.index, nil
 }
 
 func (l *Log) handleUpdates(w http.ResponseWriter, r *http.Request) {

@@ -51,6 +51,10 @@ type CuratorOptions struct {
 	// the log key and the witnesses were compromised. Witnesses and
 	// BlockSize are taken from ForkOf.
 	ForkOf *Curator
+	// Ceremony starts the curator and witnesses without a CRS and logs the
+	// CRS's contribution as the log's first entry, so nodes can take the
+	// CRS from the log. CRSFile is still written. Not with ForkOf.
+	Ceremony bool
 }
 
 // Curator is a running curator and its witnesses.
@@ -84,6 +88,7 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 		opts.BlockSize = 16
 	}
 	c := &Curator{}
+	var contribution rbe.Contribution
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -97,9 +102,10 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 		if err != nil {
 			return nil, err
 		}
-		if c.CRS, _, err = rbe.Contribute(start, rand.Reader); err != nil {
+		if c.CRS, contribution.Proof, err = rbe.Contribute(start, rand.Reader); err != nil {
 			return nil, err
 		}
+		contribution.CRS = c.CRS
 	}
 	crsBytes, err := c.CRS.MarshalBinary()
 	if err != nil {
@@ -109,7 +115,10 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 	if err := os.WriteFile(c.CRSFile, crsBytes, 0o644); err != nil {
 		return nil, err
 	}
-	scheme := rbescheme.New(c.CRS)
+	newScheme := func() curator.Scheme { return rbescheme.New(c.CRS) }
+	if opts.Ceremony {
+		newScheme = func() curator.Scheme { return rbescheme.NewFollower() }
+	}
 
 	skey, vkey := "", ""
 	if opts.ForkOf != nil {
@@ -170,7 +179,7 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 			return nil, err
 		}
 		w, err := witness.New(witness.Config{
-			Origin: Origin, LogVerifier: logVerifier, Signer: cosigner, Store: st, Scheme: scheme,
+			Origin: Origin, LogVerifier: logVerifier, Signer: cosigner, Store: st, Scheme: newScheme(),
 			Audience: opts.Audience, JWKS: parsedJWKS, CuratorURL: c.URL, EvidenceDir: evidence, Logger: opts.Logger,
 		})
 		if err != nil {
@@ -210,7 +219,7 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 		audience = curator.DefaultAudience
 	}
 	c.log, err = server.New(server.Config{
-		Origin: Origin, Signer: signer, VerifierKey: vkey, Store: st, Scheme: scheme,
+		Origin: Origin, Signer: signer, VerifierKey: vkey, Store: st, Scheme: newScheme(),
 		Reviewer: &server.KubeReviewer{Client: opts.Client, Audience: audience}, Audience: audience,
 		Witnesses: witnesses, WitnessTimeout: 10 * time.Second, Logger: opts.Logger,
 	})
@@ -219,6 +228,15 @@ func StartCurator(ctx context.Context, opts CuratorOptions) (_ *Curator, err err
 		return nil, err
 	}
 	c.serve(curatorLn, c.log.Handler())
+	if opts.Ceremony {
+		enc, err := rbescheme.EncodeContribution(contribution)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.log.SubmitContribution(ctx, enc); err != nil {
+			return nil, fmt.Errorf("log the CRS contribution: %w", err)
+		}
+	}
 	if c.Policy, err = curator.NewPolicy(Origin, vkey, c.WitnessVKeys, 0); err != nil {
 		return nil, err
 	}
