@@ -19,6 +19,7 @@ import (
 
 	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/audit"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/meshtest"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/privtest"
@@ -388,6 +389,7 @@ func TestAttackForeignCRS(t *testing.T) {
 // entry before it staples it. It rejects the tampered reply, logs that the
 // staple was not refreshed and keeps web's previous staple, which peers
 // still accept after checking online that it names web's current entry.
+// Its log monitor raises InvalidCuratorProof for the same reply.
 func TestAttackTamperedDigestServedToAgent(t *testing.T) {
 	privtest.Require(t)
 	rm := newRogueMesh(t, "served")
@@ -396,6 +398,7 @@ func TestAttackTamperedDigestServedToAgent(t *testing.T) {
 	webAgent := rm.agents[1]
 
 	before := harvestIdentity(t, s.mallory, s.web).Staple
+	alertsBefore := webAgent.alerts(t, audit.AlertInvalidProof)
 	if err := rm.cur.TamperDigests(frontName(1)); err != nil {
 		t.Fatal(err)
 	}
@@ -404,6 +407,9 @@ func TestAttackTamperedDigestServedToAgent(t *testing.T) {
 	}
 	eventually(t, 20*time.Second, "web's agent rejects the tampered digest", func() bool {
 		return webAgent.logContains(t, "staple not refreshed", "pod="+s.ns+"/web", "invalid block digest proof")
+	})
+	eventually(t, 10*time.Second, "web's agent raises "+audit.AlertInvalidProof, func() bool {
+		return webAgent.alerts(t, audit.AlertInvalidProof) > alertsBefore
 	})
 	if after := harvestIdentity(t, s.mallory, s.web).Staple; !bytes.Equal(after, before) {
 		t.Fatalf("web's staple changed while its agent was served only tampered digests")

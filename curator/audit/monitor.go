@@ -19,6 +19,10 @@ const (
 	AlertFork                = "KCForkDetected"
 	AlertUnexpectedEntry     = "UnexpectedReRegistration"
 	AlertRegistrationMissing = "RegistrationNotLogged"
+	// AlertInvalidProof means the curator answered with a cosigned
+	// checkpoint but proofs or entries that do not verify under it, such
+	// as a block digest its state entry does not commit to.
+	AlertInvalidProof = "InvalidCuratorProof"
 )
 
 // An Alert is something a node agent must act on, with its evidence.
@@ -29,10 +33,17 @@ type Alert struct {
 	// Checkpoint is the cosigned checkpoint the entry is proven under.
 	Checkpoint []byte
 	Fork       *curator.ForkError
+	// Err is the verification failure of an AlertInvalidProof.
+	Err error
 }
 
 func (a *Alert) String() string {
-	if a.Entry != nil {
+	switch {
+	case a.Fork != nil:
+		return fmt.Sprintf("%s: %v", a.Name, a.Fork)
+	case a.Err != nil:
+		return fmt.Sprintf("%s: %v", a.Name, a.Err)
+	case a.Entry != nil:
 		return fmt.Sprintf("%s: ID %v, entry %d", a.Name, a.ID, a.Entry.Index)
 	}
 	return fmt.Sprintf("%s: ID %v", a.Name, a.ID)
@@ -106,8 +117,12 @@ func (m *Monitor) Poll(ctx context.Context) ([]Alert, error) {
 			return []Alert{{Name: AlertFork, Fork: fork}}, nil
 		}
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, curator.ErrQuorum) || errors.Is(err, curator.ErrStale):
+		// Witnesses may lag behind the log; that is not evidence.
 		return nil, fmt.Errorf("poll curator: %w", err)
+	case err != nil:
+		return []Alert{{Name: AlertInvalidProof, Checkpoint: resp.Checkpoint, Err: err}}, fmt.Errorf("poll curator: %w", err)
 	}
 	var alerts []Alert
 	m.mu.Lock()
