@@ -19,7 +19,7 @@ const (
 	AlertFork                = "KCForkDetected"
 	AlertUnexpectedEntry     = "UnexpectedReRegistration"
 	AlertRegistrationMissing = "RegistrationNotLogged"
-	// AlertInvalidProof means the curator answered with a cosigned
+	// AlertInvalidProof means the curator replied with a cosigned
 	// checkpoint but proofs or entries that do not verify under it, such
 	// as a block digest its state entry does not commit to.
 	AlertInvalidProof = "InvalidCuratorProof"
