@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,9 +102,17 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	if err != nil {
 		return err
 	}
+	// Handshakes start before the alert plumbing exists, so forks they
+	// expose go through a hook that is set once it does.
+	var forkHook atomic.Pointer[func(*curator.ForkError)]
 	verifier, err := rbeauth.NewVerifier(rbeauth.VerifierOptions{
 		Client: client, TrustDomain: cfg.TrustDomain, Audience: cfg.Audience,
 		Registry: registryCheck, Logger: log, Registerer: registry,
+		OnFork: func(fork *curator.ForkError) {
+			if hook := forkHook.Load(); hook != nil {
+				(*hook)(fork)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -176,20 +185,24 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		Help: "Alerts raised by auditing the curator's log: forks and entries this agent did not request.",
 	}, []string{"alert"})
 	registry.MustRegister(alerts)
+	raiser := &alertRaiser{a: a, alerts: alerts, workloads: workloads, evidence: &forkEvidence{dir: filepath.Join(cfg.StateDir, "evidence")}}
+	hook := func(fork *curator.ForkError) {
+		raiser.raise(ctx, audit.Alert{Name: audit.AlertFork, Fork: fork}, "handshake")
+	}
+	forkHook.Store(&hook)
 	go workloads.Run(ctx)
 	if compat != nil {
 		go compat.certs.Run(ctx)
 	}
-	go a.audit(ctx, monitor, workloads, alerts, cfg.AuditInterval)
+	go a.audit(ctx, monitor, raiser, cfg.AuditInterval)
 	if cfg.Started != nil {
 		cfg.Started(a, srv, registry)
 	}
 	return a.Run(ctx)
 }
 
-// audit polls the curator for this node's IDs and raises every alert as a
-// metric, an error log and a Kubernetes Event.
-func (a *Agent) audit(ctx context.Context, monitor *audit.Monitor, workloads *rbeauth.Workloads, alerts *prometheus.CounterVec, interval time.Duration) {
+// audit polls the curator for this node's IDs and raises every alert.
+func (a *Agent) audit(ctx context.Context, monitor *audit.Monitor, raiser *alertRaiser, interval time.Duration) {
 	if interval == 0 {
 		interval = 5 * time.Second
 	}
@@ -205,13 +218,36 @@ func (a *Agent) audit(ctx context.Context, monitor *audit.Monitor, workloads *rb
 		if err != nil {
 			a.log.Warn("curator audit poll failed", "error", err)
 		}
-		ids := workloads.IDs()
 		for _, alert := range found {
-			alerts.WithLabelValues(alert.Name).Inc()
-			a.log.Error("curator audit alert", "alert", alert.Name, "detail", alert.String())
-			a.recordEvent(ctx, alert, ids)
+			raiser.raise(ctx, alert, "audit")
 		}
 	}
+}
+
+// An alertRaiser raises curator alerts as a metric, an error log line and
+// a Kubernetes Event. A fork is also kept as an evidence file, and raised
+// once per pair of checkpoints, however often the node detects it again.
+type alertRaiser struct {
+	a         *Agent
+	alerts    *prometheus.CounterVec
+	workloads *rbeauth.Workloads
+	evidence  *forkEvidence
+}
+
+func (r *alertRaiser) raise(ctx context.Context, alert audit.Alert, source string) {
+	attrs := []any{"alert", alert.Name, "source", source, "detail", alert.String()}
+	if alert.Fork != nil {
+		path, fresh, err := r.evidence.keep(alert.Fork, source, time.Now())
+		if err != nil {
+			r.a.log.Error("fork evidence not kept", "error", err)
+		} else if !fresh {
+			return
+		}
+		attrs = append(attrs, "evidence", path)
+	}
+	r.alerts.WithLabelValues(alert.Name).Inc()
+	r.a.log.Error("curator audit alert", attrs...)
+	r.a.recordEvent(ctx, alert, r.workloads.IDs())
 }
 
 func (a *Agent) recordEvent(ctx context.Context, alert audit.Alert, ids map[curator.ID]types.UID) {

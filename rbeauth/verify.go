@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
 )
 
 // RegistrationClaim contains the facts about a peer that its registration
@@ -84,6 +87,9 @@ type VerifierOptions struct {
 	Logger    *slog.Logger
 	// Registerer receives the verifier's metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// OnFork, if set, receives the evidence of every log fork that a
+	// handshake exposes, so that the caller can keep it.
+	OnFork func(*curator.ForkError)
 }
 
 // Verifier decides whether a TLS peer is a live, registered workload with
@@ -103,6 +109,7 @@ type Verifier struct {
 	// checkpoint, so the key changes with the checkpoint.
 	verified *ttlCache[verifiedKey, verifiedPeer]
 	results  *prometheus.CounterVec
+	onFork   func(*curator.ForkError)
 }
 
 // verifiedPeer is a cached verdict and the node's trusted checkpoint size
@@ -155,6 +162,7 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 		live:        newLiveness(opts.Client, opts.Audience, ttl, size),
 		skew:        skew,
 		log:         log,
+		onFork:      opts.OnFork,
 		now:         time.Now,
 		verified:    newTTLCache[verifiedKey, verifiedPeer](size),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -180,6 +188,10 @@ func (v *Verifier) VerifyPeer(ctx context.Context, cs tls.ConnectionState, peerI
 	if err != nil {
 		result = "rejected"
 		v.log.Warn("peer rejected", "peer_ip", peerIP, "reason", Reason(err), "error", err)
+	}
+	var fork *curator.ForkError
+	if v.onFork != nil && errors.As(err, &fork) {
+		v.onFork(fork)
 	}
 	v.results.WithLabelValues(result, Reason(err)).Inc()
 	return peer, err

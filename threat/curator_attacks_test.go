@@ -3,6 +3,9 @@ package threat
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -186,6 +189,7 @@ func TestAttackForkedLogForTwoNodes(t *testing.T) {
 	if !clientAgent.logContains(t, "peer rejected", "log_fork") {
 		t.Errorf("the client's agent logged no rejection with reason log_fork")
 	}
+	expectForkEvidence(t, clientAgent, "handshake", fork.Checkpoint)
 
 	forkAlerts := webAgent.alerts(t, audit.AlertFork)
 	if err := rm.cur.ShowHonest(frontName(1)); err != nil {
@@ -196,6 +200,35 @@ func TestAttackForkedLogForTwoNodes(t *testing.T) {
 	})
 	msg := waitEvent(t, rm.tb, "default", audit.AlertFork, webAgent.node.Name, 10*time.Second)
 	t.Logf("Event on node %s: %s", webAgent.node.Name, msg)
+	expectForkEvidence(t, webAgent, "audit", fork.Checkpoint)
+}
+
+// expectForkEvidence checks that na kept, from source, a fork evidence file
+// whose checkpoints include checkpoint, both signed notes.
+func expectForkEvidence(t *testing.T, na *nodeAgent, source string, checkpoint []byte) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(na.stateDir, "evidence", "fork-*.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec struct {
+			Source string `json:"source"`
+			Old    string `json:"old_checkpoint"`
+			New    string `json:"new_checkpoint"`
+		}
+		if err := json.Unmarshal(b, &rec); err != nil {
+			t.Fatalf("fork evidence %s: %v", f, err)
+		}
+		if rec.Source == source && (rec.Old == string(checkpoint) || rec.New == string(checkpoint)) && rec.Old != rec.New {
+			return
+		}
+	}
+	t.Errorf("agent on %s kept no %s fork evidence naming the forked checkpoint (files: %v)", na.node.Name, source, files)
 }
 
 // testbedPodSpec is a pod spec with a service account of the pod's name.

@@ -129,6 +129,8 @@ type nodeAgent struct {
 	registry *prometheus.Registry
 	// logFile receives the agent's log at level Info.
 	logFile string
+	// stateDir is NodeConfig.StateDir, where the agent keeps fork evidence.
+	stateDir string
 }
 
 var (
@@ -240,7 +242,7 @@ func startAgent(ctx context.Context, tb *testbed.Testbed, cur *meshtest.Curator,
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("agent folder for %s: %w", node.Name, err)
 	}
-	na := &nodeAgent{node: node, socket: filepath.Join(dir, "cni.sock"), logFile: filepath.Join(dir, "agent.log")}
+	na := &nodeAgent{node: node, socket: filepath.Join(dir, "cni.sock"), logFile: filepath.Join(dir, "agent.log"), stateDir: filepath.Join(dir, "state")}
 	logw, err := os.Create(na.logFile)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent log for %s: %w", node.Name, err)
@@ -254,7 +256,7 @@ func startAgent(ctx context.Context, tb *testbed.Testbed, cur *meshtest.Curator,
 		REST: tb.RESTConfig(), NodeName: node.Name, TrustDomain: testbed.TrustDomain,
 		RootNamespace: testbed.IstioNamespace, Audience: curator.DefaultAudience, CuratorURL: cur.URL,
 		CRSFile: cur.CRSFile, LogKey: cur.LogVKey, WitnessKeys: cur.WitnessVKeys,
-		CgroupRoot: node.CgroupRoot, PinDir: pins, CNISocket: na.socket, StateDir: filepath.Join(dir, "state"),
+		CgroupRoot: node.CgroupRoot, PinDir: pins, CNISocket: na.socket, StateDir: na.stateDir,
 		AuditInterval: time.Second,
 		Endpoints:     agent.EndpointsConfig{AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", ReadinessAddr: "127.0.0.1:0"},
 		Logger:        slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo})),
