@@ -75,7 +75,15 @@ func (l *logFollowFlags) follow(ctx context.Context, cmd string) (*audit.Ceremon
 	if err != nil {
 		return nil, fmt.Errorf("build the checkpoint policy: %w", err)
 	}
-	return audit.FollowCeremony(ctx, &curator.Client{URL: l.url}, policy, time.Now())
+	c, err := audit.FollowCeremony(ctx, &curator.Client{URL: l.url}, policy, time.Now())
+	// A curator publishes its first checkpoint with its first entry. Taking
+	// a missing checkpoint for an empty log trusts the curator no more than
+	// before: a contribution that ignores earlier ones is rejected.
+	var httpErr *curator.HTTPError
+	if errors.As(err, &httpErr) && httpErr.Path == "/checkpoint" && httpErr.Code == http.StatusNotFound {
+		return &audit.Ceremony{}, fmt.Errorf("the curator has published no checkpoint yet: %w", audit.ErrNoCeremony)
+	}
+	return c, err
 }
 
 func runCeremonyStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
