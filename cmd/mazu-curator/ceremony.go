@@ -29,7 +29,7 @@ const postTimeout = 2 * time.Minute
 // audit.FollowCeremony, so none of them trusts the curator.
 func runCeremony(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: mazu-curator ceremony status|contribute|verify -url URL -log-key FILE [-witness-key VKEY ...] [flags]")
+		fmt.Fprintln(stderr, "usage: mazu-curator ceremony status|contribute|verify -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...]) [flags]")
 		return flag.ErrHelp
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
@@ -48,6 +48,7 @@ func runCeremony(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // cosignatures make its checkpoint trusted.
 type logFollowFlags struct {
 	url         string
+	policyPath  string
 	logKeyPath  string
 	witnessKeys multiFlag
 	quorum      int
@@ -55,6 +56,7 @@ type logFollowFlags struct {
 
 func (l *logFollowFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.url, "url", "", "curator base URL, such as http://127.0.0.1:8080")
+	fs.StringVar(&l.policyPath, "policy", "", "C2SP tlog-policy file with the log key, the witness keys and the quorum, in place of -log-key, -witness-key and -quorum")
 	fs.StringVar(&l.logKeyPath, "log-key", "", "the curator's verifier key file (.vkey)")
 	fs.Var(&l.witnessKeys, "witness-key", "witness verifier key (repeat); none accepts log-signed checkpoints")
 	fs.IntVar(&l.quorum, "quorum", 0, "cosignatures required; 0 means ⌊2n/3⌋+1 of the -witness-key values")
@@ -63,17 +65,9 @@ func (l *logFollowFlags) register(fs *flag.FlagSet) {
 // follow replays the log's ceremony. It returns audit.ErrNoCeremony, with
 // a non-nil Ceremony, when the log has no contribution.
 func (l *logFollowFlags) follow(ctx context.Context, cmd string) (*audit.Ceremony, error) {
-	if l.url == "" || l.logKeyPath == "" {
-		return nil, fmt.Errorf("ceremony %s needs -url and -log-key", cmd)
-	}
-	vkey, err := readTrimmed(l.logKeyPath)
+	policy, err := l.checkpointPolicy(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("read -log-key: %w", err)
-	}
-	name, _, _ := cutName(vkey)
-	policy, err := curator.NewPolicy(name, vkey, l.witnessKeys, l.quorum)
-	if err != nil {
-		return nil, fmt.Errorf("build the checkpoint policy: %w", err)
+		return nil, err
 	}
 	c, err := audit.FollowCeremony(ctx, &curator.Client{URL: l.url}, policy, time.Now())
 	// A curator publishes its first checkpoint with its first entry. Taking
@@ -84,6 +78,44 @@ func (l *logFollowFlags) follow(ctx context.Context, cmd string) (*audit.Ceremon
 		return &audit.Ceremony{}, fmt.Errorf("the curator has published no checkpoint yet: %w", audit.ErrNoCeremony)
 	}
 	return c, err
+}
+
+// checkpointPolicy builds the policy from -policy, or from -log-key,
+// -witness-key and -quorum.
+func (l *logFollowFlags) checkpointPolicy(cmd string) (*curator.Policy, error) {
+	if l.url == "" || (l.logKeyPath == "" && l.policyPath == "") {
+		return nil, fmt.Errorf("ceremony %s needs -url, and -log-key or -policy", cmd)
+	}
+	if l.policyPath != "" {
+		if l.logKeyPath != "" || len(l.witnessKeys) > 0 || l.quorum != 0 {
+			return nil, fmt.Errorf("ceremony %s: -policy replaces -log-key, -witness-key and -quorum; pass either", cmd)
+		}
+		text, err := os.ReadFile(l.policyPath)
+		if err != nil {
+			return nil, fmt.Errorf("read -policy: %w", err)
+		}
+		pf, err := curator.ParsePolicyFile(string(text))
+		if err != nil {
+			return nil, fmt.Errorf("parse -policy %s: %w", l.policyPath, err)
+		}
+		origin, _, _ := cutName(pf.LogVKey)
+		policy, err := pf.Policy(origin)
+		if err != nil {
+			return nil, fmt.Errorf("build the checkpoint policy from %s: %w", l.policyPath, err)
+		}
+		return policy, nil
+	}
+
+	vkey, err := readTrimmed(l.logKeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("read -log-key: %w", err)
+	}
+	origin, _, _ := cutName(vkey)
+	policy, err := curator.NewPolicy(origin, vkey, l.witnessKeys, l.quorum)
+	if err != nil {
+		return nil, fmt.Errorf("build the checkpoint policy: %w", err)
+	}
+	return policy, nil
 }
 
 func runCeremonyStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -6,9 +6,9 @@
 //	mazu-curator audit   -url URL -log-key FILE -crs FILE [-witness-key VKEY ...] [-checkpoint FILE ...]
 //	mazu-curator keygen  -kind log|witness -name NAME -out PREFIX
 //	mazu-curator crs     -n N -out FILE
-//	mazu-curator ceremony status     -url URL -log-key FILE [-witness-key VKEY ...] [-quorum N]
-//	mazu-curator ceremony contribute -url URL -log-key FILE [-witness-key VKEY ...] -token-file FILE [-n N]
-//	mazu-curator ceremony verify     -url URL -log-key FILE [-witness-key VKEY ...] [-crs FILE] [-out FILE]
+//	mazu-curator ceremony status     -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...] [-quorum N])
+//	mazu-curator ceremony contribute -url URL (-policy FILE | -log-key FILE ...) -token-file FILE [-n N]
+//	mazu-curator ceremony verify     -url URL (-policy FILE | -log-key FILE ...) [-crs FILE] [-out FILE]
 //
 // Every listener should be bound to a local or cluster-internal address.
 // The curator holds no secret that protects registrations: its checkpoint

@@ -149,6 +149,21 @@ func TestCeremonyCommands(t *testing.T) {
 	}
 	t.Logf("contribute after the first registration:\n%s", out)
 	t.Logf("final status:\n%s", waitStatus("closed true"))
+
+	// The same status, with the keys from a C2SP tlog-policy file.
+	policy := "log " + mustRead(t, vkeyFile) + "\n"
+	for i, k := range witnessKeys {
+		policy += fmt.Sprintf("witness w%d %s\n", i, k)
+	}
+	policy += "group all 3 w0 w1 w2\nquorum all\n"
+	policyFile := filepath.Join(dir, "policy.txt")
+	if err := os.WriteFile(policyFile, []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policyOut, err := exec.Command(bin, "ceremony", "status", "-url", url, "-policy", policyFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(policyOut), "fingerprint "+second[1]+"\n") || !strings.Contains(string(policyOut), "closed true") {
+		t.Fatalf("ceremony status -policy = %v, want the final CRS, closed\n%s", err, policyOut)
+	}
 }
 
 // startCeremonyCurator starts three witnesses and a curator without a CRS
