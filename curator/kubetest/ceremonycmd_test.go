@@ -19,9 +19,9 @@ import (
 
 // TestCeremonyCommands runs the ceremony as an operator does, with the
 // mazu-curator ceremony subcommands against a curator and three witnesses
-// that have no CRS file: two contributions, status, verify against a
-// matching and a different CRS file, and a contribution after the first
-// registration.
+// that have no CRS file. It makes two contributions, checks status,
+// verifies against a matching and a different CRS file, and contributes
+// once more after the first registration.
 func TestCeremonyCommands(t *testing.T) {
 	tb := getTestbed(t)
 	bin := curatorBinary(t)
