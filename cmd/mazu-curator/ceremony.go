@@ -70,9 +70,10 @@ func (l *logFollowFlags) follow(ctx context.Context, cmd string) (*audit.Ceremon
 		return nil, err
 	}
 	c, err := audit.FollowCeremony(ctx, &curator.Client{URL: l.url}, policy, time.Now())
-	// A curator publishes its first checkpoint with its first entry. Taking
-	// a missing checkpoint for an empty log trusts the curator no more than
-	// before: a contribution that ignores earlier ones is rejected.
+	// A curator publishes its first checkpoint with its first entry, so a
+	// missing one means an empty log. A curator that withholds its
+	// checkpoint gains nothing: the curator's rules and the witnesses reject
+	// a contribution that does not extend the last one.
 	var httpErr *curator.HTTPError
 	if errors.As(err, &httpErr) && httpErr.Path == "/checkpoint" && httpErr.Code == http.StatusNotFound {
 		return &audit.Ceremony{}, fmt.Errorf("the curator has published no checkpoint yet: %w", audit.ErrNoCeremony)
