@@ -1,16 +1,23 @@
 // Command mazu-curator runs the curator's transparency log, a verifying
-// witness, or an audit of a log.
+// witness, an audit of a log, or a step of the CRS setup ceremony.
 //
 //	mazu-curator serve   -db FILE -key FILE -crs FILE [-kubeconfig FILE] [-witness URL=VKEY ...]
 //	mazu-curator witness -db FILE -key FILE -log-key FILE -crs FILE -curator URL (-jwks FILE | -kubeconfig FILE)
 //	mazu-curator audit   -url URL -log-key FILE -crs FILE [-witness-key VKEY ...] [-checkpoint FILE ...]
 //	mazu-curator keygen  -kind log|witness -name NAME -out PREFIX
 //	mazu-curator crs     -n N -out FILE
+//	mazu-curator ceremony status     -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...] [-quorum N])
+//	mazu-curator ceremony contribute -url URL (-policy FILE | -log-key FILE ...) -token-file FILE [-n N]
+//	mazu-curator ceremony verify     -url URL (-policy FILE | -log-key FILE ...) [-crs FILE] [-out FILE]
 //
 // Every listener should be bound to a local or cluster-internal address.
 // The curator holds no secret that protects registrations: its checkpoint
 // key only names the log, and clients trust a checkpoint only with a quorum
 // of witness cosignatures. The witness key is the secret that matters.
+//
+// The ceremony subcommands read the log under a witness-cosigned
+// checkpoint and check every contribution themselves, so they do not trust
+// the curator. The first registration closes the ceremony.
 //
 // Logs go to stderr (text or JSON, -log-format). Metrics are served in the
 // Prometheus text format at /metrics on -metrics-listen.
@@ -44,19 +51,20 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: mazu-curator serve|witness|audit|keygen|crs [flags]")
+		fmt.Fprintln(stderr, "usage: mazu-curator serve|witness|audit|keygen|crs|ceremony [flags]")
 		return flag.ErrHelp
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"serve":   runServe,
-		"witness": runWitness,
-		"audit":   runAudit,
-		"keygen":  runKeygen,
-		"crs":     runCRS,
+		"serve":    runServe,
+		"witness":  runWitness,
+		"audit":    runAudit,
+		"keygen":   runKeygen,
+		"crs":      runCRS,
+		"ceremony": runCeremony,
 	}
 	f, ok := cmds[args[0]]
 	if !ok {
-		return fmt.Errorf("unknown subcommand %q: want serve, witness, audit, keygen or crs", args[0])
+		return fmt.Errorf("unknown subcommand %q: want serve, witness, audit, keygen, crs or ceremony", args[0])
 	}
 	return f(ctx, args[1:], stdout, stderr)
 }

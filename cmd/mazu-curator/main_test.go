@@ -38,6 +38,11 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"serve", "-db", "", "-key", "", "-crs", ""}, "serve needs"},
 		{[]string{"witness", "-key", "", "-curator", ""}, "witness needs"},
 		{[]string{"audit"}, "audit needs"},
+		{[]string{"ceremony", "finalize"}, "unknown ceremony subcommand"},
+		{[]string{"ceremony", "status"}, "ceremony status needs -url, and -log-key or -policy"},
+		{[]string{"ceremony", "contribute", "-url", "http://127.0.0.1:1", "-log-key", "x"}, "needs -token-file"},
+		{[]string{"ceremony", "verify", "-url", "http://127.0.0.1:1"}, "ceremony verify needs -url, and -log-key or -policy"},
+		{[]string{"ceremony", "verify", "-url", "http://127.0.0.1:1", "-policy", "p", "-log-key", "k"}, "-policy replaces -log-key"},
 	} {
 		var out, errOut bytes.Buffer
 		err := run(context.Background(), tc.args, &out, &errOut)
