@@ -305,6 +305,28 @@ func selfCgroup() (string, error) {
 	return "", errors.New("read own cgroup: no cgroup v2 entry in /proc/self/cgroup")
 }
 
+// LoadWitnessPolicy sets LogKey, WitnessKeys and Quorum from a C2SP
+// tlog-policy file, the form the chart mounts: a "log" line with the
+// curator's verifier key, "witness" lines and a quorum.
+func (c *NodeConfig) LoadWitnessPolicy(path string) error {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read witness policy: %w", err)
+	}
+	if strings.TrimSpace(string(text)) == "" {
+		return fmt.Errorf("witness policy %s is empty: set it to the C2SP tlog-policy that names the curator's log key and the witnesses (the chart's curator.witnessPolicy value)", path)
+	}
+	pf, err := curator.ParsePolicyFile(string(text))
+	if err != nil {
+		return fmt.Errorf("witness policy %s: %w", path, err)
+	}
+	c.LogKey, c.Quorum, c.WitnessKeys = pf.LogVKey, pf.Quorum, nil
+	for _, w := range pf.Witnesses {
+		c.WitnessKeys = append(c.WitnessKeys, w.VKey)
+	}
+	return nil
+}
+
 // crsPollInterval is how often loadCRS reads the log while it waits for the
 // ceremony.
 const crsPollInterval = 2 * time.Second

@@ -71,6 +71,9 @@ func serveHTTP(ctx context.Context, log *slog.Logger, what, addr string, h http.
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "key" {
+		return runServeKey(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var lf logFlags
@@ -168,7 +171,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("read -witness-policy: %w", err)
 		}
 		pf, err := curator.ParsePolicyFile(string(text))
-		if err != nil {
+		switch {
+		case strings.TrimSpace(string(text)) == "":
+			// The chart starts with an empty policy: the operator writes
+			// it after reading this curator's key with `serve key`.
+			log.Warn("witness policy is empty: no witness cosigns, so agents trust no checkpoint until it is set", "file", *policyPath)
+			pf = &curator.PolicyFile{LogVKey: vkey}
+		case err != nil:
 			return err
 		}
 		if pf.LogVKey != vkey {

@@ -23,6 +23,9 @@ import (
 )
 
 func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "key" {
+		return runWitnessKey(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("witness", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var lf logFlags

@@ -67,7 +67,8 @@ func run(ctx context.Context, args []string) error {
 		minContributions = n
 	}
 	fs.IntVar(&cfg.CRSMinContributions, "crs-min-contributions", minContributions, "ceremony contributions the log must hold before the agent takes its CRS from there (MAZU_CRS_MIN_CONTRIBUTIONS)")
-	logKeyFile := fs.String("log-key", env("MAZU_LOG_KEY_FILE", "/etc/mazu/log.vkey"), "file with the curator's checkpoint verifier key")
+	policyFile := fs.String("witness-policy", os.Getenv("MAZU_WITNESS_POLICY_FILE"), "C2SP tlog-policy file with the curator's log key, the witnesses' keys and the quorum (MAZU_WITNESS_POLICY_FILE); replaces -log-key, -witness-key and -quorum")
+	logKeyFile := fs.String("log-key", os.Getenv("MAZU_LOG_KEY_FILE"), "file with the curator's checkpoint verifier key (MAZU_LOG_KEY_FILE)")
 	var witnessKeys listFlag
 	fs.Var(&witnessKeys, "witness-key", "file with a witness's cosignature verifier key; repeat for each witness")
 	fs.IntVar(&cfg.Quorum, "quorum", 0, "witness cosignatures required; 0 means floor(2n/3)+1")
@@ -117,24 +118,17 @@ func run(ctx context.Context, args []string) error {
 	if cfg.CuratorURL == "" {
 		return errors.New("no curator URL: set -curator-url or MAZU_CURATOR_URL")
 	}
-	logKey, err := os.ReadFile(*logKeyFile)
-	if err != nil {
-		return fmt.Errorf("read -log-key: %w", err)
-	}
-	cfg.LogKey = strings.TrimSpace(string(logKey))
-	for _, f := range witnessKeys {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("read -witness-key: %w", err)
-		}
-		cfg.WitnessKeys = append(cfg.WitnessKeys, strings.TrimSpace(string(b)))
+	if err := loadTrust(&cfg, *policyFile, *logKeyFile, witnessKeys); err != nil {
+		return err
 	}
 	if *compat {
 		cfg.Compat = &compatCfg
 	}
-	if cfg.REST, err = restConfig(*kubeconfig); err != nil {
+	rc, err := restConfig(*kubeconfig)
+	if err != nil {
 		return err
 	}
+	cfg.REST = rc
 	return agent.RunNode(ctx, cfg)
 }
 
@@ -151,4 +145,31 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// loadTrust sets the curator's log key, the witness keys and the quorum,
+// from a policy file or from separate key files, but not both.
+func loadTrust(cfg *agent.NodeConfig, policyFile, logKeyFile string, witnessKeys []string) error {
+	if policyFile != "" {
+		if logKeyFile != "" || len(witnessKeys) > 0 {
+			return errors.New("both -witness-policy and -log-key or -witness-key are set: use the policy file alone")
+		}
+		return cfg.LoadWitnessPolicy(policyFile)
+	}
+	if logKeyFile == "" {
+		return errors.New("no curator log key: set -witness-policy (MAZU_WITNESS_POLICY_FILE) or -log-key (MAZU_LOG_KEY_FILE)")
+	}
+	logKey, err := os.ReadFile(logKeyFile)
+	if err != nil {
+		return fmt.Errorf("read -log-key: %w", err)
+	}
+	cfg.LogKey = strings.TrimSpace(string(logKey))
+	for _, f := range witnessKeys {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("read -witness-key: %w", err)
+		}
+		cfg.WitnessKeys = append(cfg.WitnessKeys, strings.TrimSpace(string(b)))
+	}
+	return nil
 }
