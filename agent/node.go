@@ -128,6 +128,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		Client: client, Curator: curatorClient, Policy: policy, CRS: crs,
 		TrustDomain: cfg.TrustDomain, Audience: cfg.Audience, AgentToken: agentToken,
 		Expect: monitor.Expect, Trusted: monitor.Trusted, Logger: log,
+		StateDir: identityDir(cfg.StateDir),
 	})
 	if err != nil {
 		return err
@@ -325,6 +326,15 @@ func (c *NodeConfig) LoadWitnessPolicy(path string) error {
 		c.WitnessKeys = append(c.WitnessKeys, w.VKey)
 	}
 	return nil
+}
+
+// identityDir is where Workloads keeps the pods' identities: a folder of
+// the agent's state, or none when the agent keeps no state.
+func identityDir(stateDir string) string {
+	if stateDir == "" {
+		return ""
+	}
+	return filepath.Join(stateDir, "identities")
 }
 
 // crsPollInterval is how often loadCRS reads the log while it waits for the

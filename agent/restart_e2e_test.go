@@ -49,6 +49,19 @@ func TestRollingRestartUnderTraffic(t *testing.T) {
 			t.Errorf("second agent did not adopt %s", p.Name)
 		}
 	}
+	// The second agent takes over each pod's saved registration instead of
+	// registering the pod again.
+	for _, p := range []*testbed.Pod{web, client} {
+		want := registeredID(t, first, p)
+		select {
+		case <-second.agent.Registered(p.UID):
+		case <-time.After(10 * time.Second):
+			t.Fatalf("second agent did not register %s within 10 s", p.Name)
+		}
+		if got := registeredID(t, second, p); got != want {
+			t.Errorf("second agent holds ID %x for %s, want the first agent's %x", got[:8], p.Name, want[:8])
+		}
+	}
 	time.Sleep(500 * time.Millisecond)
 	out := map[string]string{"reporter": "source"}
 	t.Logf("outbound connections before the first agent stops: first agent %v, second agent %v",

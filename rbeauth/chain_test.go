@@ -11,6 +11,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -281,7 +283,7 @@ func TestChainRejectsTokenCopiedToAnotherIP(t *testing.T) {
 	}
 	stolenWL := &workload{namespace: obj.Namespace, name: obj.Name, uid: obj.UID, ip: thief.IP, identity: f.client.id}
 	stolenKey := mintAs(t, thief, f.client.token, f.client.id)
-	if _, err := f.a.workloads.register(context.Background(), stolenWL, f.client.token, stolenKey.key, stolenKey.spki(t)); err == nil {
+	if _, _, err := f.a.workloads.register(context.Background(), stolenWL, f.client.token, stolenKey.key, stolenKey.spki(t)); err == nil {
 		t.Fatal("the curator registered a copied token for another IP")
 	}
 
@@ -475,6 +477,82 @@ func TestChainForgetRevokesRegistration(t *testing.T) {
 	if err := f.a.workloads.Forget(context.Background(), old.pod.UID); err != nil {
 		t.Fatalf("forgetting a forgotten pod: %v", err)
 	}
+}
+
+// TestChainRestoresSavedIdentity registers a pod with a Workloads that
+// saves identities, then registers it again with a second Workloads on the
+// same folder, as the next agent after a restart does. The second must take
+// over the registration, not append one, and its certificate must pass a
+// handshake. A third Workloads, which never held the pod, then forgets it
+// and must revoke the saved registration.
+func TestChainRestoresSavedIdentity(t *testing.T) {
+	f := newChainFixture(t, "chain-saved")
+	dir := t.TempDir()
+	newWorkloads := func() *Workloads {
+		w, err := NewWorkloads(WorkloadsOptions{
+			Client: f.tb.Client(), Curator: &curator.Client{URL: f.mesh.URL}, Policy: f.mesh.Policy, CRS: f.mesh.CRS,
+			TrustDomain: testbed.TrustDomain, Audience: curator.DefaultAudience, StateDir: dir,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	pod := testbed.NewPod(t, f.tb, f.a.node, testbed.PodSpec{Namespace: "chain-saved", Name: "saved", ServiceAccount: "saved"})
+	first := newWorkloads()
+	register(t, f.tb, first, pod)
+	firstID := idOf(t, first, pod)
+	size := logSize(t, f.mesh)
+
+	second := newWorkloads()
+	restored := register(t, f.tb, second, pod)
+	if id := idOf(t, second, pod); id != firstID {
+		t.Fatalf("the second Workloads registered ID %x, want the saved ID %x", id[:8], firstID[:8])
+	}
+	if n := logSize(t, f.mesh); n != size {
+		t.Fatalf("the log grew from %d to %d entries when the saved identity was restored", size, n)
+	}
+	f.b.view.refresh(t)
+	if clientErr, serverErr := handshake(t, f.a.verifier, f.b.verifier, restored, pod, f.server, nil); clientErr != nil || serverErr != nil {
+		t.Fatalf("handshake with the restored identity failed: client %v, server %v", clientErr, serverErr)
+	}
+
+	third := newWorkloads()
+	if err := third.Forget(context.Background(), pod.UID); err != nil {
+		t.Fatalf("forget the saved identity: %v", err)
+	}
+	f.b.view.refresh(t)
+	_, serverErr := handshake(t, f.a.verifier, f.b.verifier, restored, pod, f.server, nil)
+	wantRejected(t, serverErr, ErrRegistrationSuperseded, "registration_superseded")
+	if _, err := os.Stat(filepath.Join(dir, string(pod.UID)+".json")); !os.IsNotExist(err) {
+		t.Errorf("the saved identity is still on disk after Forget: %v", err)
+	}
+}
+
+// idOf returns the ID under which w registered pod.
+func idOf(t *testing.T, w *Workloads, pod *testbed.Pod) curator.ID {
+	t.Helper()
+	for id, uid := range w.IDs() {
+		if uid == pod.UID {
+			return id
+		}
+	}
+	t.Fatalf("pod %s has no ID", pod.Name)
+	return curator.ID{}
+}
+
+// logSize returns the size of the curator's latest cosigned checkpoint.
+func logSize(t *testing.T, mesh *meshtest.Curator) int64 {
+	t.Helper()
+	raw, err := (&curator.Client{URL: mesh.URL}).Checkpoint(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := mesh.Policy.Open(raw, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp.Tree.N
 }
 
 // renew runs Workloads' token renewal for pod now, as Run does at 80% of

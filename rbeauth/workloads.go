@@ -58,7 +58,10 @@ type WorkloadsOptions struct {
 	// StapleRefresh is how often staples are checked against the latest
 	// checkpoint. Zero means 2 s.
 	StapleRefresh time.Duration
-	Logger        *slog.Logger
+	// StateDir, if set, keeps each pod's identity on disk, so that the next
+	// agent on the node takes over its registration (see restore).
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // Workloads manages the identities of a node's enrolled pods. Each pod gets
@@ -92,6 +95,8 @@ type workload struct {
 	certDER   []byte
 	cert      *tls.Certificate
 	stapledAt int64 // checkpoint size of the current staple
+	// pops are the messages signed for the current ID's entries.
+	pops [][]byte
 }
 
 // NewWorkloads returns an identity manager; Run keeps staples current.
@@ -131,8 +136,14 @@ func (w *Workloads) Register(ctx context.Context, pod *corev1.Pod, ip netip.Addr
 		namespace: pod.Namespace, name: pod.Name, uid: pod.UID, ip: ip.Unmap(),
 		identity: Identity{TrustDomain: w.opts.TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
 	}
-	if err := w.enroll(ctx, wl, sa); err != nil {
-		return err
+	restored, err := w.restore(ctx, wl)
+	if err != nil {
+		w.log.Warn("saved identity not restored; registering anew", "pod", wl.namespace+"/"+wl.name, "error", err)
+	}
+	if !restored {
+		if err := w.enroll(ctx, wl, sa); err != nil {
+			return err
+		}
 	}
 	w.mu.Lock()
 	w.pods[pod.UID] = wl
@@ -155,7 +166,7 @@ func (w *Workloads) enroll(ctx context.Context, wl *workload, sa string) error {
 	if err != nil {
 		return fmt.Errorf("encode TLS key for %s/%s: %w", wl.namespace, wl.name, err)
 	}
-	resp, err := w.register(ctx, wl, token, key, spki)
+	resp, popMessage, err := w.register(ctx, wl, token, key, spki)
 	if err != nil {
 		return err
 	}
@@ -166,8 +177,11 @@ func (w *Workloads) enroll(ctx context.Context, wl *workload, sa string) error {
 	wl.mu.Lock()
 	wl.key, wl.spki, wl.token, wl.issued, wl.expiry = key, spki, token, time.Now(), expiry
 	wl.id, wl.index, wl.block, wl.slot, wl.certDER = curator.IDFromToken(token), resp.Index, resp.Block, resp.Slot, der
-	wl.stapledAt = 0
+	wl.stapledAt, wl.pops = 0, [][]byte{popMessage}
 	wl.mu.Unlock()
+	if err := w.save(wl); err != nil {
+		w.log.Warn("identity not saved; a restarted agent registers the pod again", "pod", wl.namespace+"/"+wl.name, "error", err)
+	}
 	return w.restaple(ctx, wl)
 }
 
@@ -188,23 +202,24 @@ func (w *Workloads) requestToken(ctx context.Context, wl *workload, sa string) (
 }
 
 // register reserves a slot and appends the registration. The curator
-// responds once the entry is durable.
-func (w *Workloads) register(ctx context.Context, wl *workload, token string, key *ecdsa.PrivateKey, spki []byte) (*server.KeyResponse, error) {
+// responds once the entry is durable. It also returns the signed
+// possession message, which the log monitor expects.
+func (w *Workloads) register(ctx context.Context, wl *workload, token string, key *ecdsa.PrivateKey, spki []byte) (*server.KeyResponse, []byte, error) {
 	var reserved server.ReserveResponse
 	if err := w.opts.Curator.PostJSON(ctx, "/v1/reserve", map[string]string{"token": token}, &reserved); err != nil {
-		return nil, fmt.Errorf("reserve a slot for %s/%s: %w", wl.namespace, wl.name, err)
+		return nil, nil, fmt.Errorf("reserve a slot for %s/%s: %w", wl.namespace, wl.name, err)
 	}
 	sk, err := rbe.DeriveSecretKey([]byte(token), wl.ip.AsSlice(), spki)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pk, err := w.opts.CRS.KeyGen(sk, int(reserved.Slot))
 	if err != nil {
-		return nil, fmt.Errorf("generate RBE key for %s/%s: %w", wl.namespace, wl.name, err)
+		return nil, nil, fmt.Errorf("generate RBE key for %s/%s: %w", wl.namespace, wl.name, err)
 	}
 	rbeKey, err := pk.MarshalBinary()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	entry := &curator.Entry{
 		Kind: curator.KindRegistration, ID: curator.IDFromToken(token), PrevIndex: curator.NoPrev,
@@ -213,7 +228,7 @@ func (w *Workloads) register(ctx context.Context, wl *workload, token string, ke
 	message := curator.PoPMessage(entry)
 	pop, err := curator.SignPoP(key, message)
 	if err != nil {
-		return nil, fmt.Errorf("sign possession proof for %s/%s: %w", wl.namespace, wl.name, err)
+		return nil, nil, fmt.Errorf("sign possession proof for %s/%s: %w", wl.namespace, wl.name, err)
 	}
 	req := &server.KeyRequest{
 		Token: token, Block: reserved.Block, Slot: reserved.Slot,
@@ -221,7 +236,7 @@ func (w *Workloads) register(ctx context.Context, wl *workload, token string, ke
 	}
 	if w.opts.AgentToken != nil {
 		if req.AgentToken, err = w.opts.AgentToken(ctx); err != nil {
-			return nil, fmt.Errorf("read the agent's own token: %w", err)
+			return nil, nil, fmt.Errorf("read the agent's own token: %w", err)
 		}
 	}
 	if w.opts.Expect != nil {
@@ -229,10 +244,10 @@ func (w *Workloads) register(ctx context.Context, wl *workload, token string, ke
 	}
 	var resp server.KeyResponse
 	if err := w.opts.Curator.PostJSON(ctx, "/v1/register", req, &resp); err != nil {
-		return nil, fmt.Errorf("register %s/%s with the curator: %w", wl.namespace, wl.name, err)
+		return nil, nil, fmt.Errorf("register %s/%s with the curator: %w", wl.namespace, wl.name, err)
 	}
 	w.log.Info("workload registered", "pod", wl.namespace+"/"+wl.name, "id", hex.EncodeToString(entry.ID[:8]), "index", resp.Index, "block", resp.Block, "slot", resp.Slot)
-	return &resp, nil
+	return &resp, message, nil
 }
 
 // restaple fetches the ID's bundle and its RBE opening at one checkpoint and
@@ -307,8 +322,8 @@ func (w *Workloads) Certificate(uid types.UID) (*tls.Certificate, error) {
 	return wl.cert, nil
 }
 
-// Forget drops the pod's identity and revokes its registration, which
-// frees its slot in the curator. The identity is dropped even when the
+// Forget drops the pod's identity, saved or held, and revokes its
+// registration, which frees its slot in the curator. The identity is dropped even when the
 // revocation fails, and the error then means the registration stays in the
 // log.
 func (w *Workloads) Forget(ctx context.Context, uid types.UID) error {
@@ -317,8 +332,10 @@ func (w *Workloads) Forget(ctx context.Context, uid types.UID) error {
 	delete(w.pods, uid)
 	w.mu.Unlock()
 	if !ok {
-		return nil
+		// A previous agent may have saved the pod's identity.
+		return w.revokeSaved(ctx, uid)
 	}
+	w.removeSaved(uid)
 	wl.mu.Lock()
 	id, index, block, slot, key, spki, registered := wl.id, wl.index, wl.block, wl.slot, wl.key, wl.spki, wl.key != nil
 	wl.mu.Unlock()
