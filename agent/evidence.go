@@ -19,7 +19,8 @@ import (
 // between them. The curator cannot deny those signatures, so the files let
 // an operator prove the split view to anyone who holds the log's key.
 type forkEvidence struct {
-	dir string
+	dir string // empty keeps no files
+
 
 	mu   sync.Mutex
 	seen map[[32]byte]string // fork hash → file
@@ -52,6 +53,14 @@ func (f *forkEvidence) keep(fork *curator.ForkError, source string, now time.Tim
 	if path, ok := f.seen[key]; ok {
 		return path, false, nil
 	}
+	if f.seen == nil {
+		f.seen = make(map[[32]byte]string)
+	}
+	if f.dir == "" {
+		// An agent without a state folder keeps no files.
+		f.seen[key] = ""
+		return "", true, nil
+	}
 	rec := forkRecord{
 		Source: source, Time: now.UTC(), Old: string(fork.Old), New: string(fork.New), Proof: fork.Proof,
 		Comments: "Both checkpoints are signed with the curator's log key and do not extend one another.",
@@ -66,9 +75,6 @@ func (f *forkEvidence) keep(fork *curator.ForkError, source string, now time.Tim
 	path := filepath.Join(f.dir, fmt.Sprintf("fork-%d-%x.json", now.Unix(), key[:4]))
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		return "", false, fmt.Errorf("keep fork evidence: %w", err)
-	}
-	if f.seen == nil {
-		f.seen = make(map[[32]byte]string)
 	}
 	f.seen[key] = path
 	return path, true, nil

@@ -128,7 +128,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		Client: client, Curator: curatorClient, Policy: policy, CRS: crs,
 		TrustDomain: cfg.TrustDomain, Audience: cfg.Audience, AgentToken: agentToken,
 		Expect: monitor.Expect, Trusted: monitor.Trusted, Logger: log,
-		StateDir: identityDir(cfg.StateDir),
+		StateDir: stateSubdir(cfg.StateDir, "identities"),
 	})
 	if err != nil {
 		return err
@@ -186,7 +186,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		Help: "Alerts raised by auditing the curator's log: forks and entries this agent did not request.",
 	}, []string{"alert"})
 	registry.MustRegister(alerts)
-	raiser := &alertRaiser{a: a, alerts: alerts, workloads: workloads, evidence: &forkEvidence{dir: filepath.Join(cfg.StateDir, "evidence")}}
+	raiser := &alertRaiser{a: a, alerts: alerts, workloads: workloads, evidence: &forkEvidence{dir: stateSubdir(cfg.StateDir, "evidence")}}
 	hook := func(fork *curator.ForkError) {
 		raiser.raise(ctx, audit.Alert{Name: audit.AlertFork, Fork: fork}, "handshake")
 	}
@@ -328,13 +328,13 @@ func (c *NodeConfig) LoadWitnessPolicy(path string) error {
 	return nil
 }
 
-// identityDir is where Workloads keeps the pods' identities: a folder of
-// the agent's state, or none when the agent keeps no state.
-func identityDir(stateDir string) string {
+// stateSubdir returns a folder of the agent's state folder, or "" when the
+// agent keeps no state.
+func stateSubdir(stateDir, name string) string {
 	if stateDir == "" {
 		return ""
 	}
-	return filepath.Join(stateDir, "identities")
+	return filepath.Join(stateDir, name)
 }
 
 // crsPollInterval is how often loadCRS reads the log while it waits for the
