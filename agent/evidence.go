@@ -21,7 +21,6 @@ import (
 type forkEvidence struct {
 	dir string // empty keeps no files
 
-
 	mu   sync.Mutex
 	seen map[[32]byte]string // fork hash → file
 }
