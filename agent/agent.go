@@ -62,6 +62,9 @@ type Config struct {
 	CNISocket string
 	// StateDir keeps the enrolled pods' namespaces across restarts.
 	StateDir string
+	// NetnsDir is where the host's /var/run/netns is mounted when the agent
+	// runs in a container; empty means the agent sees the host's paths.
+	NetnsDir string
 	// Mark is put on the agent's own sockets so capture skips them
 	// (PACKET_MARK, 0x539 by default).
 	Mark uint32

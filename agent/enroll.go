@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -521,6 +522,9 @@ func (h cniHandler) Enroll(ctx context.Context, req cni.Request) (bool, error) {
 	if req.UID != "" && string(pod.UID) != req.UID {
 		return false, fmt.Errorf("pod %s/%s has UID %s, the runtime asked for %s", req.Namespace, req.Name, pod.UID, req.UID)
 	}
+	if req.Netns, err = containerNetnsPath(h.a.cfg.NetnsDir, req.Netns); err != nil {
+		return false, err
+	}
 	// The kubelet has not written the pod's IP yet when CNI runs, so take it
 	// from the namespace itself.
 	if pod.Status.PodIP == "" {
@@ -565,6 +569,27 @@ func (a *Agent) setTornDown(uid types.UID, tornDown bool) {
 
 func (h cniHandler) Enrolled(_ context.Context, req cni.Request) (bool, error) {
 	return h.a.IsEnrolled(types.UID(req.UID)), nil
+}
+
+// containerNetnsPath maps a network namespace path as the CNI plugin on
+// the host names it to the path in the agent's container, where the host's
+// /var/run/netns is mounted at dir. Other paths, and all paths when dir is
+// empty (an agent on the host), are returned as they are.
+func containerNetnsPath(dir, path string) (string, error) {
+	if dir == "" {
+		return path, nil
+	}
+	for _, prefix := range []string{"/var/run/netns/", "/run/netns/"} {
+		name, ok := strings.CutPrefix(path, prefix)
+		if !ok {
+			continue
+		}
+		if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+			return "", fmt.Errorf("invalid network namespace path %q: want a file directly in %s", path, prefix)
+		}
+		return filepath.Join(dir, name), nil
+	}
+	return path, nil
 }
 
 // firstGlobalIP returns the first global unicast address inside a network

@@ -57,8 +57,13 @@ type NodeConfig struct {
 	PinDir         string
 	CNISocket      string
 	StateDir       string
-	AuditInterval  time.Duration
-	Endpoints      EndpointsConfig
+	// TokenLifetime is the lifetime requested for pod tokens; zero means
+	// rbeauth.DefaultTokenLifetime.
+	TokenLifetime time.Duration
+	// NetnsDir is Config.NetnsDir.
+	NetnsDir      string
+	AuditInterval time.Duration
+	Endpoints     EndpointsConfig
 	// Compat turns on compatibility mode with istiod's CA; nil is strict
 	// mode, which refuses peers that trust only Istio's CA.
 	Compat *CompatConfig
@@ -128,7 +133,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 		Client: client, Curator: curatorClient, Policy: policy, CRS: crs,
 		TrustDomain: cfg.TrustDomain, Audience: cfg.Audience, AgentToken: agentToken,
 		Expect: monitor.Expect, Trusted: monitor.Trusted, Logger: log,
-		StateDir: stateSubdir(cfg.StateDir, "identities"),
+		StateDir: stateSubdir(cfg.StateDir, "identities"), TokenLifetime: cfg.TokenLifetime,
 	})
 	if err != nil {
 		return err
@@ -165,7 +170,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 
 	a, err := New(Config{
 		NodeName: cfg.NodeName, TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
-		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir,
+		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir, NetnsDir: cfg.NetnsDir,
 		Capture: capture, Client: client, Dynamic: dyn, Identities: workloads, Verifier: verifier,
 		CACertificates: caCerts, IstioRoots: roots, Registry: registry, Logger: log,
 		PoolIdleTimeout: cfg.PoolIdleTimeout,

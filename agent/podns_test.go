@@ -77,3 +77,30 @@ func TestFindPodNetnsFromCgroup(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestContainerNetnsPath maps CNI_NETNS paths of the host into the agent's
+// container and rejects names that would leave the mounted folder.
+func TestContainerNetnsPath(t *testing.T) {
+	cases := []struct {
+		dir, path, want string
+		wantErr         bool
+	}{
+		{"", "/var/run/netns/cni-1", "/var/run/netns/cni-1", false},
+		{"/host/var/run/netns", "/var/run/netns/cni-1", "/host/var/run/netns/cni-1", false},
+		{"/host/var/run/netns", "/run/netns/cni-2", "/host/var/run/netns/cni-2", false},
+		{"/host/var/run/netns", "/proc/42/ns/net", "/proc/42/ns/net", false},
+		{"/host/var/run/netns", "/var/run/netns/../../etc/passwd", "", true},
+		{"/host/var/run/netns", "/var/run/netns/..", "", true},
+		{"/host/var/run/netns", "/var/run/netns/", "", true},
+	}
+	for _, c := range cases {
+		got, err := containerNetnsPath(c.dir, c.path)
+		if (err != nil) != c.wantErr {
+			t.Errorf("containerNetnsPath(%q, %q) error = %v, want error %v", c.dir, c.path, err, c.wantErr)
+			continue
+		}
+		if got != c.want {
+			t.Errorf("containerNetnsPath(%q, %q) = %q, want %q", c.dir, c.path, got, c.want)
+		}
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/agent/cni"
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
+	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 )
 
 type listFlag []string
@@ -54,29 +55,44 @@ func run(ctx context.Context, args []string) error {
 	var cfg agent.NodeConfig
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "node this agent serves (NODE_NAME)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", env("TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain (TRUST_DOMAIN)")
-	fs.StringVar(&cfg.RootNamespace, "root-namespace", env("MAZU_ROOT_NAMESPACE", "istio-system"), "Istio root namespace for mesh-wide policies")
-	fs.StringVar(&cfg.Audience, "audience", env("MAZU_CURATOR_AUDIENCE", curator.DefaultAudience), "token audience reserved for mazu registrations and handshakes")
-	fs.StringVar(&cfg.CuratorURL, "curator-url", os.Getenv("MAZU_CURATOR_URL"), "curator base URL")
+	fs.StringVar(&cfg.RootNamespace, "root-namespace", env("MAZU_ROOT_NAMESPACE", "istio-system"), "Istio root namespace for mesh-wide policies (MAZU_ROOT_NAMESPACE)")
+	fs.StringVar(&cfg.Audience, "audience", env("MAZU_CURATOR_AUDIENCE", curator.DefaultAudience), "token audience reserved for mazu registrations and handshakes; the chart sets the log origin (MAZU_CURATOR_AUDIENCE)")
+	fs.StringVar(&cfg.CuratorURL, "curator-url", os.Getenv("MAZU_CURATOR_URL"), "curator base URL (MAZU_CURATOR_URL)")
 	fs.StringVar(&cfg.CRSFile, "crs", os.Getenv("MAZU_CRS_FILE"), "RBE CRS file; empty takes the CRS from the curator's log, checked contribution by contribution (MAZU_CRS_FILE)")
+	// Invalid environment values are reported after the flags are parsed,
+	// so that -h still works.
+	var envErrs []error
 	minContributions := 1
 	if v := os.Getenv("MAZU_CRS_MIN_CONTRIBUTIONS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			return fmt.Errorf("invalid MAZU_CRS_MIN_CONTRIBUTIONS %q: want a whole number of 1 or more", v)
+			envErrs = append(envErrs, fmt.Errorf("invalid MAZU_CRS_MIN_CONTRIBUTIONS %q: want a whole number of 1 or more", v))
+		} else {
+			minContributions = n
 		}
-		minContributions = n
 	}
 	fs.IntVar(&cfg.CRSMinContributions, "crs-min-contributions", minContributions, "ceremony contributions the log must hold before the agent takes its CRS from there (MAZU_CRS_MIN_CONTRIBUTIONS)")
+	tokenLifetime := rbeauth.DefaultTokenLifetime
+	if v := os.Getenv("MAZU_TOKEN_MAX_EXPIRATION_SECONDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 600 {
+			envErrs = append(envErrs, fmt.Errorf("invalid MAZU_TOKEN_MAX_EXPIRATION_SECONDS %q: want whole seconds, at least 600 (the API server's minimum)", v))
+		} else {
+			tokenLifetime = time.Duration(n) * time.Second
+		}
+	}
+	fs.DurationVar(&cfg.TokenLifetime, "token-lifetime", tokenLifetime, "lifetime the agent requests for pod tokens; the chart's admission policy allows at most MAZU_TOKEN_MAX_EXPIRATION_SECONDS, which also sets the default")
+	fs.StringVar(&cfg.NetnsDir, "netns-dir", os.Getenv("MAZU_NETNS_DIR"), "where the host's /var/run/netns is mounted when the agent runs in a container; empty means host paths (MAZU_NETNS_DIR)")
 	policyFile := fs.String("witness-policy", os.Getenv("MAZU_WITNESS_POLICY_FILE"), "C2SP tlog-policy file with the curator's log key, the witnesses' keys and the quorum (MAZU_WITNESS_POLICY_FILE); replaces -log-key, -witness-key and -quorum")
 	logKeyFile := fs.String("log-key", os.Getenv("MAZU_LOG_KEY_FILE"), "file with the curator's checkpoint verifier key (MAZU_LOG_KEY_FILE)")
 	var witnessKeys listFlag
 	fs.Var(&witnessKeys, "witness-key", "file with a witness's cosignature verifier key; repeat for each witness")
 	fs.IntVar(&cfg.Quorum, "quorum", 0, "witness cosignatures required; 0 means floor(2n/3)+1")
-	fs.StringVar(&cfg.AgentTokenFile, "agent-token-file", os.Getenv("MAZU_CURATOR_TOKEN_FILE"), "the agent's own pod-bound token for the curator's node check; empty sends none")
-	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", env("MAZU_CGROUP_ROOT", "/sys/fs/cgroup"), "cgroup v2 folder under which the kubelet puts pods")
-	fs.StringVar(&cfg.PinDir, "pin-dir", env("MAZU_BPF_PIN_DIR", "/sys/fs/bpf/mazu-ztunnel"), "bpffs folder for pinned eBPF links and maps")
-	fs.StringVar(&cfg.CNISocket, "cni-socket", env("MAZU_CNI_SOCKET", cni.DefaultSocket), "Unix socket for mazu-cni; empty disables it")
-	fs.StringVar(&cfg.StateDir, "state-dir", env("MAZU_STATE_DIR", "/var/run/mazu-ztunnel"), "folder for the enrolled pods' state")
+	fs.StringVar(&cfg.AgentTokenFile, "agent-token-file", os.Getenv("MAZU_CURATOR_TOKEN_FILE"), "the agent's own pod-bound token for the curator's node check; empty sends none (MAZU_CURATOR_TOKEN_FILE)")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", env("MAZU_CGROUP_ROOT", "/sys/fs/cgroup"), "cgroup v2 folder under which the kubelet puts pods (MAZU_CGROUP_ROOT)")
+	fs.StringVar(&cfg.PinDir, "pin-dir", env("MAZU_BPF_PIN_DIR", "/sys/fs/bpf/mazu-ztunnel"), "bpffs folder for pinned eBPF links and maps (MAZU_BPF_PIN_DIR)")
+	fs.StringVar(&cfg.CNISocket, "cni-socket", env("MAZU_CNI_SOCKET", cni.DefaultSocket), "Unix socket for mazu-cni; empty disables it (MAZU_CNI_SOCKET)")
+	fs.StringVar(&cfg.StateDir, "state-dir", env("MAZU_STATE_DIR", "/var/run/mazu-ztunnel"), "folder for the enrolled pods' state and saved identities (MAZU_STATE_DIR)")
 	fs.DurationVar(&cfg.AuditInterval, "audit-interval", 5*time.Second, "how often the curator's log is audited for this node's IDs")
 	poolIdle := 5 * time.Minute
 	if v := os.Getenv("POOL_UNUSED_RELEASE_TIMEOUT"); v != "" {
@@ -105,8 +121,12 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&compatCfg.CAServerName, "ca-server-name", "", "name in istiod's serving certificate; empty means the host of -ca-address")
 	fs.StringVar(&compatCfg.NodeTokenFile, "ca-node-token-file", env("MAZU_ISTIO_TOKEN_FILE", "/var/run/secrets/tokens/istio-token"), "the agent's own istio-ca token; CSRs then impersonate each pod's identity as ztunnel's do (istiod's CA_TRUSTED_NODE_ACCOUNTS must list the agent). Empty: each CSR carries a token bound to the pod")
 	fs.StringVar(&compatCfg.ClusterID, "cluster-id", env("ISTIO_META_CLUSTER_ID", "Kubernetes"), "cluster ID sent to istiod (ISTIO_META_CLUSTER_ID)")
-	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error")
+	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error (LOG_LEVEL)")
+	logFormat := fs.String("log-format", env("LOG_FORMAT", "json"), "log format: json or text (LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := errors.Join(envErrs...); err != nil {
 		return err
 	}
 
@@ -114,7 +134,14 @@ func run(ctx context.Context, args []string) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("invalid -log-level %q: want debug, info, warn or error", *logLevel)
 	}
-	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	switch *logFormat {
+	case "json":
+		cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	case "text", "plain":
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	default:
+		return fmt.Errorf("invalid -log-format %q: want json or text", *logFormat)
+	}
 	if cfg.CuratorURL == "" {
 		return errors.New("no curator URL: set -curator-url or MAZU_CURATOR_URL")
 	}
