@@ -36,6 +36,7 @@ func curatorBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
+		testbed.AfterTests(func() { os.RemoveAll(dir) })
 		binPath = filepath.Join(dir, "mazu-curator")
 		out, err := exec.Command("go", "build", "-o", binPath, "github.com/mazu-mesh/mazu-ztunnel/cmd/mazu-curator").CombinedOutput()
 		if err != nil {
