@@ -28,9 +28,15 @@ const postTimeout = 2 * time.Minute
 // under a witness-cosigned checkpoint and replays the contributions with
 // audit.FollowCeremony, so none of them trusts the curator.
 func runCeremony(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const usage = "usage: mazu-curator ceremony status|contribute|verify -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...]) [flags]"
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: mazu-curator ceremony status|contribute|verify -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...]) [flags]")
+		fmt.Fprintln(stderr, usage)
 		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, usage)
+		return nil
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"status":     runCeremonyStatus,

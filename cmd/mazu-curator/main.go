@@ -51,10 +51,29 @@ func main() {
 	}
 }
 
+// usage lists the subcommands; each prints its flags with -h.
+const usage = `usage: mazu-curator SUBCOMMAND [flags]
+
+  serve         run the curator's transparency log
+  serve key     print the log's verifier key
+  witness       run a verifying witness
+  witness key   print the witness's verifier key
+  audit         replay and check a log
+  keygen        make a log or witness key pair
+  crs           make a CRS for development
+  ceremony      status, contribute or verify the CRS ceremony
+
+Run "mazu-curator SUBCOMMAND -h" for its flags.`
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: mazu-curator serve|witness|audit|keygen|crs|ceremony [flags]")
+		fmt.Fprintln(stderr, usage)
 		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, usage)
+		return nil
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"serve":    runServe,
