@@ -35,7 +35,7 @@ func FindBinaries() (string, error) {
 	}
 	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			return "", fmt.Errorf("%w: %s is missing from %s; build them with `make testbed-bins` (a cold build takes about 15 minutes)", ErrNoBinaries, name, dir)
+			return "", fmt.Errorf("%w: %s is missing from %s; build them with `make testbed-bins` (a cold build took about 22 minutes on a 2-core VM)", ErrNoBinaries, name, dir)
 		}
 	}
 	return dir, nil
