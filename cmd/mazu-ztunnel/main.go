@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string) error {
 	policyFile := fs.String("witness-policy", os.Getenv("MAZU_WITNESS_POLICY_FILE"), "C2SP tlog-policy file with the curator's log key, the witnesses' keys and the quorum (MAZU_WITNESS_POLICY_FILE); replaces -log-key, -witness-key and -quorum")
 	logKeyFile := fs.String("log-key", os.Getenv("MAZU_LOG_KEY_FILE"), "file with the curator's checkpoint verifier key (MAZU_LOG_KEY_FILE)")
 	var witnessKeys listFlag
-	fs.Var(&witnessKeys, "witness-key", "file with a witness's cosignature verifier key; repeat for each witness")
+	fs.Var(&witnessKeys, "witness-key", "a witness's cosignature verifier key, or a file holding one; repeat for each witness")
 	fs.IntVar(&cfg.Quorum, "quorum", 0, "witness cosignatures required; 0 means floor(2n/3)+1")
 	fs.StringVar(&cfg.AgentTokenFile, "agent-token-file", os.Getenv("MAZU_CURATOR_TOKEN_FILE"), "the agent's own pod-bound token for the curator's node check; empty sends none (MAZU_CURATOR_TOKEN_FILE)")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", env("MAZU_CGROUP_ROOT", "/sys/fs/cgroup"), "cgroup v2 folder under which the kubelet puts pods (MAZU_CGROUP_ROOT)")
@@ -192,9 +192,17 @@ func loadTrust(cfg *agent.NodeConfig, policyFile, logKeyFile string, witnessKeys
 	}
 	cfg.LogKey = strings.TrimSpace(string(logKey))
 	for _, f := range witnessKeys {
+		// mazu-curator takes witness keys as strings, so a value that is a
+		// key and not a file is taken as the key itself.
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
+			if _, kerr := curator.NewCosignatureVerifier(f); kerr == nil {
+				cfg.WitnessKeys = append(cfg.WitnessKeys, f)
+				continue
+			}
+		}
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return fmt.Errorf("read -witness-key: %w", err)
+			return fmt.Errorf("read -witness-key: %w (want a witness verifier key or a file holding one)", err)
 		}
 		cfg.WitnessKeys = append(cfg.WitnessKeys, strings.TrimSpace(string(b)))
 	}
