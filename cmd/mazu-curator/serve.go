@@ -81,13 +81,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dataDir := envOr("MAZU_DATA_DIR", "")
 	listen := fs.String("listen", envOr("MAZU_HTTP_ADDRESS", "127.0.0.1:8443"), "API address (host:port; port 0 picks one, printed on stdout) (env MAZU_HTTP_ADDRESS)")
 	metricsAddr := fs.String("metrics-listen", envOr("MAZU_METRICS_ADDRESS", "127.0.0.1:0"), "Prometheus metrics address; empty disables (env MAZU_METRICS_ADDRESS)")
-	dbPath := fs.String("db", cmpOr(dataPath(dataDir, "curator.db"), "curator.db"), "bbolt log file (default $MAZU_DATA_DIR/curator.db)")
+	dbPath := fs.String("db", cmpOr(dataPath(dataDir, "curator.db"), "curator.db"), "bbolt log file (under $MAZU_DATA_DIR when it is set)")
 	keyPath := fs.String("key", dataPath(dataDir, "log.key"), "the log's note signing key (from keygen -kind log); under $MAZU_DATA_DIR it is generated on first start")
 	vkeyPath := fs.String("vkey", "", "its verifier key; default: the -key path with .vkey for .key")
-	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", dataPath(dataDir, "crs.bin")), "RBE CRS file (env MAZU_CRS_FILE, default $MAZU_DATA_DIR/crs.bin)")
+	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", dataPath(dataDir, "crs.bin")), "RBE CRS file (env MAZU_CRS_FILE; under $MAZU_DATA_DIR when it is set)")
 	origin := fs.String("origin", envOr("MAZU_LOG_ORIGIN", ""), "log origin; must match the key's name (env MAZU_LOG_ORIGIN)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for TokenReview; empty means in-cluster")
-	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (default $MAZU_LOG_ORIGIN, else mazu-curator)")
+	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (env MAZU_LOG_ORIGIN)")
 	policyPath := fs.String("witness-policy", envOr("MAZU_WITNESS_POLICY_FILE", ""), "C2SP tlog-policy file naming the witnesses (with URLs) and the quorum (env MAZU_WITNESS_POLICY_FILE)")
 	nodeCheck := fs.Bool("node-check", true, "require the sending agent's own token and the registration token's node to be the agent's node")
 	agentSA := fs.String("agent-service-account", "", "namespace/name of the node agents' service account; empty accepts any agent token")
@@ -107,7 +107,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("invalid MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS: %w", err)
 	}
 
-	minContributions := fs.Int("ceremony-min-contributions", minContrib, "ceremony contributions required before registrations open (env MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS)")
+	minContributions := fs.Int("ceremony-min-contributions", minContrib, "ceremony contributions required before registrations open; 0 opens them with the first (env MAZU_CEREMONY_MIN_OPERATOR_CONTRIBUTIONS)")
 	raftFlags := registerRaftFlags(fs, dataDir)
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -33,15 +33,15 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	dataDir := envOr("MAZU_DATA_DIR", "")
 	listen := fs.String("listen", envOr("MAZU_HTTP_ADDRESS", "127.0.0.1:8444"), "add-checkpoint address (port 0 picks one, printed on stdout) (env MAZU_HTTP_ADDRESS)")
 	metricsAddr := fs.String("metrics-listen", envOr("MAZU_METRICS_ADDRESS", ""), "Prometheus metrics address; empty disables (env MAZU_METRICS_ADDRESS)")
-	dbPath := fs.String("db", cmpOr(dataPath(dataDir, "witness.db"), "witness.db"), "bbolt state file (default $MAZU_DATA_DIR/witness.db)")
+	dbPath := fs.String("db", cmpOr(dataPath(dataDir, "witness.db"), "witness.db"), "bbolt state file (under $MAZU_DATA_DIR when it is set)")
 	keyPath := fs.String("key", dataPath(dataDir, "witness.key"), "witness key (from keygen -kind witness); under $MAZU_DATA_DIR it is generated on first start, named $MAZU_WITNESS_NAME")
 	logKeyPath := fs.String("log-key", envOr("MAZU_LOG_KEY_FILE", ""), "the curator's verifier key file (.vkey) (env MAZU_LOG_KEY_FILE)")
 	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", ""), "RBE CRS file; empty takes the CRS from the log's ceremony entries (env MAZU_CRS_FILE)")
 	curatorURL := fs.String("curator", envOr("MAZU_CURATOR_URL", ""), "curator base URL, for tiles and token signatures (env MAZU_CURATOR_URL)")
 	jwksPath := fs.String("jwks", envOr("MAZU_JWKS_FILE", ""), "service-account issuer JWKS file; if it is missing or empty, /openid/v1/jwks is fetched once and written there (env MAZU_JWKS_FILE)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig to fetch the issuer JWKS; empty means in-cluster")
-	evidence := fs.String("evidence", dataPath(dataDir, "evidence"), "folder for rejected requests; empty keeps none (default $MAZU_DATA_DIR/evidence)")
-	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (default $MAZU_LOG_ORIGIN, else mazu-curator)")
+	evidence := fs.String("evidence", dataPath(dataDir, "evidence"), "folder for rejected requests; empty keeps none (under $MAZU_DATA_DIR when it is set)")
+	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (env MAZU_LOG_ORIGIN)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
