@@ -3,9 +3,9 @@
 //
 //	mazu-curator serve   -db FILE -key FILE -crs FILE [-kubeconfig FILE] [-witness URL=VKEY ...]
 //	mazu-curator serve key [-key FILE]
-//	mazu-curator witness -db FILE -key FILE -log-key FILE -crs FILE -curator URL (-jwks FILE | -kubeconfig FILE)
+//	mazu-curator witness -db FILE -key FILE -log-key FILE [-crs FILE] -curator URL (-jwks FILE | -kubeconfig FILE)
 //	mazu-curator witness key [-key FILE]
-//	mazu-curator audit   -url URL -log-key FILE -crs FILE [-witness-key VKEY ...] [-checkpoint FILE ...]
+//	mazu-curator audit   -url URL -log-key FILE [-crs FILE] [-witness-key VKEY ...] [-checkpoint FILE ...]
 //	mazu-curator keygen  -kind log|witness -name NAME -out PREFIX
 //	mazu-curator crs     -n N -out FILE
 //	mazu-curator ceremony status     -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...] [-quorum N])
