@@ -1,7 +1,7 @@
 // Command mazu-curator runs the curator's transparency log, a verifying
 // witness, an audit of a log, or a step of the CRS setup ceremony.
 //
-//	mazu-curator serve   -db FILE -key FILE -crs FILE [-kubeconfig FILE] [-witness URL=VKEY ...]
+//	mazu-curator serve   -db FILE -key FILE (-crs FILE | -ceremony) [-kubeconfig FILE] [-witness-policy FILE | -witness URL=VKEY ...]
 //	mazu-curator serve key [-key FILE]
 //	mazu-curator witness -db FILE -key FILE -log-key FILE [-crs FILE] -curator URL (-jwks FILE | -kubeconfig FILE)
 //	mazu-curator witness key [-key FILE]
