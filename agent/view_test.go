@@ -70,6 +70,9 @@ func TestResolveServiceToEnrolledPod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = tb.Client().CoreV1().Services("route").Delete(context.Background(), "web", metav1.DeleteOptions{})
+	})
 	if _, err := tb.WaitEndpoints(ctx, "route", "web", 1, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +124,9 @@ func TestViewReadsPolicies(t *testing.T) {
 	if _, err := dyn.Resource(authorizationPolicies).Namespace("policy").Create(ctx, policy, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = dyn.Resource(authorizationPolicies).Namespace("policy").Delete(context.Background(), "deny-admin", metav1.DeleteOptions{})
+	})
 	eventually(t, 10*time.Second, "the policy in the view", func() bool { return len(view.Policies()) == 1 })
 	dst := Workload{Namespace: "policy"}
 	admin := Request{SourcePrincipal: "cluster.local/ns/policy/sa/admin", DestinationPort: 80}
