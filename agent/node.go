@@ -60,6 +60,8 @@ type NodeConfig struct {
 	// TokenLifetime is the lifetime requested for pod tokens; zero means
 	// rbeauth.DefaultTokenLifetime.
 	TokenLifetime time.Duration
+	// DrainTimeout is Config.DrainTimeout.
+	DrainTimeout time.Duration
 	// NetnsDir is Config.NetnsDir.
 	NetnsDir      string
 	AuditInterval time.Duration
@@ -170,7 +172,7 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 
 	a, err := New(Config{
 		NodeName: cfg.NodeName, TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
-		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir, NetnsDir: cfg.NetnsDir,
+		CgroupRoot: cfg.CgroupRoot, CNISocket: cfg.CNISocket, StateDir: cfg.StateDir, NetnsDir: cfg.NetnsDir, DrainTimeout: cfg.DrainTimeout,
 		Capture: capture, Client: client, Dynamic: dyn, Identities: workloads, Verifier: verifier,
 		CACertificates: caCerts, IstioRoots: roots, Registry: registry, Logger: log,
 		PoolIdleTimeout: cfg.PoolIdleTimeout,

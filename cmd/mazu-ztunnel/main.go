@@ -82,6 +82,18 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 	fs.DurationVar(&cfg.TokenLifetime, "token-lifetime", tokenLifetime, "lifetime the agent requests for pod tokens; the chart's admission policy allows at most MAZU_TOKEN_MAX_EXPIRATION_SECONDS, which also sets the default")
+	// As ztunnel does, drain for the pod's termination grace period less
+	// one second, so that streams end before the kubelet kills the agent.
+	drain := 5 * time.Second
+	if v := os.Getenv("TERMINATION_GRACE_PERIOD_SECONDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 {
+			envErrs = append(envErrs, fmt.Errorf("invalid TERMINATION_GRACE_PERIOD_SECONDS %q: want whole seconds, at least 2", v))
+		} else {
+			drain = time.Duration(n-1) * time.Second
+		}
+	}
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", drain, "how long open streams may finish at shutdown; the default is TERMINATION_GRACE_PERIOD_SECONDS less one second, else 5s")
 	fs.StringVar(&cfg.NetnsDir, "netns-dir", os.Getenv("MAZU_NETNS_DIR"), "where the host's /var/run/netns is mounted when the agent runs in a container; empty means host paths (MAZU_NETNS_DIR)")
 	policyFile := fs.String("witness-policy", os.Getenv("MAZU_WITNESS_POLICY_FILE"), "C2SP tlog-policy file with the curator's log key, the witnesses' keys and the quorum (MAZU_WITNESS_POLICY_FILE); replaces -log-key, -witness-key and -quorum")
 	logKeyFile := fs.String("log-key", os.Getenv("MAZU_LOG_KEY_FILE"), "file with the curator's checkpoint verifier key (MAZU_LOG_KEY_FILE)")
