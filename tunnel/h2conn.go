@@ -598,6 +598,16 @@ func (c *h2conn) openStream(r *ConnectRequest, done <-chan struct{}) (*Stream, *
 		// Stream IDs are exhausted; the pool must open a new connection.
 		c.goAwayRecv = true
 	}
+	if c.closeErr != nil && c.nextID == 1 {
+		// A connection that failed before its first stream never worked,
+		// as when the peer rejects this side's certificate after the TLS
+		// 1.3 handshake completed here. Another connection would fail the
+		// same way, so this is not a refusal to retry.
+		err := c.closeErr
+		c.mu.Unlock()
+		c.unlockW()
+		return nil, nil, fmt.Errorf("hbone connection failed before its first stream: %w", err)
+	}
 	if c.closeErr != nil || c.goAwayRecv {
 		c.mu.Unlock()
 		c.unlockW()
