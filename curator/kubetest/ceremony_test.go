@@ -3,10 +3,8 @@ package kubetest
 import (
 	"bytes"
 	"crypto/rand"
-	"fmt"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -31,28 +29,7 @@ func TestCeremonyThroughTheLog(t *testing.T) {
 	node := testbed.NewNode(t, tb, "cur-cer")
 	pod := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: "curator-test", Name: "cer", ServiceAccount: "workload"})
 	agent := agentPod(t, tb, node)
-	if out, err := exec.Command(bin, "keygen", "-kind", "log", "-name", curatortest.Origin, "-out", filepath.Join(dir, "log")).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
-	vkeyFile := filepath.Join(dir, "log.vkey")
-	curatorAddr := freeAddr(t)
-	var witnessFlags, witnessKeys []string
-	for i := range 3 {
-		prefix := filepath.Join(dir, fmt.Sprintf("w%d", i))
-		out, err := exec.Command(bin, "keygen", "-kind", "witness", "-name", fmt.Sprintf("witness-%d.cer.test", i), "-out", prefix).CombinedOutput()
-		if err != nil {
-			t.Fatalf("keygen: %v\n%s", err, out)
-		}
-		w := startProc(t, "witness", "-listen", "127.0.0.1:0", "-db", prefix+".db", "-key", prefix+".key",
-			"-log-key", vkeyFile, "-curator", "http://"+curatorAddr, "-kubeconfig", tb.Kubeconfig())
-		vkey := strings.TrimSpace(string(out))
-		witnessFlags = append(witnessFlags, "-witness", w.url()+"="+vkey)
-		witnessKeys = append(witnessKeys, vkey)
-	}
-	args := append([]string{"serve", "-listen", curatorAddr, "-db", filepath.Join(dir, "curator.db"), "-key", filepath.Join(dir, "log.key"),
-		"-ceremony", "-ceremony-min-contributions", "2", "-kubeconfig", tb.Kubeconfig()}, witnessFlags...)
-	p := startProc(t, args...)
-	url := p.url()
+	url, vkeyFile, witnessKeys := startCeremonyCurator(t, dir, tb.Kubeconfig(), 2)
 
 	agentToken := func() string {
 		tok, err := tb.RequestToken(t.Context(), agent, curator.DefaultAudience, 10*time.Minute)
