@@ -306,24 +306,11 @@ type ReRegistration struct {
 func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Addr) (*ReRegistration, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n, err := c.store.Size()
+	rogueStore, st, entries, err := c.replayCopy("rogue-reregister")
 	if err != nil {
 		return nil, err
 	}
-	rogueStore, err := c.copyStore(fmt.Sprintf("rogue-reregister-%d.db", time.Now().UnixNano()), n)
-	if err != nil {
-		return nil, err
-	}
-	st := curator.NewState(curator.StateConfig{Scheme: c.scheme, SkipKeyCheck: true})
-	entries, err := rogueStore.Entries(0, n)
-	if err != nil {
-		return nil, err
-	}
-	for _, data := range entries {
-		if _, err := st.ApplyRecord(data); err != nil {
-			return nil, fmt.Errorf("replay the log: %w", err)
-		}
-	}
+	n := int64(len(entries))
 	first, ok := st.Lookup(id)
 	if !ok {
 		return nil, fmt.Errorf("ID %v is not registered; nothing to re-register", id)
@@ -374,20 +361,7 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 		return nil, err
 	}
 
-	// The rules reject the registration, so no state entry computed under
-	// them can include it. A rogue curator writes its own state entry, with
-	// the honest blocks and an ID map that points id at the new entry.
-	mt, current, err := idMap(append(entries, reg))
-	if err != nil {
-		return nil, err
-	}
-	state := st.NextState(ms)
-	state.MapRoot = mt.Root()
-	stateEntry, err := state.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	tree, err := rogueStore.Append(&store.Batch{Start: n, Entries: [][]byte{reg, stateEntry}, TokenSigs: [][]byte{sigs[0], nil}})
+	tree, mt, current, err := appendRogueRegistration(rogueStore, st, entries, reg, sigs[0], ms)
 	if err != nil {
 		return nil, err
 	}
@@ -406,6 +380,55 @@ func (c *Curator) ReRegister(ctx context.Context, id curator.ID, podIP netip.Add
 	out.Evidence = evidenceFiles(c.EvidenceDirs, "rule-violation-")
 	out.View = &View{c: c, store: rogueStore, tree: tree, checkpoint: signed, state: st, ids: mt, current: current}
 	return out, nil
+}
+
+// replayCopy copies the honest log into a new store named after prefix and
+// replays it into a state that skips key checks, as a rogue curator that
+// writes entries the rules reject must.
+func (c *Curator) replayCopy(prefix string) (*store.Store, *curator.State, [][]byte, error) {
+	n, err := c.store.Size()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rogueStore, err := c.copyStore(fmt.Sprintf("%s-%d.db", prefix, time.Now().UnixNano()), n)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	st := curator.NewState(curator.StateConfig{Scheme: c.scheme, SkipKeyCheck: true})
+	entries, err := rogueStore.Entries(0, n)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, data := range entries {
+		if _, err := st.ApplyRecord(data); err != nil {
+			return nil, nil, nil, fmt.Errorf("replay the log: %w", err)
+		}
+	}
+	return rogueStore, st, entries, nil
+}
+
+// appendRogueRegistration appends reg after entries in rogueStore, with a
+// state entry of the rogue curator's own making. The rules reject reg, so
+// no state entry computed under them can include it. The rogue one keeps
+// the honest blocks and has an ID map that points reg's ID at it. It
+// returns the new tree, the ID map and each ID's current entry.
+func appendRogueRegistration(rogueStore *store.Store, st *curator.State, entries [][]byte, reg, tokenSig []byte, ms uint64) (tlog.Tree, *curator.MapTree, map[curator.ID]uint64, error) {
+	mt, current, err := idMap(append(entries, reg))
+	if err != nil {
+		return tlog.Tree{}, nil, nil, err
+	}
+	state := st.NextState(ms)
+	state.MapRoot = mt.Root()
+	stateEntry, err := state.Marshal()
+	if err != nil {
+		return tlog.Tree{}, nil, nil, err
+	}
+	batch := &store.Batch{Start: int64(len(entries)), Entries: [][]byte{reg, stateEntry}, TokenSigs: [][]byte{tokenSig, nil}}
+	tree, err := rogueStore.Append(batch)
+	if err != nil {
+		return tlog.Tree{}, nil, nil, err
+	}
+	return tree, mt, current, nil
 }
 
 // copyStore copies the honest log's first n entries into a new store.
@@ -663,12 +686,12 @@ func rawLog(st *store.Store, n int64) http.Handler {
 	return mux
 }
 
-// RegisterUnderCRS plays a curator that registers token, bound to podIP
-// and a new TLS key, with an RBE key made under crs instead of the
-// ceremony's CRS, as a curator that handed some agents a CRS of its own
-// making would. It appends the registration and a state entry to a copy of
-// the log and requests the witnesses' cosignatures, which they refuse
-// because the key does not check under the logged CRS.
+// RegisterUnderCRS plays a curator that handed some agents a CRS of its own
+// making. It registers token, bound to podIP and a new TLS key, with an RBE
+// key made under crs instead of the ceremony's CRS. It appends the
+// registration and a state entry to a copy of the log and requests the
+// witnesses' cosignatures, which they reject because the key does not
+// check under the logged CRS.
 func (c *Curator) RegisterUnderCRS(ctx context.Context, token string, podIP netip.Addr, crs *rbe.CRS) (*ReRegistration, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -676,24 +699,11 @@ func (c *Curator) RegisterUnderCRS(ctx context.Context, token string, podIP neti
 	if !ok {
 		return nil, errors.New("register under a foreign CRS: the token is not a compact JWS")
 	}
-	n, err := c.store.Size()
+	rogueStore, st, entries, err := c.replayCopy("rogue-crs")
 	if err != nil {
 		return nil, err
 	}
-	rogueStore, err := c.copyStore(fmt.Sprintf("rogue-crs-%d.db", time.Now().UnixNano()), n)
-	if err != nil {
-		return nil, err
-	}
-	st := curator.NewState(curator.StateConfig{Scheme: c.scheme, SkipKeyCheck: true})
-	entries, err := rogueStore.Entries(0, n)
-	if err != nil {
-		return nil, err
-	}
-	for _, data := range entries {
-		if _, err := st.ApplyRecord(data); err != nil {
-			return nil, fmt.Errorf("replay the log: %w", err)
-		}
-	}
+	n := int64(len(entries))
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -725,17 +735,7 @@ func (c *Curator) RegisterUnderCRS(ctx context.Context, token string, podIP neti
 	if err != nil {
 		return nil, err
 	}
-	mt, _, err := idMap(append(entries, reg))
-	if err != nil {
-		return nil, err
-	}
-	state := st.NextState(ms)
-	state.MapRoot = mt.Root()
-	stateEntry, err := state.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	tree, err := rogueStore.Append(&store.Batch{Start: n, Entries: [][]byte{reg, stateEntry}, TokenSigs: [][]byte{[]byte(sig), nil}})
+	tree, _, _, err := appendRogueRegistration(rogueStore, st, entries, reg, []byte(sig), ms)
 	if err != nil {
 		return nil, err
 	}
