@@ -52,6 +52,15 @@ func (w *Workloads) save(wl *workload) error {
 	if w.opts.StateDir == "" {
 		return nil
 	}
+	if err := w.writeSaved(wl); err != nil {
+		return fmt.Errorf("save the identity of %s/%s: %w", wl.namespace, wl.name, err)
+	}
+	return nil
+}
+
+// writeSaved writes the file for save, through a temporary file so that a
+// crash never leaves half an identity.
+func (w *Workloads) writeSaved(wl *workload) error {
 	wl.mu.Lock()
 	key, err := x509.MarshalPKCS8PrivateKey(wl.key)
 	s := savedIdentity{
@@ -61,23 +70,20 @@ func (w *Workloads) save(wl *workload) error {
 	}
 	wl.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("save the identity of %s/%s: %w", wl.namespace, wl.name, err)
+		return err
 	}
 	b, err := json.Marshal(&s)
 	if err != nil {
-		return fmt.Errorf("save the identity of %s/%s: %w", wl.namespace, wl.name, err)
+		return err
 	}
 	if err := os.MkdirAll(w.opts.StateDir, 0o700); err != nil {
-		return fmt.Errorf("save the identity of %s/%s: %w", wl.namespace, wl.name, err)
+		return err
 	}
 	tmp := w.identityFile(wl.uid) + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("save the identity of %s/%s: %w", wl.namespace, wl.name, err)
+		return err
 	}
-	if err := os.Rename(tmp, w.identityFile(wl.uid)); err != nil {
-		return fmt.Errorf("save the identity of %s/%s: %w", wl.namespace, wl.name, err)
-	}
-	return nil
+	return os.Rename(tmp, w.identityFile(wl.uid))
 }
 
 // restore takes over wl's identity from the state folder and reports

@@ -188,10 +188,10 @@ func (v *Verifier) VerifyPeer(ctx context.Context, cs tls.ConnectionState, peerI
 	if err != nil {
 		result = "rejected"
 		v.log.Warn("peer rejected", "peer_ip", peerIP, "reason", Reason(err), "error", err)
-	}
-	var fork *curator.ForkError
-	if v.onFork != nil && errors.As(err, &fork) {
-		v.onFork(fork)
+		var fork *curator.ForkError
+		if v.onFork != nil && errors.As(err, &fork) {
+			v.onFork(fork)
+		}
 	}
 	v.results.WithLabelValues(result, Reason(err)).Inc()
 	return peer, err
