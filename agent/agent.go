@@ -63,7 +63,7 @@ type Config struct {
 	// StateDir keeps the enrolled pods' namespaces across restarts.
 	StateDir string
 	// NetnsDir is where the host's /var/run/netns is mounted when the agent
-	// runs in a container; empty means the agent sees the host's paths.
+	// runs in a container; empty means the agent uses the host's paths.
 	NetnsDir string
 	// Mark is put on the agent's own sockets so capture skips them
 	// (PACKET_MARK, 0x539 by default).

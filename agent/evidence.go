@@ -27,8 +27,8 @@ type forkEvidence struct {
 
 // forkRecord is the JSON form of a kept fork.
 type forkRecord struct {
-	// Source is how the node detected the fork: "audit" for its own log
-	// monitor, "handshake" for a peer's stapled checkpoint.
+	// Source names the detector: "audit" for the node's own log monitor,
+	// "handshake" for a peer's stapled checkpoint.
 	Source   string      `json:"source"`
 	Time     time.Time   `json:"time"`
 	Old      string      `json:"old_checkpoint"`

@@ -453,8 +453,8 @@ func TestChainRejectsSupersededStaple(t *testing.T) {
 	}
 }
 
-// TestChainForgetRevokesRegistration forgets the client's identity, as the
-// agent does when a pod leaves the mesh, then replays its certificate and
+// TestChainForgetRevokesRegistration drops the client's identity with
+// Forget, as the agent does when a pod leaves the mesh, then replays its certificate and
 // staple: the log's revocation must reject it even though the pod and its
 // token are still live.
 func TestChainForgetRevokesRegistration(t *testing.T) {
@@ -483,8 +483,8 @@ func TestChainForgetRevokesRegistration(t *testing.T) {
 // saves identities, then registers it again with a second Workloads on the
 // same folder, as the next agent after a restart does. The second must take
 // over the registration, not append one, and its certificate must pass a
-// handshake. A third Workloads, which never held the pod, then forgets it
-// and must revoke the saved registration.
+// handshake. A third Workloads, which never held the pod, then calls Forget
+// for it and must revoke the saved registration.
 func TestChainRestoresSavedIdentity(t *testing.T) {
 	f := newChainFixture(t, "chain-saved")
 	dir := t.TempDir()
