@@ -67,8 +67,8 @@ type Digest struct{ p bls12381.G1 }
 // registered slot of a block is the identity.
 type Opening struct{ p bls12381.G1 }
 
-// Point returns the digest as a G1 point.
-func (d Digest) Point() *bls12381.G1 { p := d.p; return &p }
+// Point returns the digest as a G1 point, the identity for the zero value.
+func (d Digest) Point() *bls12381.G1 { return d.point() }
 
 // Equal reports whether d and e are the same point.
 func (d Digest) Equal(e Digest) bool { return d.point().IsEqual(e.point()) }
@@ -109,8 +109,8 @@ func (d *Digest) UnmarshalText(b []byte) error {
 // String returns the text form.
 func (d Digest) String() string { b, _ := d.MarshalText(); return string(b) }
 
-// Point returns the opening as a G1 point.
-func (o Opening) Point() *bls12381.G1 { p := o.p; return &p }
+// Point returns the opening as a G1 point, the identity for the zero value.
+func (o Opening) Point() *bls12381.G1 { return o.point() }
 
 // Equal reports whether o and e are the same point.
 func (o Opening) Equal(e Opening) bool { return o.point().IsEqual(e.point()) }

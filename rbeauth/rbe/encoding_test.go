@@ -3,6 +3,7 @@ package rbe
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"testing"
 
@@ -68,9 +69,25 @@ func TestDigestTextAndJSONRoundTrip(t *testing.T) {
 	var d Digest
 	wantErr(t, "UnmarshalText(bad base64)", d.UnmarshalText(bytes.Repeat([]byte("*"), 64)), ErrInvalidEncoding)
 	wantErr(t, "UnmarshalText(short)", d.UnmarshalText([]byte("AAAA")), ErrInvalidEncoding)
+
+	// The zero Digest is the digest of an empty block: the identity, in
+	// every form.
 	var zero Digest
-	if !zero.Point().IsIdentity() && zero.String() == "" {
-		t.Fatal("zero Digest is not usable")
+	if !zero.Point().IsIdentity() {
+		t.Error("zero Digest: Point() is not the identity")
+	}
+	if !zero.Equal(NewBlock(c).Digest()) {
+		t.Error("zero Digest differs from the digest of an empty block")
+	}
+	if enc, _ := zero.MarshalBinary(); !bytes.Equal(enc, identityG1()) {
+		t.Errorf("zero Digest: MarshalBinary() = %x, want the identity %x", enc, identityG1())
+	}
+	if want := base64.StdEncoding.EncodeToString(identityG1()); zero.String() != want {
+		t.Errorf("zero Digest: String() = %q, want %q", zero.String(), want)
+	}
+	var zeroOpening Opening
+	if !zeroOpening.Point().IsIdentity() {
+		t.Error("zero Opening: Point() is not the identity")
 	}
 }
 
