@@ -34,28 +34,35 @@ func badG1(tb testing.TB) (offCurve, offSubgroup []byte) {
 	return offCurve, offSubgroup
 }
 
-// badG2 returns a compressed G2 encoding of a point on the twist curve
-// y² = x³ + 4(1+u) outside the order-q subgroup, with x = (x0, 0).
-func badG2(tb testing.TB) []byte {
+// badG2 returns two compressed G2 encodings with x = (x0, 0) for the twist
+// curve E': y² = x³ + 4(1+u). No point of E' has the first x, and the second
+// is a point of E' outside the order-q subgroup.
+func badG2(tb testing.TB) (offCurve, offSubgroup []byte) {
 	tb.Helper()
-	for x := int64(1); x < 1000; x++ {
+	for x := int64(1); x < 1000 && (offCurve == nil || offSubgroup == nil); x++ {
 		a0 := new(big.Int).Exp(big.NewInt(x), big.NewInt(3), fieldP)
 		a0.Add(a0, big.NewInt(4)).Mod(a0, fieldP)
 		// a0 + 4u is a square in Fp2 iff its norm a0² + 16 is a square in Fp.
 		norm := new(big.Int).Mul(a0, a0)
 		norm.Add(norm, big.NewInt(16)).Mod(norm, fieldP)
-		if big.Jacobi(norm, fieldP) != 1 {
-			continue
-		}
 		enc := append(fpBytes(big.NewInt(0)), fpBytes(big.NewInt(x))...)
 		enc[0] |= 0x80
 		var p bls12381.G2
-		if p.SetBytes(enc) != nil {
-			return enc
+		if p.SetBytes(enc) == nil {
+			continue
+		}
+		if big.Jacobi(norm, fieldP) == 1 {
+			if offSubgroup == nil {
+				offSubgroup = enc
+			}
+		} else if offCurve == nil {
+			offCurve = enc
 		}
 	}
-	tb.Fatal("no G2 point outside the subgroup found")
-	return nil
+	if offCurve == nil || offSubgroup == nil {
+		tb.Fatal("badG2: no x0 below 1000 gave both an off-curve and an off-subgroup encoding")
+	}
+	return offCurve, offSubgroup
 }
 
 // identityG1 and identityG2 are the compressed encodings of the identity.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"math/big"
 	"testing"
 
 	"github.com/cloudflare/circl/ecc/bls12381"
@@ -137,6 +138,7 @@ func TestCRSDecodingRejections(t *testing.T) {
 		t.Fatalf("len(CRS encoding) = %d, want %d", len(enc), EncodedCRSSize(3))
 	}
 	_, offSubgroup := badG1(t)
+	g2OffCurve, g2OffSubgroup := badG2(t)
 	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), enc...)) }
 	g2Off := crsHeader + 5*G1Size
 	tests := []struct {
@@ -153,12 +155,68 @@ func TestCRSDecodingRejections(t *testing.T) {
 		{"identity P", mutate(func(b []byte) []byte { copy(b[crsHeader+G1Size:], identityG1()); return b }), ErrIdentity},
 		{"P outside subgroup", mutate(func(b []byte) []byte { copy(b[crsHeader:], offSubgroup); return b }), ErrInvalidEncoding},
 		{"identity Q", mutate(func(b []byte) []byte { copy(b[g2Off:], identityG2()); return b }), ErrIdentity},
-		{"Q outside subgroup", mutate(func(b []byte) []byte { copy(b[g2Off:], badG2(t)); return b }), ErrInvalidEncoding},
+		{"Q off curve", mutate(func(b []byte) []byte { copy(b[g2Off:], g2OffCurve); return b }), ErrInvalidEncoding},
+		{"Q outside subgroup", mutate(func(b []byte) []byte { copy(b[g2Off:], g2OffSubgroup); return b }), ErrInvalidEncoding},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := ParseCRS(tt.input)
 			wantErr(t, "ParseCRS", err, tt.want)
+		})
+	}
+}
+
+func TestContributionProofDecodingRejections(t *testing.T) {
+	start, err := NewCeremony(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, proof, err := Contribute(start, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := proof.MarshalBinary()
+	if len(enc) != ContributionProofSize {
+		t.Fatalf("len(proof encoding) = %d, want %d", len(enc), ContributionProofSize)
+	}
+	var back ContributionProof
+	if err := back.UnmarshalBinary(enc); err != nil {
+		t.Fatalf("ContributionProof round trip = %v", err)
+	}
+	g1OffCurve, g1OffSubgroup := badG1(t)
+	g2OffCurve, g2OffSubgroup := badG2(t)
+	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), enc...)) }
+	rOff, respOff := G2Size, G2Size+G1Size
+
+	// The largest response, q − 1, is accepted.
+	qMinusOne := new(big.Int).SetBytes(bls12381.Order())
+	qMinusOne.Sub(qMinusOne, big.NewInt(1))
+	largest := mutate(func(b []byte) []byte { qMinusOne.FillBytes(b[respOff:]); return b })
+	if err := back.UnmarshalBinary(largest); err != nil {
+		t.Fatalf("UnmarshalBinary(response q − 1) = %v", err)
+	}
+
+	tests := []struct {
+		name  string
+		input []byte
+		want  error
+	}{
+		{"empty", nil, ErrInvalidEncoding},
+		{"truncated", enc[:len(enc)-1], ErrInvalidEncoding},
+		{"one byte too long", append(append([]byte(nil), enc...), 0), ErrInvalidEncoding},
+		{"update key identity", mutate(func(b []byte) []byte { copy(b, identityG2()); return b }), ErrIdentity},
+		{"update key off curve", mutate(func(b []byte) []byte { copy(b, g2OffCurve); return b }), ErrInvalidEncoding},
+		{"update key outside subgroup", mutate(func(b []byte) []byte { copy(b, g2OffSubgroup); return b }), ErrInvalidEncoding},
+		{"commitment identity", mutate(func(b []byte) []byte { copy(b[rOff:], identityG1()); return b }), ErrIdentity},
+		{"commitment off curve", mutate(func(b []byte) []byte { copy(b[rOff:], g1OffCurve); return b }), ErrInvalidEncoding},
+		{"commitment outside subgroup", mutate(func(b []byte) []byte { copy(b[rOff:], g1OffSubgroup); return b }), ErrInvalidEncoding},
+		{"response equal to q", mutate(func(b []byte) []byte { copy(b[respOff:], bls12381.Order()); return b }), ErrInvalidEncoding},
+		{"response all ones", mutate(func(b []byte) []byte { copy(b[respOff:], bytes.Repeat([]byte{0xff}, ScalarSize)); return b }), ErrInvalidEncoding},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var p ContributionProof
+			wantErr(t, "ContributionProof.UnmarshalBinary", p.UnmarshalBinary(tt.input), tt.want)
 		})
 	}
 }
@@ -177,6 +235,7 @@ func TestCiphertextDecodingRejections(t *testing.T) {
 	var one bls12381.Gt
 	one.SetIdentity()
 	oneEnc, _ := one.MarshalBinary()
+	g2OffCurve, g2OffSubgroup := badG2(t)
 	ct1Off, ct2Off := 1+G1Size, 1+G1Size+GtSize
 	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), ct...)) }
 	tests := []struct {
@@ -191,7 +250,8 @@ func TestCiphertextDecodingRejections(t *testing.T) {
 		{"ct1 is one", mutate(func(b []byte) []byte { copy(b[ct1Off:], oneEnc); return b }), ErrIdentity},
 		{"ct1 not canonical", mutate(func(b []byte) []byte { copy(b[ct1Off:], bytes.Repeat([]byte{0xff}, 48)); return b }), ErrInvalidEncoding},
 		{"ct2 identity", mutate(func(b []byte) []byte { copy(b[ct2Off:], identityG2()); return b }), ErrIdentity},
-		{"ct2 outside subgroup", mutate(func(b []byte) []byte { copy(b[ct2Off:], badG2(t)); return b }), ErrInvalidEncoding},
+		{"ct2 off curve", mutate(func(b []byte) []byte { copy(b[ct2Off:], g2OffCurve); return b }), ErrInvalidEncoding},
+		{"ct2 outside subgroup", mutate(func(b []byte) []byte { copy(b[ct2Off:], g2OffSubgroup); return b }), ErrInvalidEncoding},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
