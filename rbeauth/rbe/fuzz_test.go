@@ -3,6 +3,7 @@ package rbe
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"testing"
 
 	"github.com/cloudflare/circl/ecc/bls12381"
@@ -69,6 +70,50 @@ func FuzzPublicKey(f *testing.F) {
 		}
 		// The helper check must not panic on any decoded key.
 		_ = c.VerifyHelpers(&p, rand.Reader)
+	})
+}
+
+// FuzzPublicKeyFields checks that PublicKeyFields never panics and that the
+// fields it returns rebuild the input. It must also accept every encoding
+// that PublicKey.UnmarshalBinary accepts, with the same fields.
+func FuzzPublicKeyFields(f *testing.F) {
+	c := testCRS(f, 3)
+	pk, err := c.KeyGen(testKey(f), 2)
+	if err != nil {
+		f.Fatal(err)
+	}
+	enc, _ := pk.MarshalBinary()
+	f.Add(enc)
+	f.Add(enc[:publicKeyHeader+G1Size])
+	f.Add(enc[:len(enc)-1])
+	tooManyHelpers := append([]byte(nil), enc...)
+	tooManyHelpers[36] = 0xff
+	f.Add(tooManyHelpers)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		crs, slot, key, err := PublicKeyFields(b)
+		var decoded PublicKey
+		decodeErr := decoded.UnmarshalBinary(b)
+		if err != nil {
+			if decodeErr == nil {
+				t.Fatalf("PublicKeyFields rejected an encoding that UnmarshalBinary accepts: %v", err)
+			}
+			return
+		}
+		rebuilt := append([]byte(nil), crs[:]...)
+		rebuilt = binary.BigEndian.AppendUint32(rebuilt, uint32(slot))
+		rebuilt = append(rebuilt, b[36:publicKeyHeader]...)
+		rebuilt = append(rebuilt, key...)
+		rebuilt = append(rebuilt, b[publicKeyHeader+G1Size:]...)
+		if !bytes.Equal(rebuilt, b) {
+			t.Fatal("PublicKeyFields returned fields that do not rebuild the input")
+		}
+		if decodeErr != nil {
+			return
+		}
+		if crs != decoded.CRS || slot != decoded.Slot || !bytes.Equal(key, decoded.PK.BytesCompressed()) {
+			t.Fatalf("PublicKeyFields = %x, %d, %x; UnmarshalBinary gave %x, %d, %x",
+				crs[:4], slot, key, decoded.CRS[:4], decoded.Slot, decoded.PK.BytesCompressed())
+		}
 	})
 }
 
