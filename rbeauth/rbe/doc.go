@@ -146,6 +146,30 @@
 //   - Go cannot guarantee that secrets are erased from memory; the package
 //     clears the buffers it owns.
 //
+// # Relation to Glaeser et al.
+//
+// The package keeps the base scheme of Glaeser et al. (reference 1): the
+// punctured CRS without [z^(n+1)]_1, one digest per block of n slots, helper
+// values that the curator checks and adds to the other slots' openings,
+// per-slot openings, and ct1, ct2 and K = Z^r as above. It departs from that
+// scheme in these places:
+//   - It is a KEM. K feeds HKDF-SHA256 with a transcript hash and an
+//     HMAC-SHA256 key-confirmation tag and never masks a message in GT, and
+//     Decap detects a wrong key or opening by the tag, with no pairing check
+//     of the opening.
+//   - Decap checks that ct1 lies in GT before raising it to 1/sk.
+//   - VerifyHelpers checks all helper values at once with random
+//     coefficients. VerifyHelpersNaive is the one-equation-per-helper form.
+//   - It adds the setup ceremony, key rotation and removal (KeyGenDelta,
+//     Rotate, Remove) and membership checks (VerifyMembership and its
+//     variants).
+//   - It leaves out the variant that keeps up to log n digests per block.
+//
+// NOTE: this comparison was made against the authors' proof of concept,
+// https://github.com/ahmadrezarahimi/efficientRBE (rbe/rbe/algos.py), which
+// encrypts a message m in GT as Z^r·m and checks an opening with a pairing
+// equation before decrypting. It was not rechecked against the paper's text.
+//
 // # References
 //
 //  1. N. Glaeser, D. Kolonelos, G. Malavolta, A. Rahimi, "Efficient
