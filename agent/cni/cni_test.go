@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -44,16 +46,42 @@ func (h *recordingHandler) Enrolled(_ context.Context, req Request) (bool, error
 	return true, nil
 }
 
+// pluginBuild is the binary of cmd/mazu-cni that buildPlugin builds once
+// per test run, in a folder TestMain removes.
+var pluginBuild struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pluginBuild.dir != "" {
+		os.RemoveAll(pluginBuild.dir)
+	}
+	os.Exit(code)
+}
+
 // buildPlugin builds cmd/mazu-cni, so the tests drive the real binary
 // through the CNI protocol: environment variables and JSON on stdin.
 func buildPlugin(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "mazu-cni")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/mazu-mesh/mazu-ztunnel/cmd/mazu-cni").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build mazu-cni: %v\n%s", err, out)
+	pluginBuild.once.Do(func() {
+		pluginBuild.dir, pluginBuild.err = os.MkdirTemp("", "mazu-cni-test-")
+		if pluginBuild.err != nil {
+			return
+		}
+		pluginBuild.bin = filepath.Join(pluginBuild.dir, "mazu-cni")
+		out, err := exec.Command("go", "build", "-o", pluginBuild.bin, "github.com/mazu-mesh/mazu-ztunnel/cmd/mazu-cni").CombinedOutput()
+		if err != nil {
+			pluginBuild.err = fmt.Errorf("build mazu-cni: %w\n%s", err, out)
+		}
+	})
+	if pluginBuild.err != nil {
+		t.Fatal(pluginBuild.err)
 	}
-	return bin
+	return pluginBuild.bin
 }
 
 func startServer(t *testing.T, h Handler) string {
@@ -72,7 +100,27 @@ const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[
 
 func invoke(t *testing.T, bin, command, pod, socket string) (int, map[string]any) {
 	t.Helper()
-	conf := `{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"mazu-cni","socket":"` + socket + `","timeoutSeconds":5,"prevResult":` + prevResult + `}`
+	return invokeIn(t, bin, command, "shop", pod, map[string]any{"socket": socket})
+}
+
+// invokeIn runs the plugin for a pod with UID 1234, with settings merged
+// into a network configuration that has a previous result.
+func invokeIn(t *testing.T, bin, command, namespace, pod string, settings map[string]any) (int, map[string]any) {
+	t.Helper()
+	netConf := map[string]any{
+		"cniVersion":     "1.0.0",
+		"name":           "k8s-pod-network",
+		"type":           "mazu-cni",
+		"timeoutSeconds": 5,
+		"prevResult":     json.RawMessage(prevResult),
+	}
+	for k, v := range settings {
+		netConf[k] = v
+	}
+	conf, err := json.Marshal(netConf)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(bin)
 	cmd.Env = []string{
 		"CNI_COMMAND=" + command,
@@ -80,12 +128,12 @@ func invoke(t *testing.T, bin, command, pod, socket string) (int, map[string]any
 		"CNI_NETNS=/var/run/netns/test-pod",
 		"CNI_IFNAME=eth0",
 		"CNI_PATH=/opt/cni/bin",
-		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=" + pod + ";K8S_POD_UID=1234",
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=" + namespace + ";K8S_POD_NAME=" + pod + ";K8S_POD_UID=1234",
 	}
-	cmd.Stdin = strings.NewReader(conf)
+	cmd.Stdin = bytes.NewReader(conf)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
-	err := cmd.Run()
+	err = cmd.Run()
 	code := 0
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
@@ -94,6 +142,10 @@ func invoke(t *testing.T, bin, command, pod, socket string) (int, map[string]any
 		t.Fatal(err)
 	}
 	var out map[string]any
+	if code == 0 && stdout.Len() == 0 {
+		// A successful CHECK writes nothing.
+		return code, out
+	}
 	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
 		t.Fatalf("plugin output is not JSON: %v\n%s", err, stdout.String())
 	}

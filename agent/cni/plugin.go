@@ -25,6 +25,14 @@ type NetConf struct {
 	Socket string `json:"socket,omitempty"`
 	// TimeoutSeconds bounds the wait for the agent; zero means 30.
 	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
+	// ExcludeNamespaces are namespaces whose pods pass without the agent
+	// being asked; absent means DefaultExcludeNamespaces.
+	ExcludeNamespaces []string `json:"excludeNamespaces,omitempty"`
+	// Kubeconfig is the path of a JSON kubeconfig the plugin reads pods and
+	// namespaces with while the agent is unreachable. Empty means the
+	// plugin fails every pod outside ExcludeNamespaces while the agent is
+	// unreachable.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // Error is the CNI error result (spec section "Error").
@@ -103,18 +111,34 @@ func runPlugin(env func(string) string, stdin io.Reader, stdout io.Writer) error
 		}
 		return &Error{CNIVersion: conf.CNIVersion, Code: codeInvalidEnv, Msg: "CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME", Details: env("CNI_ARGS")}
 	}
-	resp, err := call(conf, req)
-	if err != nil {
-		if command == "DEL" {
-			// DEL must succeed when the agent is gone: it cleans up its own
-			// state for departed pods when it restarts.
-			return writePrevResult(stdout, conf)
-		}
-		return &Error{CNIVersion: conf.CNIVersion, Code: codeTryAgain, Msg: "node agent unreachable; the pod waits until it is running", Details: err.Error()}
+	if conf.excluded(req.Namespace) {
+		// The agent never enrolls these pods, and its own pod is among
+		// them, so the agent can start on a node where it is not running.
+		return writeSuccess(stdout, command, conf)
 	}
-	if resp.Error != "" {
+	resp, err := call(conf, req)
+	var unreachable *agentUnreachableError
+	switch {
+	case err != nil && command == "DEL":
+		// DEL must succeed when the agent is gone: it cleans up its own
+		// state for departed pods when it restarts.
+		return writePrevResult(stdout, conf)
+	case errors.As(err, &unreachable):
+		if err := admitWithoutAgent(conf, req, err); err != nil {
+			return err
+		}
+		return writeSuccess(stdout, command, conf)
+	case err != nil:
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeTryAgain, Msg: "request to the node agent failed; the pod waits until the agent responds", Details: err.Error()}
+	case resp.Error != "":
 		return &Error{CNIVersion: conf.CNIVersion, Code: codeTryAgain, Msg: "node agent did not enroll the pod", Details: resp.Error}
 	}
+	return writeSuccess(stdout, command, conf)
+}
+
+// writeSuccess writes the result of a successful command: nothing for
+// CHECK, the previous result for ADD and DEL.
+func writeSuccess(stdout io.Writer, command string, conf NetConf) error {
 	if command == "CHECK" {
 		return nil
 	}
@@ -147,7 +171,7 @@ func call(conf NetConf, req Request) (Response, error) {
 	}
 	conn, err := net.DialTimeout("unixpacket", socket, timeout)
 	if err != nil {
-		return Response{}, fmt.Errorf("connect to agent at %s: %w", socket, err)
+		return Response{}, &agentUnreachableError{socket: socket, err: err}
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))

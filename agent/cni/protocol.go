@@ -8,6 +8,17 @@
 // so no container of an ambient pod runs before capture is in place. The
 // agent decides whether the pod is ambient from the Kubernetes API.
 //
+// Two kinds of pods start without the agent. Pods in the configured
+// excluded namespaces pass without a request, which lets the agent's own
+// pod start on a node where no agent runs. When the agent's socket accepts
+// no connection, the plugin reads the pod and its namespace with the
+// installer's kubeconfig and passes the pods the agent would not enroll.
+// It fails ambient pods, and every pod when it has no kubeconfig or the
+// lookup fails, so the kubelet retries them.
+//
+// The same package holds the installer (`mazu-cni install`), which copies
+// the binary and adds the plugin to the node's CNI configuration.
+//
 // The socket is SOCK_SEQPACKET, one JSON message per datagram, a request
 // from the plugin followed by one response from the agent. It mirrors the
 // shape of Istio's ZDS protocol between istio-cni and ztunnel, without the

@@ -189,6 +189,8 @@ func TestInvalidValuesRejected(t *testing.T) {
 		{"no curator members", map[string]any{"curator": map[string]any{"replicas": 0}}, "curator.replicas=0 is invalid"},
 		{"two witnesses", map[string]any{"witness": map[string]any{"replicas": 2}}, "witness.replicas=2 is too few"},
 		{"unchained CNI", map[string]any{"cni": map[string]any{"chained": false}}, "cni.chained=false is not supported"},
+		{"DNS capture", map[string]any{"cni": map[string]any{"dnsCapture": true}}, "cni.dnsCapture=true is not supported"},
+		{"IPv6 capture off", map[string]any{"cni": map[string]any{"ipv6": false}}, "cni.ipv6=false is not supported"},
 		{"unknown anti-affinity", map[string]any{"curator": map[string]any{"antiAffinity": "maybe"}}, `curator.antiAffinity="maybe" is invalid`},
 	}
 	for _, tc := range cases {
