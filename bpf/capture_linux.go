@@ -381,6 +381,8 @@ type Stats struct {
 	InboundTWFailed     uint64 // such SYNs dropped because the steering map update failed
 	SocknameRewritten   uint64 // getsockname calls shown the pod's address
 	AgentSocknameOrig   uint64 // agent getsockname calls returning an original destination
+	InboundFragment     uint64 // inbound IP fragments carrying TCP, dropped
+	InboundMalformed    uint64 // inbound packets dropped because a header was truncated or too deep to parse
 }
 
 // Stats reads the counters.
@@ -397,7 +399,7 @@ func (c *Capture) Stats() (Stats, error) {
 		&s.TupleStored, &s.SockoptAnswered, &s.PeernameRewritten, &s.InboundAssigned,
 		&s.InboundNoListener, &s.InboundProbe, &s.InboundAssignFailed, &s.InboundUnknownDst,
 		&s.InboundTWSteered, &s.InboundTWFailed, &s.SocknameRewritten,
-		&s.AgentSocknameOrig,
+		&s.AgentSocknameOrig, &s.InboundFragment, &s.InboundMalformed,
 	}
 	for i, f := range fields {
 		var per []uint64

@@ -1,9 +1,11 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -13,6 +15,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // fixture is a topology with a Capture, the pod enrolled, the in-pod
@@ -504,5 +508,382 @@ func TestOriginalDstAsLocalAddr(t *testing.T) {
 
 	if _, err := Open(Options{PinDir: tp.pinDir + "-x", OriginalDstAsLocalAddr: true}); err == nil {
 		t.Error("Open with OriginalDstAsLocalAddr and no AgentCgroup succeeded, want an error")
+	}
+}
+
+// Addresses that no namespace holds. Raw SYNs come from them, so the node's
+// kernel, which has no socket for the pod's SYN-ACK, drops the reply instead
+// of answering it with a reset (forwarding is off in the node namespace),
+// and the test can finish the handshake itself.
+var (
+	spoofIP4 = netip.MustParseAddr("198.18.64.77")
+	spoofIP6 = netip.MustParseAddr("fd00:198:18:64::77")
+)
+
+// rawPeer sends hand-built TCP packets from the node namespace and reads the
+// pod's replies on the node's end of the veth pair.
+type rawPeer struct {
+	t          *testing.T
+	send4      int // AF_INET, IPPROTO_RAW: the caller writes the IPv4 header
+	send6      int // AF_INET6, IPPROTO_RAW: the caller writes the IPv6 header
+	recv       int // AF_PACKET on the node's veth
+	nextID     uint32
+	nextSource uint16
+}
+
+func newRawPeer(t *testing.T, tp *topo) *rawPeer {
+	t.Helper()
+	p := &rawPeer{t: t, nextID: 0x4d5a0000, nextSource: 41000}
+	in(t, tp.node, func() error {
+		ifc, err := net.InterfaceByName(tp.nodeIfName)
+		if err != nil {
+			return err
+		}
+		if p.send4, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+			return fmt.Errorf("open IPv4 raw socket: %w", err)
+		}
+		if p.send6, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+			return fmt.Errorf("open IPv6 raw socket: %w", err)
+		}
+		proto := int(htons(unix.ETH_P_ALL))
+		if p.recv, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto); err != nil {
+			return fmt.Errorf("open packet socket: %w", err)
+		}
+		if err := unix.Bind(p.recv, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifc.Index}); err != nil {
+			return fmt.Errorf("bind packet socket to %s: %w", tp.nodeIfName, err)
+		}
+		return unix.SetsockoptTimeval(p.recv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 50_000})
+	})
+	t.Cleanup(func() {
+		unix.Close(p.send4)
+		unix.Close(p.send6)
+		unix.Close(p.recv)
+	})
+
+	// The pod resolves the unowned addresses to the node's veth, and the
+	// node the pod's addresses to the pod's: static entries, so that no
+	// neighbor discovery delays the first packets.
+	nodeH, err := netlink.NewHandleAt(tp.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeH.Close()
+	podH, err := netlink.NewHandleAt(tp.pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer podH.Close()
+	nodeLink, err := nodeH.LinkByName(tp.nodeIfName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podLink, err := podH.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []struct {
+		h      *netlink.Handle
+		on, to netlink.Link
+		addr   netip.Addr
+	}{
+		{podH, podLink, nodeLink, spoofIP4},
+		{podH, podLink, nodeLink, spoofIP6},
+		{nodeH, nodeLink, podLink, podIP4},
+		{nodeH, nodeLink, podLink, podIP6},
+	} {
+		family := unix.AF_INET
+		if e.addr.Is6() {
+			family = unix.AF_INET6
+		}
+		n := &netlink.Neigh{LinkIndex: e.on.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
+			IP: e.addr.AsSlice(), HardwareAddr: e.to.Attrs().HardwareAddr}
+		if err := e.h.NeighSet(n); err != nil {
+			t.Fatalf("set neighbor %s on %s: %v", e.addr, e.on.Attrs().Name, err)
+		}
+	}
+	return p
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// tcpSegment builds a TCP segment with a valid checksum. A SYN carries
+// 12 bytes of options (MSS, SACK permitted, window scale), so that its
+// 32-byte header can be split into fragments at 8, 16 and 24 bytes.
+func tcpSegment(src, dst netip.AddrPort, seq, ack uint32, flags byte) []byte {
+	hdrLen := 20
+	if flags&tcpSYN != 0 {
+		hdrLen = 32
+	}
+	b := make([]byte, hdrLen)
+	binary.BigEndian.PutUint16(b[0:], src.Port())
+	binary.BigEndian.PutUint16(b[2:], dst.Port())
+	binary.BigEndian.PutUint32(b[4:], seq)
+	binary.BigEndian.PutUint32(b[8:], ack)
+	b[12] = byte(hdrLen/4) << 4
+	b[13] = flags
+	binary.BigEndian.PutUint16(b[14:], 64240)
+	if hdrLen == 32 {
+		copy(b[20:], []byte{2, 4, 0x05, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7})
+	}
+
+	var pseudo []byte
+	pseudo = append(pseudo, src.Addr().AsSlice()...)
+	pseudo = append(pseudo, dst.Addr().AsSlice()...)
+	if src.Addr().Is4() {
+		pseudo = append(pseudo, 0, unix.IPPROTO_TCP, 0, byte(hdrLen))
+	} else {
+		pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(hdrLen))
+		pseudo = append(pseudo, 0, 0, 0, unix.IPPROTO_TCP)
+	}
+	binary.BigEndian.PutUint16(b[16:], checksum(append(pseudo, b...)))
+	return b
+}
+
+// checksum is the Internet checksum (RFC 1071).
+func checksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// fragment is one IP packet carrying part of a TCP segment.
+type fragment struct {
+	offset int // bytes into the segment; a multiple of 8
+	data   []byte
+	more   bool
+}
+
+// splitSegment cuts seg after first bytes. first 0 means one unfragmented
+// packet.
+func splitSegment(seg []byte, first int) []fragment {
+	if first == 0 {
+		return []fragment{{data: seg}}
+	}
+	return []fragment{{offset: 0, data: seg[:first], more: true}, {offset: first, data: seg[first:]}}
+}
+
+// send writes fragments of one datagram from src to dst. With one
+// unfragmented part, IPv6 carries no fragment header. With destOpts, an
+// IPv6 datagram starts with an empty destination options header, so that
+// its fragment headers name that header instead of TCP.
+func (p *rawPeer) send(src, dst netip.Addr, frags []fragment, destOpts bool) {
+	p.t.Helper()
+	p.nextID++
+	for _, f := range frags {
+		var pkt []byte
+		fragmented := len(frags) > 1
+		if src.Is4() {
+			h := make([]byte, 20)
+			h[0] = 0x45
+			binary.BigEndian.PutUint16(h[2:], uint16(20+len(f.data)))
+			binary.BigEndian.PutUint16(h[4:], uint16(p.nextID))
+			fo := uint16(f.offset / 8)
+			if f.more {
+				fo |= 0x2000
+			}
+			if !fragmented {
+				fo = 0x4000 // DF
+			}
+			binary.BigEndian.PutUint16(h[6:], fo)
+			h[8] = 64
+			h[9] = unix.IPPROTO_TCP
+			copy(h[12:], src.AsSlice())
+			copy(h[16:], dst.AsSlice())
+			binary.BigEndian.PutUint16(h[10:], checksum(h))
+			pkt = append(h, f.data...)
+			if err := unix.Sendto(p.send4, pkt, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+				p.t.Fatalf("send IPv4 packet to %s: %v", dst, err)
+			}
+			continue
+		}
+
+		h := make([]byte, 40)
+		h[0] = 0x60
+		h[6] = unix.IPPROTO_TCP
+		h[7] = 64
+		copy(h[8:], src.AsSlice())
+		copy(h[24:], dst.AsSlice())
+		payload := f.data
+		if fragmented {
+			h[6] = unix.IPPROTO_FRAGMENT
+			fh := make([]byte, 8)
+			fh[0] = unix.IPPROTO_TCP
+			if destOpts {
+				fh[0] = unix.IPPROTO_DSTOPTS
+			}
+			fo := uint16(f.offset)
+			if f.more {
+				fo |= 1
+			}
+			binary.BigEndian.PutUint16(fh[2:], fo)
+			binary.BigEndian.PutUint32(fh[4:], p.nextID)
+			payload = append(fh, f.data...)
+		}
+		binary.BigEndian.PutUint16(h[4:], uint16(len(payload)))
+		pkt = append(h, payload...)
+		if err := unix.Sendto(p.send6, pkt, 0, &unix.SockaddrInet6{Addr: dst.As16()}); err != nil {
+			p.t.Fatalf("send IPv6 packet to %s: %v", dst, err)
+		}
+	}
+}
+
+// awaitReply waits up to timeout for a TCP segment from the pod's from to
+// to, and returns its flags and sequence number. ok is false on timeout.
+func (p *rawPeer) awaitReply(from, to netip.AddrPort, timeout time.Duration) (flags byte, seq uint32, ok bool) {
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		n, _, err := unix.Recvfrom(p.recv, buf, 0)
+		if err != nil {
+			continue // SO_RCVTIMEO expired
+		}
+		pkt := buf[:n]
+		var src, dst netip.Addr
+		var tcp []byte
+		switch {
+		case n >= 20 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_TCP:
+			ihl := int(pkt[0]&0x0f) * 4
+			src, dst = netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))
+			tcp = pkt[min(ihl, n):]
+		case n >= 40 && pkt[0]>>4 == 6 && pkt[6] == unix.IPPROTO_TCP:
+			src, dst = netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
+			tcp = pkt[40:]
+		default:
+			continue
+		}
+		if len(tcp) < 20 || src != from.Addr() || dst != to.Addr() ||
+			binary.BigEndian.Uint16(tcp[0:]) != from.Port() || binary.BigEndian.Uint16(tcp[2:]) != to.Port() {
+			continue
+		}
+		return tcp[13], binary.BigEndian.Uint32(tcp[4:]), true
+	}
+	return 0, 0, false
+}
+
+// synOutcome is what a raw SYN led to.
+type synOutcome struct {
+	synACK   bool // the pod answered with a SYN-ACK
+	accepted bool // after the test's ACK, a listener counted a new connection
+}
+
+// synSplit is how trySYN splits a SYN into fragments.
+type synSplit struct {
+	first    int  // bytes in the first fragment; 0 sends one unfragmented packet
+	reverse  bool // send the last fragment first
+	destOpts bool // IPv6: a destination options header precedes TCP
+}
+
+// trySYN sends a SYN from src to dst, split as sp sets. When the pod answers
+// with a SYN-ACK, it completes the handshake, waits for a listener to
+// accept, and resets the connection.
+func (p *rawPeer) trySYN(src, dst netip.Addr, sp synSplit, accepted func() int) synOutcome {
+	p.t.Helper()
+	p.nextSource++
+	from := netip.AddrPortFrom(src, p.nextSource)
+	to := netip.AddrPortFrom(dst, appPort)
+	const isn = 0x1000
+	seg := tcpSegment(from, to, isn, 0, tcpSYN)
+	if sp.destOpts {
+		// Next header TCP, length 0 (8 bytes), then a 6-byte PadN option.
+		seg = append([]byte{unix.IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0}, seg...)
+	}
+	frags := splitSegment(seg, sp.first)
+	if sp.reverse {
+		slices.Reverse(frags)
+	}
+	before := accepted()
+	p.send(src, dst, frags, sp.destOpts)
+
+	flags, seq, ok := p.awaitReply(to, from, 500*time.Millisecond)
+	if !ok || flags&(tcpSYN|tcpACK) != tcpSYN|tcpACK {
+		return synOutcome{}
+	}
+	out := synOutcome{synACK: true}
+	p.send(src, dst, splitSegment(tcpSegment(from, to, isn+1, seq+1, tcpACK), 0), false)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if accepted() > before {
+			out.accepted = true
+			break
+		}
+	}
+	p.send(src, dst, splitSegment(tcpSegment(from, to, isn+1, 0, tcpRST), 0), false)
+	return out
+}
+
+// TestInboundFragmentedSYN sends SYNs to the pod's application port in IP
+// fragments, from raw sockets in the node namespace. The kernel reassembles
+// fragments after tc, so an assignment made on a fragment is lost and a
+// SYN that tc cannot parse would reach the application: capture must drop
+// every TCP fragment. An unfragmented SYN shows that the raw packets work.
+func TestInboundFragmentedSYN(t *testing.T) {
+	f := newFixture(t)
+	p := newRawPeer(t, f.topo)
+	appOrProxy := func() int { return f.podApp.accepted() + f.inbound.accepted() }
+
+	for _, tc := range []struct {
+		name     string
+		src, dst netip.Addr
+	}{
+		{"IPv4", spoofIP4, podIP4},
+		{"IPv6", spoofIP6, podIP6},
+	} {
+		t.Run(tc.name+" unfragmented", func(t *testing.T) {
+			p.t = t
+			p.t = t
+			got := p.trySYN(tc.src, tc.dst, synSplit{}, f.inbound.accepted)
+			if !got.synACK || !got.accepted {
+				t.Fatalf("unfragmented SYN: %+v, want a SYN-ACK and the inbound proxy to accept", got)
+			}
+		})
+		for _, first := range []int{8, 16, 24} {
+			for _, reverse := range []bool{false, true} {
+				name := fmt.Sprintf("%s first fragment of %d bytes", tc.name, first)
+				if reverse {
+					name += " sent last"
+				}
+				t.Run(name, func(t *testing.T) {
+					p.t = t
+					got := p.trySYN(tc.src, tc.dst, synSplit{first: first, reverse: reverse}, appOrProxy)
+					if got.synACK {
+						t.Errorf("fragmented SYN: %+v, want it dropped with no SYN-ACK", got)
+					}
+				})
+			}
+		}
+	}
+	// The fragment headers name destination options, and only the first
+	// fragment shows TCP at the end of its header chain.
+	for _, reverse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("IPv6 fragments naming destination options, reverse %v", reverse), func(t *testing.T) {
+			p.t = t
+			got := p.trySYN(spoofIP6, podIP6, synSplit{first: 32, reverse: reverse, destOpts: true}, appOrProxy)
+			if got.synACK {
+				t.Errorf("fragmented SYN: %+v, want it dropped with no SYN-ACK", got)
+			}
+		})
+	}
+	if n := f.podApp.accepted(); n != 0 {
+		t.Errorf("pod application accepted %d connections past the proxy, want 0", n)
+	}
+	// 14 SYNs of two fragments each: every fragment is dropped except the
+	// later fragment of the two SYNs whose fragment headers name destination
+	// options.
+	if st, _ := f.cur.Load().Stats(); st.InboundFragment < 26 {
+		t.Errorf("Stats().InboundFragment = %d, want at least 26", st.InboundFragment)
 	}
 }

@@ -35,6 +35,16 @@
 // probe address (169.254.7.127 and its IPv6 counterpart by default) reach
 // the application directly.
 //
+// TCP in IP fragments is dropped. The kernel reassembles fragments after tc,
+// and an assignment made on a fragment is lost in reassembly, so a
+// fragmented SYN would reach the application. The program drops every IPv4
+// fragment with protocol TCP, every IPv6 fragment whose fragment header
+// names TCP, and every first IPv6 fragment whose header chain ends in TCP.
+// A later IPv6 fragment that names another protocol passes, because the
+// reassembled packet takes the protocol of its first fragment. Packets
+// whose IP, IPv6 extension or TCP header is truncated are dropped too, as
+// are IPv6 packets with more than four extension headers before TCP.
+//
 // A client that reuses its port while the pod still holds the TIME_WAIT
 // socket of an earlier proxied connection cannot be assigned in tc, because
 // the kernel rejects the duplicate request socket. The tc program then
