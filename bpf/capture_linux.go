@@ -54,9 +54,10 @@ type Options struct {
 
 	// OriginalDstAsLocalAddr makes getsockname on a connection accepted on
 	// the outbound listener return its original destination, for sockets of
-	// AgentCgroup (the listener must be created there). The proxy then reads the original destination from
-	// conn.LocalAddr() with no extra system call (Go calls getsockname on
-	// every accept), as it does for inbound connections. It needs
+	// AgentCgroup (the listener must be created there). The proxy then reads
+	// the original destination from conn.LocalAddr() with no extra system
+	// call (Go calls getsockname on every accept), as it does for inbound
+	// connections, and Capture.OriginalDst does the same. It needs
 	// AgentCgroup, and the listener's own address stays 127.0.0.1:15001.
 	OriginalDstAsLocalAddr bool
 
@@ -82,6 +83,7 @@ type Options struct {
 type Capture struct {
 	log        *slog.Logger
 	pinDir     string
+	localAddr  bool // Options.OriginalDstAsLocalAddr
 	objs       captureHandles
 	agentLinks map[string]link.Link // keyed by pin name
 
@@ -140,7 +142,7 @@ func Open(opts Options) (*Capture, error) {
 		return nil, fmt.Errorf("create pin directory: %w", err)
 	}
 
-	c := &Capture{log: log, pinDir: opts.PinDir, pods: map[string]*podState{}, agentLinks: map[string]link.Link{}}
+	c := &Capture{log: log, pinDir: opts.PinDir, localAddr: opts.OriginalDstAsLocalAddr, pods: map[string]*podState{}, agentLinks: map[string]link.Link{}}
 	if err := c.load(opts.Mark, opts.MarkMask, agentCgroupID); err != nil {
 		return nil, err
 	}

@@ -472,7 +472,8 @@ func TestReenrollUpdatesSettings(t *testing.T) {
 }
 
 // TestOriginalDstAsLocalAddr checks that with the option the proxy reads the
-// original destination from LocalAddr, and only for captured connections.
+// original destination from LocalAddr, and only for captured connections,
+// and that OriginalDst returns the same with a fallback to the map lookup.
 func TestOriginalDstAsLocalAddr(t *testing.T) {
 	tp := newTopo(t)
 	joinCgroup(t, tp.agentCg)
@@ -484,7 +485,13 @@ func TestOriginalDstAsLocalAddr(t *testing.T) {
 	if err := c.Enroll(tp.pod1()); err != nil {
 		t.Fatalf("Enroll: %v", err)
 	}
-	reply := func(conn net.Conn) string { return "local " + conn.LocalAddr().String() }
+	reply := func(conn net.Conn) string {
+		orig := "error"
+		if d, err := c.OriginalDst(conn); err == nil {
+			orig = d.String()
+		}
+		return fmt.Sprintf("local %s orig %s", conn.LocalAddr(), orig)
+	}
 	ln4 := listen(t, tp.pod, "tcp4", "127.0.0.1:15001")
 	serve(t, ln4, reply)
 	serve(t, listen(t, tp.pod, "tcp6", "[::1]:15001"), reply)
@@ -492,19 +499,50 @@ func TestOriginalDstAsLocalAddr(t *testing.T) {
 		t.Errorf("listener Addr() = %s, want 127.0.0.1:15001", got)
 	}
 
-	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(nodeIP4, appPort), netip.AddrPortFrom(nodeIP6, appPort)} {
-		got := tp.runApp(helperSpec{Network: "tcp", Addr: dst.String(), Count: 3})
-		wantReply(t, "captured connect to "+dst.String(), got, "local "+dst.String())
+	dst4, dst6 := netip.AddrPortFrom(nodeIP4, appPort), netip.AddrPortFrom(nodeIP6, appPort)
+	for _, tc := range []struct {
+		name string
+		spec helperSpec
+		dst  netip.AddrPort
+	}{
+		{"IPv4", helperSpec{Network: "tcp", Addr: dst4.String(), Count: 3}, dst4},
+		{"IPv6", helperSpec{Network: "tcp", Addr: dst6.String(), Count: 3}, dst6},
+		{"dual-stack socket", helperSpec{Addr: dst4.String(), DualStack: true}, dst4},
+	} {
+		got := tp.runApp(tc.spec)
+		wantReply(t, "captured connect, "+tc.name, got, fmt.Sprintf("local %s orig %s", tc.dst, tc.dst))
 	}
 
 	// A connection the agent makes to its own listener was not redirected.
 	r, err := dialIn(t, tp.pod, "tcp4", "", "127.0.0.1:15001", 2*time.Second)
-	if err != nil || r != "local 127.0.0.1:15001" {
-		t.Errorf("direct dial: reply %q, error %v; want local 127.0.0.1:15001", r, err)
+	if want := "local 127.0.0.1:15001 orig error"; err != nil || r != want {
+		t.Errorf("direct dial: reply %q, error %v; want %q", r, err, want)
 	}
-	if st, _ := c.Stats(); st.AgentSocknameOrig < 6 {
-		t.Errorf("Stats().AgentSocknameOrig = %d, want at least 6", st.AgentSocknameOrig)
+	if st, _ := c.Stats(); st.AgentSocknameOrig < 7 {
+		t.Errorf("Stats().AgentSocknameOrig = %d, want at least 7", st.AgentSocknameOrig)
 	}
+
+	// A listener created outside the agent's cgroup keeps the loopback
+	// local address, and OriginalDst falls back to the map lookup.
+	ln4.Close()
+	orig, err := ownCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := Cgroup2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeProcs(root); err != nil {
+		t.Fatalf("leave the agent cgroup: %v", err)
+	}
+	outside := listen(t, tp.pod, "tcp4", "127.0.0.1:15001")
+	if err := writeProcs(orig); err != nil {
+		t.Fatalf("return to cgroup %s: %v", orig, err)
+	}
+	serve(t, outside, reply)
+	got := tp.runApp(helperSpec{Network: "tcp4", Addr: dst4.String()})
+	wantReply(t, "captured connect to a listener outside the agent cgroup", got, fmt.Sprintf("local 127.0.0.1:15001 orig %s", dst4))
 
 	if _, err := Open(Options{PinDir: tp.pinDir + "-x", OriginalDstAsLocalAddr: true}); err == nil {
 		t.Error("Open with OriginalDstAsLocalAddr and no AgentCgroup succeeded, want an error")
