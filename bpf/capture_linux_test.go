@@ -117,6 +117,20 @@ func TestOutboundCapture(t *testing.T) {
 			}
 		})
 	}
+	t.Run("dual-stack socket dialing IPv4", func(t *testing.T) {
+		// connect6 sees ::ffff:198.18.64.1 and sends it to the IPv4 listener.
+		dst := netip.AddrPortFrom(nodeIP4, appPort)
+		got := f.runApp(helperSpec{Addr: dst.String(), DualStack: true, Count: 3})
+		wantReply(t, "captured dual-stack connect", got, fmt.Sprintf("out %s %s", dst, dst))
+		for i, a := range got {
+			if a.Peer != dst.String() {
+				t.Errorf("attempt %d: getpeername = %s, want %s", i, a.Peer, dst)
+			}
+			if local, err := netip.ParseAddrPort(a.Local); err != nil || local.Addr() != podIP4 {
+				t.Errorf("attempt %d: getsockname = %s, want address %s", i, a.Local, podIP4)
+			}
+		}
+	})
 	t.Run("MPTCP client", func(t *testing.T) {
 		dst := netip.AddrPortFrom(nodeIP4, appPort)
 		got := f.runApp(helperSpec{Network: "tcp4", Addr: dst.String(), MPTCP: true})
