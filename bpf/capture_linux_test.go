@@ -499,10 +499,22 @@ func TestOriginalDstAsLocalAddr(t *testing.T) {
 	if err := c.Enroll(tp.pod1()); err != nil {
 		t.Fatalf("Enroll: %v", err)
 	}
+	// orig is what OriginalDst returns, when OriginalDstIn agrees.
 	reply := func(conn net.Conn) string {
 		orig := "error"
 		if d, err := c.OriginalDst(conn); err == nil {
 			orig = d.String()
+		}
+		cookie, err := NetnsCookie(conn.(syscall.Conn))
+		if err != nil {
+			return err.Error()
+		}
+		in := "error"
+		if d, err := c.OriginalDstIn(cookie, conn); err == nil {
+			in = d.String()
+		}
+		if in != orig {
+			return fmt.Sprintf("OriginalDst %s, OriginalDstIn %s", orig, in)
 		}
 		return fmt.Sprintf("local %s orig %s", conn.LocalAddr(), orig)
 	}

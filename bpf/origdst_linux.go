@@ -36,13 +36,7 @@ import (
 func (c *Capture) OriginalDst(conn net.Conn) (netip.AddrPort, error) {
 	if c.localAddr {
 		if dst, ok := rewrittenLocalAddr(conn); ok {
-			c.life.RLock()
-			closed := c.closed
-			c.life.RUnlock()
-			if closed {
-				return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", conn.RemoteAddr(), ErrClosed)
-			}
-			return dst, nil
+			return c.checkOpen(dst, conn)
 		}
 	}
 	sc, ok := conn.(syscall.Conn)
@@ -54,6 +48,16 @@ func (c *Capture) OriginalDst(conn net.Conn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
 	}
 	return c.OriginalDstIn(cookie, conn)
+}
+
+// checkOpen returns dst, or ErrClosed after Close or Remove.
+func (c *Capture) checkOpen(dst netip.AddrPort, conn net.Conn) (netip.AddrPort, error) {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed {
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", conn.RemoteAddr(), ErrClosed)
+	}
+	return dst, nil
 }
 
 // rewrittenLocalAddr returns conn's local address unless it is a loopback
@@ -73,8 +77,16 @@ func rewrittenLocalAddr(conn net.Conn) (netip.AddrPort, bool) {
 }
 
 // OriginalDstIn is OriginalDst for a connection accepted in the network
-// namespace whose cookie is netnsCookie (see NetnsCookie).
+// namespace whose cookie is netnsCookie (see NetnsCookie). With
+// Options.OriginalDstAsLocalAddr it too returns a non-loopback local
+// address as it is: that address is the original destination, not the
+// proxy's side of the tuple that the map is keyed by.
 func (c *Capture) OriginalDstIn(netnsCookie uint64, conn net.Conn) (netip.AddrPort, error) {
+	if c.localAddr {
+		if dst, ok := rewrittenLocalAddr(conn); ok {
+			return c.checkOpen(dst, conn)
+		}
+	}
 	local, ok1 := conn.LocalAddr().(*net.TCPAddr)
 	remote, ok2 := conn.RemoteAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 {
