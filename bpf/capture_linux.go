@@ -38,8 +38,17 @@ var (
 type Options struct {
 	// PinDir is the bpffs directory for pinned maps and links. When it is not
 	// on bpffs, Open mounts bpffs on /sys/fs/bpf if PinDir lies below it,
-	// and otherwise on PinDir itself. Empty means DefaultPinDir. Two agents
-	// must not share a PinDir.
+	// and otherwise on PinDir itself. Empty means DefaultPinDir.
+	//
+	// Two Captures may share a PinDir during a handover, as in a rolling
+	// update that starts the new agent before the old one stops. The later
+	// Open gives every pinned pod link its programs, Enroll by either one
+	// takes over the links that the other pinned or re-attaches the ones it
+	// detached, and Close by either leaves the pins to the other. The
+	// agent-cgroup links move to the cgroup of the Capture that opened
+	// last; the other one's OriginalDst then falls back to the map lookup.
+	// Each Capture lists only the pods it enrolled or adopted at Open, and
+	// Remove by either deletes the capture of every pod.
 	PinDir string
 
 	// AgentCgroup is the cgroup v2 directory of the agent process, absolute

@@ -459,3 +459,104 @@ func checkDefaultPinDir() error {
 	}
 	return nil
 }
+
+// TestSharedPinDir opens two Captures on one PinDir, as during a rolling
+// update where the new agent starts before the old one stops. The second
+// adopts the pinned links, the first keeps enrolling and unenrolling, then
+// closes, and capture continues without a connection past the proxy.
+func TestSharedPinDir(t *testing.T) {
+	f := newFixture(t)
+	first := f.cur.Load()
+	second, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg})
+	if err != nil {
+		t.Fatalf("second Open on the same PinDir: %v", err)
+	}
+	f.cur.Store(second)
+	checkCaptured(t, f, "after the second opened")
+	if n := linksRunning(t, podPrograms(t, second)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the second Capture's pod programs, want %d (one per hook)", n, len(cgroupHooks)+2)
+	}
+
+	// The first enrolls the pod again, while the second unenrolls it.
+	if err := first.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll by the first Capture after the second opened: %v", err)
+	}
+	if err := second.Unenroll(f.pod1().ID); err != nil {
+		t.Fatalf("Unenroll by the second Capture: %v", err)
+	}
+	// The first still holds the links that the second detached.
+	if err := first.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll by the first Capture after the second unenrolled: %v", err)
+	}
+	if n := linksRunning(t, podPrograms(t, first)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the first Capture's pod programs, want %d (one per hook)", n, len(cgroupHooks)+2)
+	}
+
+	closed := podPrograms(t, first)
+	if err := first.Close(); err != nil {
+		t.Fatalf("Close of the first Capture: %v", err)
+	}
+	checkCaptured(t, f, "after the first closed")
+
+	// The second, which forgot the pod, enrolls it over the first's pins.
+	if err := second.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll by the second Capture over the first's pins: %v", err)
+	}
+	checkCaptured(t, f, "after the second enrolled again")
+	if n := linksRunning(t, podPrograms(t, second)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the second Capture's pod programs, want %d (one per hook)", n, len(cgroupHooks)+2)
+	}
+	if n := linksRunning(t, closed); n != 0 {
+		t.Errorf("%d links still run pod programs of the closed Capture, want 0", n)
+	}
+}
+
+// checkCaptured dials out of the pod and into it, and checks that both
+// connections went through the proxy and none reached an application.
+func checkCaptured(t *testing.T, f *fixture, when string) {
+	t.Helper()
+	dst := netip.AddrPortFrom(nodeIP4, appPort)
+	got := f.runApp(helperSpec{Network: "tcp4", Addr: dst.String()})
+	wantReply(t, "outbound "+when, got, fmt.Sprintf("out %s %s", dst, dst))
+	reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, "in ") {
+		t.Errorf("inbound %s: reply %q, error %v; want the inbound proxy", when, reply, err)
+	}
+	if n := f.nodeApp.accepted() + f.podApp.accepted(); n != 0 {
+		t.Errorf("%s: applications accepted %d connections past the proxy, want 0", when, n)
+	}
+}
+
+// podPrograms returns the IDs of c's programs for pod hooks, keyed to their
+// pin names. The agent-cgroup programs are left out: their links run the
+// programs of the Capture that opened last.
+func podPrograms(t *testing.T, c *Capture) map[ebpf.ProgramID]string {
+	t.Helper()
+	progs := map[ebpf.ProgramID]string{}
+	pins := []string{tcxPin, skLookupPin}
+	for _, h := range cgroupHooks {
+		pins = append(pins, h.pin)
+	}
+	for _, pin := range pins {
+		progs[progID(t, c.programFor(pin))] = pin
+	}
+	return progs
+}
+
+// linksRunning counts the links in the kernel whose program is in progs.
+func linksRunning(t *testing.T, progs map[ebpf.ProgramID]string) int {
+	t.Helper()
+	n := 0
+	var it link.Iterator
+	for it.Next() {
+		if info, err := it.Link.Info(); err == nil {
+			if _, ok := progs[info.Program]; ok {
+				n++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("list links: %v", err)
+	}
+	return n
+}
