@@ -55,10 +55,12 @@ type Options struct {
 	// or relative to the cgroup2 mount. The getsockopt program that returns
 	// SO_ORIGINAL_DST is attached there, and connects from this cgroup are
 	// never captured. The getsockopt program runs for sockets that belong
-	// to the cgroup: a socket belongs to the cgroup of the process that
-	// created it, and an accepted socket to its listener's. Empty means
-	// neither: the agent then looks original destinations up with
-	// Capture.OriginalDst.
+	// to the cgroup or its descendants: a socket belongs to the cgroup of
+	// the process that created it, and an accepted socket to its
+	// listener's. The connect exemption compares the connecting process's
+	// cgroup ID with this cgroup's exactly, so processes in child cgroups
+	// are captured like any other. Empty means neither: the agent then looks
+	// original destinations up with Capture.OriginalDst.
 	AgentCgroup string
 
 	// OriginalDstAsLocalAddr makes getsockname on a connection accepted on

@@ -2,9 +2,12 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -118,7 +121,7 @@ func TestOutboundCapture(t *testing.T) {
 		})
 	}
 	t.Run("dual-stack socket dialing IPv4", func(t *testing.T) {
-		// connect6 sees ::ffff:198.18.64.1 and sends it to the IPv4 listener.
+		// connect6 gets ::ffff:198.18.64.1 and sends it to the IPv4 listener.
 		dst := netip.AddrPortFrom(nodeIP4, appPort)
 		got := f.runApp(helperSpec{Addr: dst.String(), DualStack: true, Count: 3})
 		wantReply(t, "captured dual-stack connect", got, fmt.Sprintf("out %s %s", dst, dst))
@@ -218,29 +221,52 @@ func TestInboundCapture(t *testing.T) {
 	}
 }
 
+// TestFailClosed closes the proxy's listeners and checks that inbound SYNs
+// are dropped, not delivered or refused, and that outbound connects are
+// refused instead of reaching their destination, over IPv4 and IPv6.
 func TestFailClosed(t *testing.T) {
 	f := newFixture(t)
-
 	f.inbound.ln.Close()
-	_, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 500*time.Millisecond)
-	if err == nil {
-		t.Fatal("inbound dial with the inbound listener closed succeeded, want it dropped")
-	}
-	if n := f.podApp.accepted(); n != 0 {
-		t.Errorf("pod application accepted %d connections without the proxy, want 0", n)
-	}
-	st, _ := f.cur.Load().Stats()
-	if st.InboundNoListener == 0 {
-		t.Errorf("Stats().InboundNoListener = 0, want > 0")
-	}
-
+	f.hbone.ln.Close()
 	f.out4.ln.Close()
-	got := f.runApp(helperSpec{Network: "tcp4", Addr: netip.AddrPortFrom(nodeIP4, appPort).String()})
-	if len(got) != 1 || !strings.Contains(got[0].Err, "connection refused") {
-		t.Errorf("outbound dial with the outbound listener closed: %+v, want connection refused", got)
-	}
-	if n := f.nodeApp.accepted(); n != 0 {
-		t.Errorf("node application accepted %d connections without the proxy, want 0", n)
+	f.out6.ln.Close()
+
+	for _, tc := range []struct {
+		name, network, laddr string
+		pod, node            netip.Addr
+		nodeApp              *server
+	}{
+		{"IPv4", "tcp4", "", podIP4, nodeIP4, f.nodeApp},
+		// The node also holds the IPv6 probe address, so pick the source.
+		{"IPv6", "tcp6", netip.AddrPortFrom(nodeIP6, 0).String(), podIP6, nodeIP6, f.nodeV6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := f.cur.Load().Stats()
+			for _, port := range []uint16{appPort, DefaultHBONEPort} {
+				raddr := netip.AddrPortFrom(tc.pod, port).String()
+				_, err := dialIn(t, f.node, tc.network, tc.laddr, raddr, 500*time.Millisecond)
+				var nerr net.Error
+				if !errors.As(err, &nerr) || !nerr.Timeout() {
+					t.Errorf("inbound dial to %s with the listener closed: error %v, want a timeout (SYN dropped)", raddr, err)
+				}
+			}
+			if n := f.podApp.accepted(); n != 0 {
+				t.Errorf("pod application accepted %d connections without the proxy, want 0", n)
+			}
+			after, _ := f.cur.Load().Stats()
+			if after.InboundNoListener < before.InboundNoListener+2 {
+				t.Errorf("Stats().InboundNoListener went from %d to %d, want at least 2 more", before.InboundNoListener, after.InboundNoListener)
+			}
+
+			dst := netip.AddrPortFrom(tc.node, appPort)
+			got := f.runApp(helperSpec{Network: tc.network, Addr: dst.String()})
+			if len(got) != 1 || !strings.Contains(got[0].Err, "connection refused") {
+				t.Errorf("outbound dial to %s with the outbound listener closed: %+v, want connection refused", dst, got)
+			}
+			if n := tc.nodeApp.accepted(); n != 0 {
+				t.Errorf("node application accepted %d connections without the proxy, want 0", n)
+			}
+		})
 	}
 }
 
@@ -258,8 +284,21 @@ func TestUnenroll(t *testing.T) {
 		t.Errorf("Pods()[0].Settings = %+v, want the enrolled settings", s)
 	}
 	cookie := pods[0].NetnsCookie
-	if n := mapEntriesOf(t, c, cookie); n < 5 {
-		t.Fatalf("enrolled pod has %d map entries, want at least 5 (config, ID, CIDRs, ports, addresses, tuple)", n)
+	before := mapEntriesOf(t, c, cookie)
+
+	// A steering entry as the tc program leaves it when a SYN that met a
+	// TIME_WAIT socket never reaches the listener lookup.
+	steer := captureSteerKey{Local: addrWords(podIP4), Remote: addrWords(nodeIP4), LocalPort: appPort, RemotePort: 40999}
+	rc, err := f.inbound.ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var putErr error
+	if err := rc.Control(func(fd uintptr) { putErr = c.objs.MztTwSteer.Put(&steer, uint64(fd)) }); err != nil || putErr != nil {
+		t.Fatalf("store steering entry: %v, %v", err, putErr)
+	}
+	if n := mapEntriesOf(t, c, cookie); n != before+1 || n < 6 {
+		t.Fatalf("enrolled pod has %d map entries (%d before the steering entry), want at least 6 (config, ID, CIDRs, ports, addresses, tuple, steering)", n, before)
 	}
 
 	if err := c.Unenroll(f.pod1().ID); err != nil {
@@ -282,6 +321,8 @@ func TestUnenroll(t *testing.T) {
 }
 
 // mapEntriesOf counts the entries of every keyed map that belong to netns.
+// TIME_WAIT steering entries count when their local address is the test
+// pod's, since the map does not record the namespace.
 func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 	t.Helper()
 	n := 0
@@ -328,12 +369,22 @@ func mapEntriesOf(t *testing.T, c *Capture, netns uint64) int {
 			n++
 		}
 	}
+
+	// Looking a sockhash up from user space returns the socket's cookie.
+	var sk captureSteerKey
+	var cookie uint64
+	for it := c.objs.MztTwSteer.Iterate(); it.Next(&sk, &cookie); {
+		if sk.Local == addrWords(podIP4) || sk.Local == addrWords(podIP6) {
+			n++
+		}
+	}
 	return n
 }
 
 // TestAgentCgroupExempt attaches the outbound programs to a parent cgroup
 // that holds both the pod and the agent: only the agent's cgroup check
-// keeps the agent's connects out of capture.
+// keeps the agent's connects out of capture. The check matches the agent's
+// cgroup exactly, so a process in a child cgroup of it is captured.
 func TestAgentCgroupExempt(t *testing.T) {
 	tp := newTopo(t)
 	joinCgroup(t, tp.agentCg)
@@ -353,6 +404,19 @@ func TestAgentCgroupExempt(t *testing.T) {
 	}
 	if got := tp.runApp(helperSpec{Network: "tcp4", Addr: dst}); len(got) != 1 || got[0].Reply != "out" {
 		t.Errorf("pod dial: %+v, want it captured", got)
+	}
+
+	child := filepath.Join(tp.agentCg, "child")
+	if err := os.Mkdir(child, 0o755); err != nil {
+		t.Fatalf("create child cgroup: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(child) })
+	podCgroup := tp.podCgroup
+	tp.podCgroup = child // runApp starts its helper in tp.podCgroup
+	got := tp.runApp(helperSpec{Network: "tcp4", Addr: dst})
+	tp.podCgroup = podCgroup
+	if len(got) != 1 || got[0].Reply != "out" {
+		t.Errorf("dial from a child cgroup of the agent's: %+v, want it captured", got)
 	}
 }
 
@@ -577,7 +641,7 @@ func TestOriginalDstAsLocalAddr(t *testing.T) {
 
 // Addresses that no namespace holds. Raw SYNs come from them, so the node's
 // kernel, which has no socket for the pod's SYN-ACK, drops the reply instead
-// of answering it with a reset (forwarding is off in the node namespace),
+// of sending a reset for it (forwarding is off in the node namespace),
 // and the test can finish the handshake itself.
 var (
 	spoofIP4 = netip.MustParseAddr("198.18.64.77")
@@ -841,7 +905,7 @@ func (p *rawPeer) awaitReply(from, to netip.AddrPort, timeout time.Duration) (fl
 
 // synOutcome is what a raw SYN led to.
 type synOutcome struct {
-	synACK   bool // the pod answered with a SYN-ACK
+	synACK   bool // the pod replied with a SYN-ACK
 	accepted bool // after the test's ACK, a listener counted a new connection
 }
 
@@ -852,7 +916,7 @@ type synSplit struct {
 	destOpts bool // IPv6: a destination options header precedes TCP
 }
 
-// trySYN sends a SYN from src to dst, split as sp sets. When the pod answers
+// trySYN sends a SYN from src to dst, split as sp sets. When the pod replies
 // with a SYN-ACK, it completes the handshake, waits for a listener to
 // accept, and resets the connection.
 func (p *rawPeer) trySYN(src, dst netip.Addr, sp synSplit, accepted func() int) synOutcome {
