@@ -26,11 +26,19 @@ import (
 // directions, opens a new one on the same pins and checks that no
 // connection reached an application without passing the proxy.
 func TestRestartAdoption(t *testing.T) {
+	t.Run("IPv4", func(t *testing.T) { testRestartAdoption(t, "tcp4", "", nodeIP4, podIP4) })
+	// The node also holds the IPv6 probe address, so pick the source.
+	t.Run("IPv6", func(t *testing.T) {
+		testRestartAdoption(t, "tcp6", netip.AddrPortFrom(nodeIP6, 0).String(), nodeIP6, podIP6)
+	})
+}
+
+func testRestartAdoption(t *testing.T, network, nodeLaddr string, node, pod netip.Addr) {
 	f := newFixture(t)
 	old := f.cur.Load()
-	dst := netip.AddrPortFrom(nodeIP4, appPort)
+	dst := netip.AddrPortFrom(node, appPort)
 
-	cmd, out := f.startApp(helperSpec{Network: "tcp4", Addr: dst.String(), Count: 3000, Duration: 2500 * time.Millisecond, Interval: 2 * time.Millisecond})
+	cmd, out := f.startApp(helperSpec{Network: network, Addr: dst.String(), Count: 3000, Duration: 2500 * time.Millisecond, Interval: 2 * time.Millisecond})
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -45,7 +53,7 @@ func TestRestartAdoption(t *testing.T) {
 				return
 			default:
 			}
-			reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+			reply, err := dialIn(t, f.node, network, nodeLaddr, netip.AddrPortFrom(pod, appPort).String(), 2*time.Second)
 			if err == nil && strings.HasPrefix(reply, "in ") {
 				inboundOK++
 			} else {
@@ -95,7 +103,7 @@ func TestRestartAdoption(t *testing.T) {
 	if inboundBad != 0 || inboundOK < 50 {
 		t.Errorf("inbound: %d proxied, %d not (last: %s); want at least 50 and none missed", inboundOK, inboundBad, inboundErr)
 	}
-	if n := f.nodeApp.accepted() + f.podApp.accepted(); n != 0 {
+	if n := f.nodeApp.accepted() + f.nodeV6.accepted() + f.podApp.accepted(); n != 0 {
 		t.Errorf("applications accepted %d connections past the proxy, want 0", n)
 	}
 
@@ -408,45 +416,74 @@ func TestUnenrollDepartedPod(t *testing.T) {
 	}
 }
 
-const modeDefaultPinDir = "default-pin-dir"
+const (
+	modeDefaultPinDir = "default-pin-dir" // no bpffs on /sys/fs/bpf
+	modeExistingBPFFS = "existing-bpffs"  // a bpffs already on /sys/fs/bpf
+)
 
 // TestDefaultPinDirMountsBPFFS opens a Capture with the default pin
-// directory on a host where /sys/fs/bpf has no bpffs, as on the test VM.
-// It runs in a child process with its own mount namespace, so the bpffs
-// mount never reaches the host.
+// directory, once where /sys/fs/bpf has no bpffs and Open must mount it,
+// and once where it has one and Open must use it without mounting again.
+// Each case runs in a child process with its own mount namespace, which
+// first sets /sys/fs/bpf up for the case: it unmounts any bpffs there, or
+// mounts a new, empty bpffs instance. Neither change reaches the host, and
+// a real agent's pins are never visible to the child.
 func TestDefaultPinDirMountsBPFFS(t *testing.T) {
 	privtest.Require(t)
-	if onBPF, err := isBPFFS(standardBPFFS); err != nil || onBPF {
-		t.Skipf("%s already holds bpffs (error %v); this test covers hosts without it, and must not touch a real agent's pins", standardBPFFS, err)
-	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	spec, _ := json.Marshal(helperSpec{Mode: modeDefaultPinDir})
-	cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	hostBPFFS, err := isBPFFS(standardBPFFS)
 	if err != nil {
-		t.Fatalf("helper: %v", err)
+		t.Fatal(err)
 	}
-	var a attempt
-	if err := json.Unmarshal(out, &a); err != nil || a.Reply != "ok" {
-		t.Fatalf("default pin directory: %+v (output %q, error %v)", a, out, err)
-	}
-	if onBPF, _ := isBPFFS(standardBPFFS); onBPF {
-		t.Errorf("%s holds bpffs in the test's mount namespace after the helper exited", standardBPFFS)
+	for _, mode := range []string{modeDefaultPinDir, modeExistingBPFFS} {
+		t.Run(mode, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			spec, _ := json.Marshal(helperSpec{Mode: mode})
+			cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+			cmd.Stderr = os.Stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("helper: %v", err)
+			}
+			var a attempt
+			if err := json.Unmarshal(out, &a); err != nil || a.Reply != "ok" {
+				t.Fatalf("default pin directory: %+v (output %q, error %v)", a, out, err)
+			}
+			if onBPF, _ := isBPFFS(standardBPFFS); onBPF != hostBPFFS {
+				t.Errorf("%s holds bpffs = %v in the test's mount namespace after the helper exited, want %v as before", standardBPFFS, onBPF, hostBPFFS)
+			}
+		})
 	}
 }
 
-// checkDefaultPinDir runs in the helper: Go makes the new mount namespace
-// private, so the mount stays inside it.
-func checkDefaultPinDir() error {
+// checkDefaultPinDir runs in the helper, in a mount namespace that Go made
+// private, so mounts and unmounts stay inside it.
+func checkDefaultPinDir(mode string) error {
+	if err := prepareStandardBPFFS(mode == modeExistingBPFFS); err != nil {
+		return err
+	}
+	mountsBefore, err := mountsAt(standardBPFFS)
+	if err != nil {
+		return err
+	}
+
 	c, err := Open(Options{})
 	if err != nil {
 		return err
 	}
 	if onBPF, err := isBPFFS(standardBPFFS); err != nil || !onBPF {
 		return fmt.Errorf("%s is not bpffs after Open (error %v)", standardBPFFS, err)
+	}
+	mountsAfter, err := mountsAt(standardBPFFS)
+	if err != nil {
+		return err
+	}
+	wantMounts := mountsBefore + 1
+	if mode == modeExistingBPFFS {
+		wantMounts = mountsBefore
+	}
+	if mountsAfter != wantMounts {
+		return fmt.Errorf("%d mounts on %s after Open, %d before; want %d", mountsAfter, standardBPFFS, mountsBefore, wantMounts)
 	}
 	if _, err := os.Stat(filepath.Join(DefaultPinDir, "mzt_pods")); err != nil {
 		return fmt.Errorf("pinned map missing: %w", err)
@@ -457,7 +494,50 @@ func checkDefaultPinDir() error {
 	if _, err := os.Stat(DefaultPinDir); !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("%s still exists after Remove (stat error %v)", DefaultPinDir, err)
 	}
+	if n, err := mountsAt(standardBPFFS); err != nil || n != mountsAfter {
+		return fmt.Errorf("%d mounts on %s after Remove (error %v), want %d: Remove must leave the standard mount", n, standardBPFFS, err, mountsAfter)
+	}
 	return nil
+}
+
+// prepareStandardBPFFS unmounts every bpffs on /sys/fs/bpf, then mounts a
+// new bpffs instance there when existing is set.
+func prepareStandardBPFFS(existing bool) error {
+	for {
+		onBPF, err := isBPFFS(standardBPFFS)
+		if err != nil {
+			return err
+		}
+		if !onBPF {
+			break
+		}
+		if err := unix.Unmount(standardBPFFS, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", standardBPFFS, err)
+		}
+	}
+	if !existing {
+		return nil
+	}
+	if err := unix.Mount("bpf", standardBPFFS, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", standardBPFFS, err)
+	}
+	return nil
+}
+
+// mountsAt counts the entries of /proc/self/mountinfo whose mount point is
+// dir.
+func mountsAt(dir string) (int, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0, fmt.Errorf("read mountinfo: %w", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if fields := strings.Fields(line); len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // TestSharedPinDir opens two Captures on one PinDir, as during a rolling

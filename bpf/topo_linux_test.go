@@ -429,7 +429,7 @@ type helperSpec struct {
 	// DualStack dials Addr, an IPv4 address, from an AF_INET6 socket
 	// without IPV6_V6ONLY, so connect6 gets an IPv4-mapped address.
 	DualStack bool
-	Mode      string // "" dials; modeDefaultPinDir runs checkDefaultPinDir
+	Mode      string // "" dials; modeDefaultPinDir and modeExistingBPFFS run checkDefaultPinDir
 }
 
 type attempt struct {
@@ -446,9 +446,9 @@ func runHelper(specJSON string) int {
 		return 2
 	}
 	enc := json.NewEncoder(os.Stdout)
-	if spec.Mode == modeDefaultPinDir {
+	if spec.Mode == modeDefaultPinDir || spec.Mode == modeExistingBPFFS {
 		a := attempt{Reply: "ok"}
-		if err := checkDefaultPinDir(); err != nil {
+		if err := checkDefaultPinDir(spec.Mode); err != nil {
 			a = attempt{Err: err.Error()}
 		}
 		enc.Encode(a)
