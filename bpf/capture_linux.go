@@ -94,7 +94,8 @@ type Options struct {
 type Capture struct {
 	log        *slog.Logger
 	pinDir     string
-	localAddr  bool // Options.OriginalDstAsLocalAddr
+	localAddr  bool           // Options.OriginalDstAsLocalAddr
+	migrations []mapMigration // during Open: pinned maps of a previous layout
 	objs       captureHandles
 	agentLinks map[string]link.Link // keyed by pin name
 
@@ -167,6 +168,11 @@ func Open(opts Options) (*Capture, error) {
 			return nil, err
 		}
 	}
+	if err := c.finishMigration(c.migrations); err != nil {
+		c.closeHandles()
+		return nil, err
+	}
+	c.migrations = nil
 	log.Info("capture opened", "pin_dir", opts.PinDir, "pods", len(c.pods))
 	return c, nil
 }
@@ -187,11 +193,28 @@ func (c *Capture) load(mark, mask uint32, agentCgroupID uint64) error {
 		}
 	}
 
-	err = spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: c.pinDir},
-	})
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: c.pinDir}}
+	err = spec.LoadAndAssign(&c.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return fmt.Errorf("load capture programs: maps pinned in %s come from an incompatible version; remove them (Capture.Remove) to start over: %w", c.pinDir, err)
+		// Maps pinned by a previous version differ from this version's.
+		// Their entries are copied into new maps, which Open pins in
+		// place of the previous ones once every link runs the new programs.
+		migrations, perr := prepareMigration(spec, c.pinDir)
+		if perr != nil {
+			return fmt.Errorf("load capture programs: maps pinned in %s cannot be migrated, and the previous programs keep capturing; to start over, remove them (Capture.Remove) and enroll every pod again, which leaves pods uncaptured in between: %w", c.pinDir, perr)
+		}
+		err = spec.LoadAndAssign(&c.objs, opts)
+		if err == nil {
+			c.migrations = migrations
+			if err := c.copyEntries(migrations); err != nil {
+				c.closeHandles()
+				return err
+			}
+		} else {
+			for _, m := range migrations {
+				m.old.Close()
+			}
+		}
 	}
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {
@@ -306,6 +329,11 @@ func (c *Capture) closeHandlesLocked() {
 		delete(c.agentLinks, pin)
 	}
 
+	for _, m := range c.migrations {
+		m.old.Close()
+	}
+	c.migrations = nil
+
 	c.life.Lock()
 	defer c.life.Unlock()
 	c.closed = true
@@ -332,11 +360,7 @@ func (c *Capture) Remove() error {
 		detachLink(l)
 		delete(c.agentLinks, pin)
 	}
-	maps := []*ebpf.Map{
-		c.objs.MztPods, c.objs.MztPodIds, c.objs.MztExclCidr, c.objs.MztExclPort,
-		c.objs.MztTuples, c.objs.MztOrig, c.objs.MztStats, c.objs.MztPodAddrs, c.objs.MztTwSteer,
-	}
-	for _, m := range maps {
+	for _, m := range c.mapsByName() {
 		if m == nil {
 			continue
 		}

@@ -66,7 +66,8 @@
 // mount the host's /sys/fs/bpf into it.
 // Close leaves the pins, so capture continues (failing closed while no
 // listener exists); the next Open reuses the pinned maps and swaps its
-// programs into the pinned links with an atomic link update. Remove deletes
+// programs into the pinned links with an atomic link update. Two agents may
+// share the pins during a handover (see Options.PinDir). Remove deletes
 // everything. Cgroup paths are absolute or relative to the cgroup v2 mount,
 // which Cgroup2Root finds in /proc/self/mountinfo (/sys/fs/cgroup, or
 // /sys/fs/cgroup/unified on hybrid hosts).
@@ -82,9 +83,20 @@
 //     dropped until the pod is enrolled again.
 //   - Socket-storage entries of a departed pod's still-open sockets go away
 //     with those sockets, not at Unenroll.
-//   - Open fails when the pinned maps come from an incompatible version of
-//     the programs. The agent must then remove the pins and enroll every
-//     pod again, and pods are not captured in between.
+//   - Open migrates a pinned map whose max_entries or flags changed in an
+//     upgrade. It creates the map anew and copies the entries. Then it gives
+//     every pinned link the new programs with an atomic link update, and
+//     only then pins the new map in place of the old one. A migrated socket
+//     storage or TIME_WAIT steering map starts empty, because user space
+//     cannot copy sockets. A connection whose connect and establishment
+//     straddle the switch then has no original destination, and the proxy
+//     closes it. A SYN that meets a TIME_WAIT socket while the tc and
+//     sk_lookup links run different versions can reach the application.
+//   - An upgrade that changes a pinned map's type, key size or value size
+//     cannot be migrated: Open fails with ErrMapIncompatible and changes
+//     nothing, so the previous version's programs keep capturing. Starting
+//     over takes Capture.Remove and enrolling every pod again, and pods are
+//     not captured in between.
 //
 // # Requirements
 //

@@ -640,3 +640,120 @@ func linksRunning(t *testing.T, progs map[ebpf.ProgramID]string) int {
 	}
 	return n
 }
+
+// TestOpenMigratesMapLayout restarts with pinned maps whose layout differs
+// from this version's, as after an upgrade that changed them. A map of
+// another value size cannot be migrated: Open fails and leaves the
+// previous programs capturing. Maps that differ only in max_entries are
+// copied into new maps while every link moves to the new programs, with
+// no window in which a connection passes the proxy.
+func TestOpenMigratesMapLayout(t *testing.T) {
+	f := newFixture(t)
+	old := f.cur.Load()
+	checkCaptured(t, f, "before the restart")
+	var tupleKey captureTupleKey
+	var tupleVal captureOrigDst
+	if it := old.objs.MztTuples.Iterate(); !it.Next(&tupleKey, &tupleVal) {
+		t.Fatalf("no tuple entry after an outbound connection (error %v)", it.Err())
+	}
+	f.cur.Store(nil)
+	if err := old.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	// Another value size: Open must fail without touching anything.
+	restore := repinWith(t, f.pinDir, "mzt_excl_port", func(ms *ebpf.MapSpec) { ms.ValueSize = 2 })
+	if c, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg}); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Open with a pinned map of another value size: error %v, want ErrMapIncompatible", err)
+	}
+	reply, err := dialIn(t, f.node, "tcp4", "", netip.AddrPortFrom(podIP4, appPort).String(), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, "in ") {
+		t.Errorf("inbound after the failed Open: reply %q, error %v; want the inbound proxy", reply, err)
+	}
+	restore()
+
+	// Other max_entries: Open migrates.
+	repinWith(t, f.pinDir, "mzt_pods", func(ms *ebpf.MapSpec) { ms.MaxEntries = 1000 })
+	repinWith(t, f.pinDir, "mzt_tuples", func(ms *ebpf.MapSpec) { ms.MaxEntries = 1024 })
+	repinWith(t, f.pinDir, "mzt_tw_steer", func(ms *ebpf.MapSpec) { ms.MaxEntries = 128 })
+	c, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg})
+	if err != nil {
+		t.Fatalf("Open with pinned maps of other max_entries: %v", err)
+	}
+	f.cur.Store(c)
+	checkCaptured(t, f, "after the migration, before Enroll")
+
+	for name, want := range map[string]uint32{"mzt_pods": 4096, "mzt_tuples": 65536, "mzt_tw_steer": 4096} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(f.pinDir, name), nil)
+		if err != nil {
+			t.Fatalf("load pinned %s: %v", name, err)
+		}
+		if got := m.MaxEntries(); got != want {
+			t.Errorf("pinned %s has max_entries %d, want this version's %d", name, got, want)
+		}
+		m.Close()
+	}
+	var got captureOrigDst
+	if err := c.objs.MztTuples.Lookup(&tupleKey, &got); err != nil || got != tupleVal {
+		t.Errorf("tuple entry after migration: %+v, error %v; want %+v copied", got, err, tupleVal)
+	}
+	if pods, err := c.Pods(); err != nil || len(pods) != 1 {
+		t.Errorf("Pods() after migration = %+v, %v; want the adopted pod", pods, err)
+	}
+	if n := linksRunning(t, podPrograms(t, c)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the new pod programs, want %d", n, len(cgroupHooks)+2)
+	}
+	if err := c.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll after migration: %v", err)
+	}
+	checkCaptured(t, f, "after the migration and Enroll")
+}
+
+// repinWith replaces the map pinned at pinDir/name with a new map of the
+// pinned one's layout changed by change, holding a copy of its entries when
+// the layout allows. The links keep using the replaced map. The returned
+// function pins the replaced map again.
+func repinWith(t *testing.T, pinDir, name string, change func(*ebpf.MapSpec)) func() {
+	t.Helper()
+	path := filepath.Join(pinDir, name)
+	prev, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatalf("load pinned %s: %v", name, err)
+	}
+	t.Cleanup(func() { prev.Close() })
+	info, err := prev.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := &ebpf.MapSpec{Name: name, Type: prev.Type(), KeySize: prev.KeySize(), ValueSize: prev.ValueSize(),
+		MaxEntries: prev.MaxEntries(), Flags: info.Flags}
+	change(ms)
+	repl, err := ebpf.NewMap(ms)
+	if err != nil {
+		t.Fatalf("create %s with another layout: %v", name, err)
+	}
+	defer repl.Close()
+	if ms.KeySize == prev.KeySize() && ms.ValueSize == prev.ValueSize() && prev.Type() != ebpf.SockHash {
+		if _, err := copyMap(prev, repl); err != nil {
+			t.Fatalf("copy %s: %v", name, err)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := repl.Pin(path); err != nil {
+		t.Fatalf("pin %s: %v", name, err)
+	}
+	return func() {
+		t.Helper()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := prev.Pin(path); err != nil {
+			t.Fatalf("pin %s again: %v", name, err)
+		}
+	}
+}
