@@ -15,7 +15,8 @@
 // SockoptOriginalDst when Options.AgentCgroup is set. The cheapest way is
 // Options.OriginalDstAsLocalAddr: a getsockname program on the agent's
 // cgroup then returns the original destination in the getsockname call
-// that Go makes on every accept, so conn.LocalAddr() holds it. getpeername4 and
+// that Go makes on every accept, so conn.LocalAddr() holds it, and
+// Capture.OriginalDst returns it with no system call. getpeername4 and
 // getpeername6 programs show the application its real peer, and
 // getsockname4 and getsockname6 the pod's address instead of a loopback
 // one (the port stays the loopback connection's).
