@@ -639,10 +639,10 @@ func TestOriginalDstAsLocalAddr(t *testing.T) {
 	}
 }
 
-// Addresses that no namespace holds. Raw SYNs come from them, so the node's
-// kernel, which has no socket for the pod's SYN-ACK, drops the reply instead
-// of sending a reset for it (forwarding is off in the node namespace),
-// and the test can finish the handshake itself.
+// Addresses that no namespace holds. Raw SYNs come from them. The node's
+// kernel then drops the pod's SYN-ACK, because forwarding is off in the
+// node namespace, instead of sending a reset for it, and the test can
+// finish the handshake itself.
 var (
 	spoofIP4 = netip.MustParseAddr("198.18.64.77")
 	spoofIP6 = netip.MustParseAddr("fd00:198:18:64::77")

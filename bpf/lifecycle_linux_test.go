@@ -724,6 +724,7 @@ func repinWith(t *testing.T, pinDir, name string, change func(*ebpf.MapSpec)) fu
 		t.Fatalf("load pinned %s: %v", name, err)
 	}
 	t.Cleanup(func() { prev.Close() })
+
 	info, err := prev.Info()
 	if err != nil {
 		t.Fatal(err)
@@ -736,11 +737,13 @@ func repinWith(t *testing.T, pinDir, name string, change func(*ebpf.MapSpec)) fu
 		t.Fatalf("create %s with another layout: %v", name, err)
 	}
 	defer repl.Close()
+
 	if ms.KeySize == prev.KeySize() && ms.ValueSize == prev.ValueSize() && prev.Type() != ebpf.SockHash {
 		if _, err := copyMap(prev, repl); err != nil {
 			t.Fatalf("copy %s: %v", name, err)
 		}
 	}
+
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
