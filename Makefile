@@ -14,7 +14,7 @@ all: build
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-## system-deps: install the Debian packages the tests call (iproute2, util-linux)
+## system-deps: install the Debian packages the tests call (iproute2, util-linux, clang 14 and libbpf-dev for bpf/)
 system-deps:
 	@.ci/system-deps.sh
 

@@ -157,14 +157,17 @@ func RunNode(ctx context.Context, cfg NodeConfig) error {
 	if err != nil {
 		return err
 	}
-	// The agent reads original destinations from the capture maps, so its
-	// cgroup is optional. The loader refuses the cgroup2 root, because
-	// programs there would see every process of the node.
+	// When the agent's cgroup is known, a getsockname program there puts
+	// each captured connection's original destination in the accepted
+	// socket's local address, and Capture.OriginalDst reads it with no
+	// system call. Otherwise OriginalDst looks it up in the capture maps.
+	// The loader refuses the cgroup2 root, because programs there would see
+	// every process of the node.
 	if root, err := bpf.Cgroup2Root(); err == nil && filepath.Clean(ownCgroup) == filepath.Clean(root) {
 		log.Info("agent runs in the cgroup2 root; not attaching agent-cgroup programs")
 		ownCgroup = ""
 	}
-	capture, err := bpf.Open(bpf.Options{PinDir: cfg.PinDir, AgentCgroup: ownCgroup, Logger: log})
+	capture, err := bpf.Open(bpf.Options{PinDir: cfg.PinDir, AgentCgroup: ownCgroup, OriginalDstAsLocalAddr: ownCgroup != "", Logger: log})
 	if err != nil {
 		return fmt.Errorf("load eBPF capture: %w", err)
 	}

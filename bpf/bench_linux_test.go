@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,16 +28,21 @@ import (
 //     Capture.OriginalDstIn.
 //   - captured-localaddr: as captured, but the proxy reads the upstream from
 //     conn.LocalAddr, with Options.OriginalDstAsLocalAddr.
+//   - captured-agent: as captured-localaddr, but the proxy calls
+//     Capture.OriginalDst, as the agent does.
 func BenchmarkConnectEcho(b *testing.B) {
 	b.Run("proxy-hop", func(b *testing.B) { benchConnectEcho(b, modeHop) })
 	b.Run("captured", func(b *testing.B) { benchConnectEcho(b, modeLookup) })
 	b.Run("captured-localaddr", func(b *testing.B) { benchConnectEcho(b, modeLocalAddr) })
+	b.Run("captured-agent", func(b *testing.B) { benchConnectEcho(b, modeAgent) })
 }
 
-// benchPod is one pod with its proxy, ready for a client.
+// benchPod is one pod with its proxy or listener, ready for a client.
 type benchPod struct {
-	tp     *topo
-	target string // what the client dials
+	tp       *topo
+	target   string         // what the client dials
+	clientNS netns.NsHandle // where the client dials from
+	cgroup   string         // the client's cgroup; empty leaves it as it is
 }
 
 // benchMode is how a benchmark pod is captured and how its proxy finds the
@@ -47,6 +54,7 @@ const (
 	modeLookup                     // captured; Capture.OriginalDstIn
 	modeNoLookup                   // captured; fixed upstream
 	modeLocalAddr                  // captured; conn.LocalAddr with OriginalDstAsLocalAddr
+	modeAgent                      // captured; Capture.OriginalDst with OriginalDstAsLocalAddr
 )
 
 func newBenchPod(b *testing.B, mode benchMode) benchPod {
@@ -57,7 +65,7 @@ func newBenchPod(b *testing.B, mode benchMode) benchPod {
 	var c *Capture
 	if mode != modeHop {
 		opts := Options{PinDir: tp.pinDir}
-		if mode == modeLocalAddr {
+		if mode == modeLocalAddr || mode == modeAgent {
 			opts.AgentCgroup, opts.OriginalDstAsLocalAddr = tp.agentCg, true
 		}
 		var err error
@@ -96,6 +104,8 @@ func newBenchPod(b *testing.B, mode benchMode) benchPod {
 			return c.OriginalDstIn(cookie, conn)
 		case modeLocalAddr:
 			return conn.LocalAddr().(*net.TCPAddr).AddrPort(), nil
+		case modeAgent:
+			return c.OriginalDst(conn)
 		}
 		return upstream, nil
 	}
@@ -105,17 +115,43 @@ func newBenchPod(b *testing.B, mode benchMode) benchPod {
 	if mode != modeHop {
 		target = upstream.String()
 	}
-	return benchPod{tp: tp, target: target}
+	return benchPod{tp: tp, target: target, clientNS: tp.pod, cgroup: tp.podCgroup}
 }
 
-// enter moves the benchmark's locked thread into the pod's namespace and
-// the whole process into the pod's cgroup: the client must be in that
-// cgroup for connect4 to apply, and cgroup v2 membership is per process.
+// newInboundBenchPod serves a 1-byte echo on the pod's inbound listener
+// port (15006). With capture, the pod is enrolled and the client dials the
+// application port, which the tcx program assigns to that listener.
+// Without it, the client dials the listener directly.
+func newInboundBenchPod(b *testing.B, capture bool) benchPod {
+	tp := newTopo(b)
+	echo(b, listen(b, tp.pod, "tcp", fmt.Sprintf(":%d", DefaultInboundPort)))
+	target := netip.AddrPortFrom(podIP4, DefaultInboundPort)
+	if capture {
+		c, err := Open(Options{PinDir: tp.pinDir})
+		if err != nil {
+			b.Fatalf("Open: %v", err)
+		}
+		b.Cleanup(func() { c.Remove() })
+		if err := c.Enroll(tp.pod1()); err != nil {
+			b.Fatalf("Enroll: %v", err)
+		}
+		target = netip.AddrPortFrom(podIP4, appPort)
+	}
+	return benchPod{tp: tp, target: target.String(), clientNS: tp.node}
+}
+
+// enter moves the benchmark's locked thread into the client's namespace
+// and, for outbound pods, the whole process into the pod's cgroup: the
+// client must be in that cgroup for connect4 to apply, and cgroup v2
+// membership is per process.
 func (p benchPod) enter(b *testing.B) {
-	if err := unix.Setns(int(p.tp.pod), unix.CLONE_NEWNET); err != nil {
+	if err := unix.Setns(int(p.clientNS), unix.CLONE_NEWNET); err != nil {
 		b.Fatal(err)
 	}
-	if err := writeProcs(p.tp.podCgroup); err != nil {
+	if p.cgroup == "" {
+		return
+	}
+	if err := writeProcs(p.cgroup); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -179,7 +215,6 @@ func benchConnectEcho(b *testing.B, mode benchMode) {
 // the BPF programs from that of the lookup. It reports the median latency
 // of each variant and its ratio to proxy-hop.
 func BenchmarkConnectEchoPaired(b *testing.B) {
-	const block = 50
 	modes := []struct {
 		name string
 		mode benchMode
@@ -188,11 +223,33 @@ func BenchmarkConnectEchoPaired(b *testing.B) {
 		{"lookup", modeLookup},
 		{"nolookup", modeNoLookup},
 		{"localaddr", modeLocalAddr},
+		{"agent", modeAgent},
 	}
+	names := make([]string, len(modes))
 	pods := make([]benchPod, len(modes))
 	for i, m := range modes {
+		names[i] = m.name
 		pods[i] = newBenchPod(b, m.mode)
 	}
+	runPaired(b, names, pods)
+}
+
+// BenchmarkInboundPaired measures connect plus a 1-byte echo from the node
+// to a listener in the pod. The plain variant dials the listener's port
+// without BPF. The tcx variant dials the application port of an enrolled
+// pod, whose tcx program assigns the SYN to the listener with
+// bpf_sk_assign. Both rotate blocks of connections as in
+// BenchmarkConnectEchoPaired, and the benchmark reports the median latency
+// of each and the ratio tcx/plain.
+func BenchmarkInboundPaired(b *testing.B) {
+	runPaired(b, []string{"plain", "tcx"}, []benchPod{newInboundBenchPod(b, false), newInboundBenchPod(b, true)})
+}
+
+// runPaired times connect plus echo to each pod in turn, in blocks of 50
+// connections, and reports each variant's median and its ratio to the
+// first, named by names.
+func runPaired(b *testing.B, names []string, pods []benchPod) {
+	const block = 50
 	restore := lockClient(b)
 	defer restore()
 
@@ -214,12 +271,12 @@ func BenchmarkConnectEchoPaired(b *testing.B) {
 			return
 		}
 	}
-	hop := median(lat[0])
-	b.ReportMetric(float64(hop.Nanoseconds()), "hop-p50-ns")
-	for i, m := range modes[1:] {
+	base := median(lat[0])
+	b.ReportMetric(float64(base.Nanoseconds()), names[0]+"-p50-ns")
+	for i, name := range names[1:] {
 		p50 := median(lat[i+1])
-		b.ReportMetric(float64(p50.Nanoseconds()), m.name+"-p50-ns")
-		b.ReportMetric(float64(p50)/float64(hop), m.name+"/hop")
+		b.ReportMetric(float64(p50.Nanoseconds()), name+"-p50-ns")
+		b.ReportMetric(float64(p50)/float64(base), name+"/"+names[0])
 	}
 }
 
@@ -301,10 +358,19 @@ func relayProxy(tb testing.TB, tp *topo, ln net.Listener, resolve func(net.Conn)
 }
 
 // BenchmarkOriginalDst measures the ways a proxy can recover the original
-// destination of one accepted, captured connection.
+// destination of one accepted, captured connection. The Capture runs with
+// OriginalDstAsLocalAddr, as the agent's does.
+//
+//   - OriginalDst: what the agent calls; it returns conn.LocalAddr(), which
+//     the getsockname program set at accept.
+//   - NetnsCookie+OriginalDstIn: OriginalDst's path without the option, two
+//     system calls.
+//   - OriginalDstIn: the map lookup alone, one system call.
+//   - SockoptOriginalDst: getsockopt(SO_ORIGINAL_DST), which the getsockopt
+//     program returns.
 func BenchmarkOriginalDst(b *testing.B) {
 	tp := newTopo(b)
-	c, err := Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg})
+	c, err := Open(Options{PinDir: tp.pinDir, AgentCgroup: tp.agentCg, OriginalDstAsLocalAddr: true})
 	if err != nil {
 		b.Fatalf("Open: %v", err)
 	}
@@ -314,15 +380,18 @@ func BenchmarkOriginalDst(b *testing.B) {
 	}
 	// A socket belongs to the cgroup of the process that created it, and an
 	// accepted socket to the listener's: create the listener from the
-	// agent's cgroup, where the getsockopt program is attached.
+	// agent's cgroup, where the getsockopt and getsockname programs are
+	// attached.
 	joinCgroup(b, tp.agentCg)
 	ln := listen(b, tp.pod, "tcp4", "127.0.0.1:15001")
 	b.Cleanup(func() { ln.Close() })
 
 	// Dial once from the pod's cgroup.
 	restore := lockClient(b)
-	benchPod{tp: tp}.enter(b)
-	client, err := net.Dial("tcp4", netip.AddrPortFrom(nodeIP4, appPort).String())
+	newPod := benchPod{tp: tp, clientNS: tp.pod, cgroup: tp.podCgroup}
+	newPod.enter(b)
+	dst := netip.AddrPortFrom(nodeIP4, appPort)
+	client, err := net.Dial("tcp4", dst.String())
 	restore()
 	if err != nil {
 		b.Fatalf("dial: %v", err)
@@ -333,10 +402,16 @@ func BenchmarkOriginalDst(b *testing.B) {
 		b.Fatalf("accept: %v", err)
 	}
 	b.Cleanup(func() { conn.Close() })
+	if got := conn.LocalAddr().String(); got != dst.String() {
+		b.Fatalf("LocalAddr() = %s, want the original destination %s", got, dst)
+	}
 	cookie, err := NetnsCookie(ln.(*net.TCPListener))
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The map is keyed by the proxy's real local address, which getsockname
+	// no longer shows with the option.
+	unrewritten := proxySide{conn.(*net.TCPConn), ln.Addr()}
 
 	b.Run("OriginalDst", func(b *testing.B) {
 		for b.Loop() {
@@ -345,9 +420,20 @@ func BenchmarkOriginalDst(b *testing.B) {
 			}
 		}
 	})
+	b.Run("NetnsCookie+OriginalDstIn", func(b *testing.B) {
+		for b.Loop() {
+			cookie, err := NetnsCookie(unrewritten)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.OriginalDstIn(cookie, unrewritten); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("OriginalDstIn", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := c.OriginalDstIn(cookie, conn); err != nil {
+			if _, err := c.OriginalDstIn(cookie, unrewritten); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -360,3 +446,12 @@ func BenchmarkOriginalDst(b *testing.B) {
 		}
 	})
 }
+
+// proxySide is an accepted connection with the local address that the
+// kernel holds, as a Capture without OriginalDstAsLocalAddr would see it.
+type proxySide struct {
+	*net.TCPConn
+	local net.Addr
+}
+
+func (p proxySide) LocalAddr() net.Addr { return p.local }

@@ -13,7 +13,8 @@
 //   inbound: a tcx ingress program on the pod's eth0 assigns new TCP
 //   connections to the in-pod inbound listener (15006), or to the HBONE
 //   listener (15008), with bpf_sk_assign. It drops them when the listener is
-//   missing, so an enrolled pod fails closed. An sk_lookup program on the
+//   missing, so an enrolled pod fails closed, and it drops TCP in IP
+//   fragments, which it cannot assign. An sk_lookup program on the
 //   pod's namespace covers SYNs that meet a TIME_WAIT socket (mzt_tw_steer).
 //
 // The cgroup programs look their pod up by network namespace cookie; a
@@ -218,6 +219,8 @@ enum stat {
 	STAT_INBOUND_TW_FAILED,
 	STAT_SOCKNAME_REWRITTEN,
 	STAT_AGENT_SOCKNAME_REWRITTEN,
+	STAT_INBOUND_FRAGMENT,
+	STAT_INBOUND_MALFORMED,
 	STAT_MAX,
 };
 
@@ -658,11 +661,27 @@ struct syn {
 
 #define PARSE_PASS 0
 #define PARSE_SYN 1
-#define PARSE_DROP 2
+#define PARSE_DROP 2     // truncated or too deep to parse
+#define PARSE_FRAGMENT 3 // TCP in an IP fragment
 
-// parse_syn fills s for a TCP SYN without ACK and returns PARSE_SYN. It
-// returns PARSE_DROP for an IPv6 packet whose extension headers it cannot
-// walk to the end, which could hide a SYN, and PARSE_PASS otherwise.
+#define MZT_IP_MF 0x2000
+#define MZT_IP_OFFSET 0x1fff
+
+// parse_syn fills s for a TCP SYN without ACK and returns PARSE_SYN.
+//
+// The kernel reassembles IP fragments only after tc, and an assignment made
+// on a fragment is lost in reassembly, so a fragmented SYN would reach the
+// application. parse_syn therefore returns PARSE_FRAGMENT for:
+//   - every IPv4 fragment with protocol TCP (the kernel reassembles only
+//     fragments of one protocol, so this covers every piece of a TCP
+//     datagram);
+//   - every IPv6 fragment whose fragment header names TCP, and every first
+//     fragment whose header chain ends in TCP. The protocol of a reassembled
+//     IPv6 packet is that of its first fragment, so later fragments that
+//     name another protocol can pass: without the first they never complete.
+// It returns PARSE_DROP for a packet whose IP, extension or TCP header is
+// truncated, or whose IPv6 extension headers it cannot walk to the end, since
+// either could hide a SYN. It returns PARSE_PASS for anything else.
 static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 {
 	__u32 off = ETH_HLEN;
@@ -671,9 +690,13 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return PARSE_DROP;
+		if (ip.protocol != MZT_PROTO_TCP)
 			return PARSE_PASS;
-		if (ip.protocol != MZT_PROTO_TCP || (ip.frag_off & bpf_htons(0x1fff)))
-			return PARSE_PASS;
+		if (ip.frag_off & bpf_htons(MZT_IP_MF | MZT_IP_OFFSET))
+			return PARSE_FRAGMENT;
+		if (ip.ihl < 5)
+			return PARSE_DROP;
 		s->tuple.ipv4.saddr = ip.saddr;
 		s->tuple.ipv4.daddr = ip.daddr;
 		s->v6 = 0;
@@ -681,12 +704,13 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
-			return PARSE_PASS;
+			return PARSE_DROP;
 		__builtin_memcpy(s->tuple.ipv6.saddr, &ip6.saddr, 16);
 		__builtin_memcpy(s->tuple.ipv6.daddr, &ip6.daddr, 16);
 		s->v6 = 1;
 		off += sizeof(ip6);
 		proto = ip6.nexthdr;
+		int fragment = 0;
 
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
@@ -696,11 +720,15 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 				break;
 			__u8 ext[4];
 			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
-				return PARSE_PASS;
+				return PARSE_DROP;
 			if (proto == NEXTHDR_FRAGMENT) {
-				// A later fragment carries no TCP header.
+				if (ext[0] == MZT_PROTO_TCP)
+					return PARSE_FRAGMENT;
+				// A later fragment: its first fragment decides the
+				// protocol and is checked on its own.
 				if ((ext[2] << 8 | ext[3]) & 0xfff8)
 					return PARSE_PASS;
+				fragment = 1;
 				off += 8;
 			} else if (proto == NEXTHDR_AUTH) {
 				off += (ext[1] + 2) * 4;
@@ -714,13 +742,15 @@ static __always_inline int parse_syn(struct __sk_buff *skb, struct syn *s)
 			return PARSE_DROP;
 		if (proto != MZT_PROTO_TCP)
 			return PARSE_PASS;
+		if (fragment)
+			return PARSE_FRAGMENT;
 	} else {
 		return PARSE_PASS;
 	}
 
 	struct tcphdr th;
 	if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
-		return PARSE_PASS;
+		return PARSE_DROP;
 	if (!th.syn || th.ack)
 		return PARSE_PASS;
 	if (s->v6) {
@@ -768,8 +798,14 @@ int mzt_tc_ingress(struct __sk_buff *skb)
 	struct syn s;
 	__builtin_memset(&s, 0, sizeof(s));
 	int parsed = parse_syn(skb, &s);
-	if (parsed == PARSE_DROP)
+	if (parsed == PARSE_FRAGMENT) {
+		count(STAT_INBOUND_FRAGMENT);
 		return TC_ACT_SHOT;
+	}
+	if (parsed == PARSE_DROP) {
+		count(STAT_INBOUND_MALFORMED);
+		return TC_ACT_SHOT;
+	}
 	if (parsed != PARSE_SYN)
 		return TCX_NEXT;
 

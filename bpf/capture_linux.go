@@ -38,25 +38,37 @@ var (
 type Options struct {
 	// PinDir is the bpffs directory for pinned maps and links. When it is not
 	// on bpffs, Open mounts bpffs on /sys/fs/bpf if PinDir lies below it,
-	// and otherwise on PinDir itself. Empty means DefaultPinDir. Two agents
-	// must not share a PinDir.
+	// and otherwise on PinDir itself. Empty means DefaultPinDir.
+	//
+	// Two Captures may share a PinDir during a handover, as in a rolling
+	// update that starts the new agent before the old one stops. The later
+	// Open gives every pinned pod link its programs, Enroll by either one
+	// takes over the links that the other pinned or re-attaches the ones it
+	// detached, and Close by either leaves the pins to the other. The
+	// agent-cgroup links move to the cgroup of the Capture that opened
+	// last; the other one's OriginalDst then falls back to the map lookup.
+	// Each Capture lists only the pods it enrolled or adopted at Open, and
+	// Remove by either deletes the capture of every pod.
 	PinDir string
 
 	// AgentCgroup is the cgroup v2 directory of the agent process, absolute
 	// or relative to the cgroup2 mount. The getsockopt program that returns
 	// SO_ORIGINAL_DST is attached there, and connects from this cgroup are
 	// never captured. The getsockopt program runs for sockets that belong
-	// to the cgroup: a socket belongs to the cgroup of the process that
-	// created it, and an accepted socket to its listener's. Empty means
-	// neither: the agent then looks original destinations up with
-	// Capture.OriginalDst.
+	// to the cgroup or its descendants: a socket belongs to the cgroup of
+	// the process that created it, and an accepted socket to its
+	// listener's. The connect exemption compares the connecting process's
+	// cgroup ID with this cgroup's exactly, so processes in child cgroups
+	// are captured like any other. Empty means neither: the agent then looks
+	// original destinations up with Capture.OriginalDst.
 	AgentCgroup string
 
 	// OriginalDstAsLocalAddr makes getsockname on a connection accepted on
 	// the outbound listener return its original destination, for sockets of
-	// AgentCgroup (the listener must be created there). The proxy then reads the original destination from
-	// conn.LocalAddr() with no extra system call (Go calls getsockname on
-	// every accept), as it does for inbound connections. It needs
+	// AgentCgroup (the listener must be created there). The proxy then reads
+	// the original destination from conn.LocalAddr() with no extra system
+	// call (Go calls getsockname on every accept), as it does for inbound
+	// connections, and Capture.OriginalDst does the same. It needs
 	// AgentCgroup, and the listener's own address stays 127.0.0.1:15001.
 	OriginalDstAsLocalAddr bool
 
@@ -82,6 +94,8 @@ type Options struct {
 type Capture struct {
 	log        *slog.Logger
 	pinDir     string
+	localAddr  bool           // Options.OriginalDstAsLocalAddr
+	migrations []mapMigration // during Open: pinned maps of a previous layout
 	objs       captureHandles
 	agentLinks map[string]link.Link // keyed by pin name
 
@@ -140,7 +154,7 @@ func Open(opts Options) (*Capture, error) {
 		return nil, fmt.Errorf("create pin directory: %w", err)
 	}
 
-	c := &Capture{log: log, pinDir: opts.PinDir, pods: map[string]*podState{}, agentLinks: map[string]link.Link{}}
+	c := &Capture{log: log, pinDir: opts.PinDir, localAddr: opts.OriginalDstAsLocalAddr, pods: map[string]*podState{}, agentLinks: map[string]link.Link{}}
 	if err := c.load(opts.Mark, opts.MarkMask, agentCgroupID); err != nil {
 		return nil, err
 	}
@@ -154,6 +168,11 @@ func Open(opts Options) (*Capture, error) {
 			return nil, err
 		}
 	}
+	if err := c.finishMigration(c.migrations); err != nil {
+		c.closeHandles()
+		return nil, err
+	}
+	c.migrations = nil
 	log.Info("capture opened", "pin_dir", opts.PinDir, "pods", len(c.pods))
 	return c, nil
 }
@@ -174,11 +193,28 @@ func (c *Capture) load(mark, mask uint32, agentCgroupID uint64) error {
 		}
 	}
 
-	err = spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: c.pinDir},
-	})
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: c.pinDir}}
+	err = spec.LoadAndAssign(&c.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return fmt.Errorf("load capture programs: maps pinned in %s come from an incompatible version; remove them (Capture.Remove) to start over: %w", c.pinDir, err)
+		// Maps pinned by a previous version differ from this version's.
+		// Their entries are copied into new maps, which Open pins in
+		// place of the previous ones once every link runs the new programs.
+		migrations, perr := prepareMigration(spec, c.pinDir)
+		if perr != nil {
+			return fmt.Errorf("load capture programs: maps pinned in %s cannot be migrated, and the previous programs keep capturing; to start over, remove them (Capture.Remove) and enroll every pod again, which leaves pods uncaptured in between: %w", c.pinDir, perr)
+		}
+		err = spec.LoadAndAssign(&c.objs, opts)
+		if err == nil {
+			c.migrations = migrations
+			if err := c.copyEntries(migrations); err != nil {
+				c.closeHandles()
+				return err
+			}
+		} else {
+			for _, m := range migrations {
+				m.old.Close()
+			}
+		}
 	}
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {
@@ -293,6 +329,11 @@ func (c *Capture) closeHandlesLocked() {
 		delete(c.agentLinks, pin)
 	}
 
+	for _, m := range c.migrations {
+		m.old.Close()
+	}
+	c.migrations = nil
+
 	c.life.Lock()
 	defer c.life.Unlock()
 	c.closed = true
@@ -319,11 +360,7 @@ func (c *Capture) Remove() error {
 		detachLink(l)
 		delete(c.agentLinks, pin)
 	}
-	maps := []*ebpf.Map{
-		c.objs.MztPods, c.objs.MztPodIds, c.objs.MztExclCidr, c.objs.MztExclPort,
-		c.objs.MztTuples, c.objs.MztOrig, c.objs.MztStats, c.objs.MztPodAddrs, c.objs.MztTwSteer,
-	}
-	for _, m := range maps {
+	for _, m := range c.mapsByName() {
 		if m == nil {
 			continue
 		}
@@ -381,6 +418,8 @@ type Stats struct {
 	InboundTWFailed     uint64 // such SYNs dropped because the steering map update failed
 	SocknameRewritten   uint64 // getsockname calls shown the pod's address
 	AgentSocknameOrig   uint64 // agent getsockname calls returning an original destination
+	InboundFragment     uint64 // inbound IP fragments carrying TCP, dropped
+	InboundMalformed    uint64 // inbound packets dropped because a header was truncated or too deep to parse
 }
 
 // Stats reads the counters.
@@ -397,7 +436,7 @@ func (c *Capture) Stats() (Stats, error) {
 		&s.TupleStored, &s.SockoptAnswered, &s.PeernameRewritten, &s.InboundAssigned,
 		&s.InboundNoListener, &s.InboundProbe, &s.InboundAssignFailed, &s.InboundUnknownDst,
 		&s.InboundTWSteered, &s.InboundTWFailed, &s.SocknameRewritten,
-		&s.AgentSocknameOrig,
+		&s.AgentSocknameOrig, &s.InboundFragment, &s.InboundMalformed,
 	}
 	for i, f := range fields {
 		var per []uint64

@@ -15,7 +15,8 @@
 // SockoptOriginalDst when Options.AgentCgroup is set. The cheapest way is
 // Options.OriginalDstAsLocalAddr: a getsockname program on the agent's
 // cgroup then returns the original destination in the getsockname call
-// that Go makes on every accept, so conn.LocalAddr() holds it. getpeername4 and
+// that Go makes on every accept, so conn.LocalAddr() holds it, and
+// Capture.OriginalDst returns it with no system call. getpeername4 and
 // getpeername6 programs show the application its real peer, and
 // getsockname4 and getsockname6 the pod's address instead of a loopback
 // one (the port stays the loopback connection's).
@@ -34,6 +35,16 @@
 // is dropped: an enrolled pod fails closed. Connections from the kubelet
 // probe address (169.254.7.127 and its IPv6 counterpart by default) reach
 // the application directly.
+//
+// TCP in IP fragments is dropped. The kernel reassembles fragments after tc,
+// and an assignment made on a fragment is lost in reassembly, so a
+// fragmented SYN would reach the application. The program drops every IPv4
+// fragment with protocol TCP, every IPv6 fragment whose fragment header
+// names TCP, and every first IPv6 fragment whose header chain ends in TCP.
+// A later IPv6 fragment that names another protocol passes, because the
+// reassembled packet takes the protocol of its first fragment. Packets
+// whose IP, IPv6 extension or TCP header is truncated are dropped too, as
+// are IPv6 packets with more than four extension headers before TCP.
 //
 // A client that reuses its port while the pod still holds the TIME_WAIT
 // socket of an earlier proxied connection cannot be assigned in tc, because
@@ -56,7 +67,8 @@
 // mount the host's /sys/fs/bpf into it.
 // Close leaves the pins, so capture continues (failing closed while no
 // listener exists); the next Open reuses the pinned maps and swaps its
-// programs into the pinned links with an atomic link update. Remove deletes
+// programs into the pinned links with an atomic link update. Two agents may
+// share the pins during a handover (see Options.PinDir). Remove deletes
 // everything. Cgroup paths are absolute or relative to the cgroup v2 mount,
 // which Cgroup2Root finds in /proc/self/mountinfo (/sys/fs/cgroup, or
 // /sys/fs/cgroup/unified on hybrid hosts).
@@ -72,9 +84,20 @@
 //     dropped until the pod is enrolled again.
 //   - Socket-storage entries of a departed pod's still-open sockets go away
 //     with those sockets, not at Unenroll.
-//   - Open fails when the pinned maps come from an incompatible version of
-//     the programs. The agent must then remove the pins and enroll every
-//     pod again, and pods are not captured in between.
+//   - Open migrates a pinned map whose max_entries or flags changed in an
+//     upgrade. It creates the map anew and copies the entries. Then it gives
+//     every pinned link the new programs with an atomic link update, and
+//     only then pins the new map in place of the old one. A migrated socket
+//     storage or TIME_WAIT steering map starts empty, because user space
+//     cannot copy sockets. A connection whose connect and establishment
+//     straddle the switch then has no original destination, and the proxy
+//     closes it. A SYN that meets a TIME_WAIT socket while the tc and
+//     sk_lookup links run different versions can reach the application.
+//   - An upgrade that changes a pinned map's type, key size or value size
+//     cannot be migrated: Open fails with ErrMapIncompatible and changes
+//     nothing, so the previous version's programs keep capturing. Starting
+//     over takes Capture.Remove and enrolling every pod again, and pods are
+//     not captured in between.
 //
 // # Requirements
 //

@@ -26,11 +26,19 @@ import (
 // directions, opens a new one on the same pins and checks that no
 // connection reached an application without passing the proxy.
 func TestRestartAdoption(t *testing.T) {
+	t.Run("IPv4", func(t *testing.T) { testRestartAdoption(t, "tcp4", "", nodeIP4, podIP4) })
+	// The node also holds the IPv6 probe address, so pick the source.
+	t.Run("IPv6", func(t *testing.T) {
+		testRestartAdoption(t, "tcp6", netip.AddrPortFrom(nodeIP6, 0).String(), nodeIP6, podIP6)
+	})
+}
+
+func testRestartAdoption(t *testing.T, network, nodeLaddr string, node, pod netip.Addr) {
 	f := newFixture(t)
 	old := f.cur.Load()
-	dst := netip.AddrPortFrom(nodeIP4, appPort)
+	dst := netip.AddrPortFrom(node, appPort)
 
-	cmd, out := f.startApp(helperSpec{Network: "tcp4", Addr: dst.String(), Count: 3000, Duration: 2500 * time.Millisecond, Interval: 2 * time.Millisecond})
+	cmd, out := f.startApp(helperSpec{Network: network, Addr: dst.String(), Count: 3000, Duration: 2500 * time.Millisecond, Interval: 2 * time.Millisecond})
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -45,7 +53,7 @@ func TestRestartAdoption(t *testing.T) {
 				return
 			default:
 			}
-			reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+			reply, err := dialIn(t, f.node, network, nodeLaddr, netip.AddrPortFrom(pod, appPort).String(), 2*time.Second)
 			if err == nil && strings.HasPrefix(reply, "in ") {
 				inboundOK++
 			} else {
@@ -95,7 +103,7 @@ func TestRestartAdoption(t *testing.T) {
 	if inboundBad != 0 || inboundOK < 50 {
 		t.Errorf("inbound: %d proxied, %d not (last: %s); want at least 50 and none missed", inboundOK, inboundBad, inboundErr)
 	}
-	if n := f.nodeApp.accepted() + f.podApp.accepted(); n != 0 {
+	if n := f.nodeApp.accepted() + f.nodeV6.accepted() + f.podApp.accepted(); n != 0 {
 		t.Errorf("applications accepted %d connections past the proxy, want 0", n)
 	}
 
@@ -408,45 +416,74 @@ func TestUnenrollDepartedPod(t *testing.T) {
 	}
 }
 
-const modeDefaultPinDir = "default-pin-dir"
+const (
+	modeDefaultPinDir = "default-pin-dir" // no bpffs on /sys/fs/bpf
+	modeExistingBPFFS = "existing-bpffs"  // a bpffs already on /sys/fs/bpf
+)
 
 // TestDefaultPinDirMountsBPFFS opens a Capture with the default pin
-// directory on a host where /sys/fs/bpf has no bpffs, as on the test VM.
-// It runs in a child process with its own mount namespace, so the bpffs
-// mount never reaches the host.
+// directory, once where /sys/fs/bpf has no bpffs and Open must mount it,
+// and once where it has one and Open must use it without mounting again.
+// Each case runs in a child process with its own mount namespace, which
+// first sets /sys/fs/bpf up for the case: it unmounts any bpffs there, or
+// mounts a new, empty bpffs instance. Neither change reaches the host, and
+// a real agent's pins are never visible to the child.
 func TestDefaultPinDirMountsBPFFS(t *testing.T) {
 	privtest.Require(t)
-	if onBPF, err := isBPFFS(standardBPFFS); err != nil || onBPF {
-		t.Skipf("%s already holds bpffs (error %v); this test covers hosts without it, and must not touch a real agent's pins", standardBPFFS, err)
-	}
-
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	spec, _ := json.Marshal(helperSpec{Mode: modeDefaultPinDir})
-	cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	hostBPFFS, err := isBPFFS(standardBPFFS)
 	if err != nil {
-		t.Fatalf("helper: %v", err)
+		t.Fatal(err)
 	}
-	var a attempt
-	if err := json.Unmarshal(out, &a); err != nil || a.Reply != "ok" {
-		t.Fatalf("default pin directory: %+v (output %q, error %v)", a, out, err)
-	}
-	if onBPF, _ := isBPFFS(standardBPFFS); onBPF {
-		t.Errorf("%s holds bpffs in the test's mount namespace after the helper exited", standardBPFFS)
+	for _, mode := range []string{modeDefaultPinDir, modeExistingBPFFS} {
+		t.Run(mode, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			spec, _ := json.Marshal(helperSpec{Mode: mode})
+			cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+			cmd.Stderr = os.Stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("helper: %v", err)
+			}
+			var a attempt
+			if err := json.Unmarshal(out, &a); err != nil || a.Reply != "ok" {
+				t.Fatalf("default pin directory: %+v (output %q, error %v)", a, out, err)
+			}
+			if onBPF, _ := isBPFFS(standardBPFFS); onBPF != hostBPFFS {
+				t.Errorf("%s holds bpffs = %v in the test's mount namespace after the helper exited, want %v as before", standardBPFFS, onBPF, hostBPFFS)
+			}
+		})
 	}
 }
 
-// checkDefaultPinDir runs in the helper: Go makes the new mount namespace
-// private, so the mount stays inside it.
-func checkDefaultPinDir() error {
+// checkDefaultPinDir runs in the helper, in a mount namespace that Go made
+// private, so mounts and unmounts stay inside it.
+func checkDefaultPinDir(mode string) error {
+	if err := prepareStandardBPFFS(mode == modeExistingBPFFS); err != nil {
+		return err
+	}
+	mountsBefore, err := mountsAt(standardBPFFS)
+	if err != nil {
+		return err
+	}
+
 	c, err := Open(Options{})
 	if err != nil {
 		return err
 	}
 	if onBPF, err := isBPFFS(standardBPFFS); err != nil || !onBPF {
 		return fmt.Errorf("%s is not bpffs after Open (error %v)", standardBPFFS, err)
+	}
+	mountsAfter, err := mountsAt(standardBPFFS)
+	if err != nil {
+		return err
+	}
+	wantMounts := mountsBefore + 1
+	if mode == modeExistingBPFFS {
+		wantMounts = mountsBefore
+	}
+	if mountsAfter != wantMounts {
+		return fmt.Errorf("%d mounts on %s after Open, %d before; want %d", mountsAfter, standardBPFFS, mountsBefore, wantMounts)
 	}
 	if _, err := os.Stat(filepath.Join(DefaultPinDir, "mzt_pods")); err != nil {
 		return fmt.Errorf("pinned map missing: %w", err)
@@ -457,5 +494,269 @@ func checkDefaultPinDir() error {
 	if _, err := os.Stat(DefaultPinDir); !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("%s still exists after Remove (stat error %v)", DefaultPinDir, err)
 	}
+	if n, err := mountsAt(standardBPFFS); err != nil || n != mountsAfter {
+		return fmt.Errorf("%d mounts on %s after Remove (error %v), want %d: Remove must leave the standard mount", n, standardBPFFS, err, mountsAfter)
+	}
 	return nil
+}
+
+// prepareStandardBPFFS unmounts every bpffs on /sys/fs/bpf, then mounts a
+// new bpffs instance there when existing is set.
+func prepareStandardBPFFS(existing bool) error {
+	for {
+		onBPF, err := isBPFFS(standardBPFFS)
+		if err != nil {
+			return err
+		}
+		if !onBPF {
+			break
+		}
+		if err := unix.Unmount(standardBPFFS, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", standardBPFFS, err)
+		}
+	}
+	if !existing {
+		return nil
+	}
+	if err := unix.Mount("bpf", standardBPFFS, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", standardBPFFS, err)
+	}
+	return nil
+}
+
+// mountsAt counts the entries of /proc/self/mountinfo whose mount point is
+// dir.
+func mountsAt(dir string) (int, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0, fmt.Errorf("read mountinfo: %w", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if fields := strings.Fields(line); len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// TestSharedPinDir opens two Captures on one PinDir, as during a rolling
+// update where the new agent starts before the old one stops. The second
+// adopts the pinned links, the first keeps enrolling and unenrolling, then
+// closes, and capture continues without a connection past the proxy.
+func TestSharedPinDir(t *testing.T) {
+	f := newFixture(t)
+	first := f.cur.Load()
+	second, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg})
+	if err != nil {
+		t.Fatalf("second Open on the same PinDir: %v", err)
+	}
+	f.cur.Store(second)
+	checkCaptured(t, f, "after the second opened")
+	if n := linksRunning(t, podPrograms(t, second)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the second Capture's pod programs, want %d (one per hook)", n, len(cgroupHooks)+2)
+	}
+
+	// The first enrolls the pod again, while the second unenrolls it.
+	if err := first.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll by the first Capture after the second opened: %v", err)
+	}
+	if err := second.Unenroll(f.pod1().ID); err != nil {
+		t.Fatalf("Unenroll by the second Capture: %v", err)
+	}
+	// The first still holds the links that the second detached.
+	if err := first.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll by the first Capture after the second unenrolled: %v", err)
+	}
+	if n := linksRunning(t, podPrograms(t, first)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the first Capture's pod programs, want %d (one per hook)", n, len(cgroupHooks)+2)
+	}
+
+	closed := podPrograms(t, first)
+	if err := first.Close(); err != nil {
+		t.Fatalf("Close of the first Capture: %v", err)
+	}
+	checkCaptured(t, f, "after the first closed")
+
+	// The second, which forgot the pod, enrolls it over the first's pins.
+	if err := second.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll by the second Capture over the first's pins: %v", err)
+	}
+	checkCaptured(t, f, "after the second enrolled again")
+	if n := linksRunning(t, podPrograms(t, second)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the second Capture's pod programs, want %d (one per hook)", n, len(cgroupHooks)+2)
+	}
+	if n := linksRunning(t, closed); n != 0 {
+		t.Errorf("%d links still run pod programs of the closed Capture, want 0", n)
+	}
+}
+
+// checkCaptured dials out of the pod and into it, and checks that both
+// connections went through the proxy and none reached an application.
+func checkCaptured(t *testing.T, f *fixture, when string) {
+	t.Helper()
+	dst := netip.AddrPortFrom(nodeIP4, appPort)
+	got := f.runApp(helperSpec{Network: "tcp4", Addr: dst.String()})
+	wantReply(t, "outbound "+when, got, fmt.Sprintf("out %s %s", dst, dst))
+	reply, err := dialIn(t, f.node, "tcp4", "", fmt.Sprintf("%s:%d", podIP4, appPort), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, "in ") {
+		t.Errorf("inbound %s: reply %q, error %v; want the inbound proxy", when, reply, err)
+	}
+	if n := f.nodeApp.accepted() + f.podApp.accepted(); n != 0 {
+		t.Errorf("%s: applications accepted %d connections past the proxy, want 0", when, n)
+	}
+}
+
+// podPrograms returns the IDs of c's programs for pod hooks, keyed to their
+// pin names. The agent-cgroup programs are left out: their links run the
+// programs of the Capture that opened last.
+func podPrograms(t *testing.T, c *Capture) map[ebpf.ProgramID]string {
+	t.Helper()
+	progs := map[ebpf.ProgramID]string{}
+	pins := []string{tcxPin, skLookupPin}
+	for _, h := range cgroupHooks {
+		pins = append(pins, h.pin)
+	}
+	for _, pin := range pins {
+		progs[progID(t, c.programFor(pin))] = pin
+	}
+	return progs
+}
+
+// linksRunning counts the links in the kernel whose program is in progs.
+func linksRunning(t *testing.T, progs map[ebpf.ProgramID]string) int {
+	t.Helper()
+	n := 0
+	var it link.Iterator
+	for it.Next() {
+		if info, err := it.Link.Info(); err == nil {
+			if _, ok := progs[info.Program]; ok {
+				n++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("list links: %v", err)
+	}
+	return n
+}
+
+// TestOpenMigratesMapLayout restarts with pinned maps whose layout differs
+// from this version's, as after an upgrade that changed them. A map of
+// another value size cannot be migrated: Open fails and leaves the
+// previous programs capturing. Maps that differ only in max_entries are
+// copied into new maps while every link moves to the new programs, with
+// no window in which a connection passes the proxy.
+func TestOpenMigratesMapLayout(t *testing.T) {
+	f := newFixture(t)
+	old := f.cur.Load()
+	checkCaptured(t, f, "before the restart")
+	var tupleKey captureTupleKey
+	var tupleVal captureOrigDst
+	if it := old.objs.MztTuples.Iterate(); !it.Next(&tupleKey, &tupleVal) {
+		t.Fatalf("no tuple entry after an outbound connection (error %v)", it.Err())
+	}
+	f.cur.Store(nil)
+	if err := old.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	// Another value size: Open must fail without touching anything.
+	restore := repinWith(t, f.pinDir, "mzt_excl_port", func(ms *ebpf.MapSpec) { ms.ValueSize = 2 })
+	if c, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg}); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Open with a pinned map of another value size: error %v, want ErrMapIncompatible", err)
+	}
+	reply, err := dialIn(t, f.node, "tcp4", "", netip.AddrPortFrom(podIP4, appPort).String(), 2*time.Second)
+	if err != nil || !strings.HasPrefix(reply, "in ") {
+		t.Errorf("inbound after the failed Open: reply %q, error %v; want the inbound proxy", reply, err)
+	}
+	restore()
+
+	// Other max_entries: Open migrates.
+	repinWith(t, f.pinDir, "mzt_pods", func(ms *ebpf.MapSpec) { ms.MaxEntries = 1000 })
+	repinWith(t, f.pinDir, "mzt_tuples", func(ms *ebpf.MapSpec) { ms.MaxEntries = 1024 })
+	repinWith(t, f.pinDir, "mzt_tw_steer", func(ms *ebpf.MapSpec) { ms.MaxEntries = 128 })
+	c, err := Open(Options{PinDir: f.pinDir, AgentCgroup: f.agentCg})
+	if err != nil {
+		t.Fatalf("Open with pinned maps of other max_entries: %v", err)
+	}
+	f.cur.Store(c)
+	checkCaptured(t, f, "after the migration, before Enroll")
+
+	for name, want := range map[string]uint32{"mzt_pods": 4096, "mzt_tuples": 65536, "mzt_tw_steer": 4096} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(f.pinDir, name), nil)
+		if err != nil {
+			t.Fatalf("load pinned %s: %v", name, err)
+		}
+		if got := m.MaxEntries(); got != want {
+			t.Errorf("pinned %s has max_entries %d, want this version's %d", name, got, want)
+		}
+		m.Close()
+	}
+	var got captureOrigDst
+	if err := c.objs.MztTuples.Lookup(&tupleKey, &got); err != nil || got != tupleVal {
+		t.Errorf("tuple entry after migration: %+v, error %v; want %+v copied", got, err, tupleVal)
+	}
+	if pods, err := c.Pods(); err != nil || len(pods) != 1 {
+		t.Errorf("Pods() after migration = %+v, %v; want the adopted pod", pods, err)
+	}
+	if n := linksRunning(t, podPrograms(t, c)); n != len(cgroupHooks)+2 {
+		t.Errorf("%d links run the new pod programs, want %d", n, len(cgroupHooks)+2)
+	}
+	if err := c.Enroll(f.pod1()); err != nil {
+		t.Fatalf("Enroll after migration: %v", err)
+	}
+	checkCaptured(t, f, "after the migration and Enroll")
+}
+
+// repinWith replaces the map pinned at pinDir/name with a new map of the
+// pinned one's layout changed by change, holding a copy of its entries when
+// the layout allows. The links keep using the replaced map. The returned
+// function pins the replaced map again.
+func repinWith(t *testing.T, pinDir, name string, change func(*ebpf.MapSpec)) func() {
+	t.Helper()
+	path := filepath.Join(pinDir, name)
+	prev, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatalf("load pinned %s: %v", name, err)
+	}
+	t.Cleanup(func() { prev.Close() })
+
+	info, err := prev.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := &ebpf.MapSpec{Name: name, Type: prev.Type(), KeySize: prev.KeySize(), ValueSize: prev.ValueSize(),
+		MaxEntries: prev.MaxEntries(), Flags: info.Flags}
+	change(ms)
+	repl, err := ebpf.NewMap(ms)
+	if err != nil {
+		t.Fatalf("create %s with another layout: %v", name, err)
+	}
+	defer repl.Close()
+
+	if ms.KeySize == prev.KeySize() && ms.ValueSize == prev.ValueSize() && prev.Type() != ebpf.SockHash {
+		if _, err := copyMap(prev, repl); err != nil {
+			t.Fatalf("copy %s: %v", name, err)
+		}
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := repl.Pin(path); err != nil {
+		t.Fatalf("pin %s: %v", name, err)
+	}
+	return func() {
+		t.Helper()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := prev.Pin(path); err != nil {
+			t.Fatalf("pin %s again: %v", name, err)
+		}
+	}
 }

@@ -19,12 +19,26 @@ import (
 // network namespace. It returns an error wrapping ErrNotFound when the
 // connection was not redirected.
 //
-// It costs two system calls. An agent that tracks the pod of each listener
-// can read NetnsCookie once per listener and call OriginalDstIn instead.
+// With Options.OriginalDstAsLocalAddr it makes no system call: it returns
+// conn.LocalAddr(), which the agent-cgroup getsockname program set when Go
+// accepted the connection. A loopback local address means that the program
+// found no entry, or that conn comes from a listener created outside
+// AgentCgroup; OriginalDst then looks the tuple map up as without the
+// option. An original destination is never a loopback address, because
+// connect4 and connect6 do not redirect connects to loopback.
+//
+// Without the option it costs two system calls. An agent that tracks the
+// pod of each listener can read NetnsCookie once per listener and call
+// OriginalDstIn instead.
 //
 // Inbound connections keep their original destination as the local address
 // (conn.LocalAddr), since bpf_sk_assign does not rewrite packets.
 func (c *Capture) OriginalDst(conn net.Conn) (netip.AddrPort, error) {
+	if c.localAddr {
+		if dst, ok := rewrittenLocalAddr(conn); ok {
+			return c.checkOpen(dst, conn)
+		}
+	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return netip.AddrPort{}, errors.New("original destination: connection has no file descriptor")
@@ -36,9 +50,43 @@ func (c *Capture) OriginalDst(conn net.Conn) (netip.AddrPort, error) {
 	return c.OriginalDstIn(cookie, conn)
 }
 
+// checkOpen returns dst, or ErrClosed after Close or Remove.
+func (c *Capture) checkOpen(dst netip.AddrPort, conn net.Conn) (netip.AddrPort, error) {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed {
+		return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", conn.RemoteAddr(), ErrClosed)
+	}
+	return dst, nil
+}
+
+// rewrittenLocalAddr returns conn's local address unless it is a loopback
+// one, which the outbound listener's sockets keep when the getsockname
+// program does not rewrite them.
+func rewrittenLocalAddr(conn net.Conn) (netip.AddrPort, bool) {
+	local, ok := conn.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	ap := local.AddrPort()
+	addr := ap.Addr().Unmap()
+	if !addr.IsValid() || addr.IsLoopback() || addr.IsUnspecified() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(addr, ap.Port()), true
+}
+
 // OriginalDstIn is OriginalDst for a connection accepted in the network
-// namespace whose cookie is netnsCookie (see NetnsCookie).
+// namespace whose cookie is netnsCookie (see NetnsCookie). With
+// Options.OriginalDstAsLocalAddr it too returns a non-loopback local
+// address as it is: that address is the original destination, not the
+// proxy's side of the tuple that the map is keyed by.
 func (c *Capture) OriginalDstIn(netnsCookie uint64, conn net.Conn) (netip.AddrPort, error) {
+	if c.localAddr {
+		if dst, ok := rewrittenLocalAddr(conn); ok {
+			return c.checkOpen(dst, conn)
+		}
+	}
 	local, ok1 := conn.LocalAddr().(*net.TCPAddr)
 	remote, ok2 := conn.RemoteAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 {

@@ -261,6 +261,9 @@ func (c *Capture) applyLocked(st *podState, ns *os.File, cgPath string, s Settin
 	if err := os.MkdirAll(st.pinDir, 0o700); err != nil {
 		return fmt.Errorf("create pod pin directory: %w", err)
 	}
+	if err := c.adoptPinnedLocked(st); err != nil {
+		return err
+	}
 	for _, h := range cgroupHooks {
 		if err := c.ensureCgroupLink(st, h, cgPath); err != nil {
 			return err
@@ -274,16 +277,53 @@ func (c *Capture) applyLocked(st *podState, ns *os.File, cgPath string, s Settin
 	return c.ensureTCXLink(st, ns, info.ifindex)
 }
 
+// adoptPinnedLocked takes over the pod's pinned links that st does not hold
+// yet, by giving them this Capture's programs. Another Capture on the same
+// PinDir pins them when it enrolls the pod after this one's Open, as an
+// old agent can during a rolling update. Attaching anew would fail to pin,
+// and Enroll would then remove the pod's capture. A pinned link whose hook
+// is gone is detached, so that the pod gets a new one.
+func (c *Capture) adoptPinnedLocked(st *podState) error {
+	pins := []string{skLookupPin, tcxPin}
+	for _, h := range cgroupHooks {
+		pins = append(pins, h.pin)
+	}
+	for _, pin := range pins {
+		if st.links[pin] != nil {
+			continue
+		}
+		l, err := loadPinnedLink(filepath.Join(st.pinDir, pin))
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			continue
+		}
+		if err := l.Update(c.programFor(pin)); err != nil {
+			c.log.Warn("detaching pinned link that could not be updated", "pod", st.id, "pin", pin, "error", err)
+			detachLink(l)
+			continue
+		}
+		st.links[pin] = l
+	}
+	return nil
+}
+
 func (c *Capture) ensureSkLookupLink(st *podState, ns *os.File) error {
-	if st.links[skLookupPin] != nil {
-		// The pod's namespace cannot change while it stays enrolled.
-		return nil
+	// The pod's namespace cannot change while it stays enrolled, but another
+	// Capture on the same PinDir may have detached the link: the kernel
+	// then reports namespace inode 0.
+	old := st.links[skLookupPin]
+	if old != nil {
+		if info, err := old.Info(); err == nil && info.NetNs() != nil && info.NetNs().NetnsInode != 0 {
+			return nil
+		}
 	}
 	l, err := link.AttachNetNs(int(ns.Fd()), c.objs.MztSkLookup)
 	if err != nil {
 		return fmt.Errorf("attach sk_lookup to the pod network namespace: %w", err)
 	}
-	return c.replaceLink(st, skLookupPin, nil, l)
+	return c.replaceLink(st, skLookupPin, old, l)
 }
 
 // ensureCgroupLink attaches h to cgPath unless the pod already has that

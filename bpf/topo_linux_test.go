@@ -426,7 +426,10 @@ type helperSpec struct {
 	Interval time.Duration
 	Mark     int
 	MPTCP    bool
-	Mode     string // "" dials; modeDefaultPinDir runs checkDefaultPinDir
+	// DualStack dials Addr, an IPv4 address, from an AF_INET6 socket
+	// without IPV6_V6ONLY, so connect6 gets an IPv4-mapped address.
+	DualStack bool
+	Mode      string // "" dials; modeDefaultPinDir and modeExistingBPFFS run checkDefaultPinDir
 }
 
 type attempt struct {
@@ -443,9 +446,9 @@ func runHelper(specJSON string) int {
 		return 2
 	}
 	enc := json.NewEncoder(os.Stdout)
-	if spec.Mode == modeDefaultPinDir {
+	if spec.Mode == modeDefaultPinDir || spec.Mode == modeExistingBPFFS {
 		a := attempt{Reply: "ok"}
-		if err := checkDefaultPinDir(); err != nil {
+		if err := checkDefaultPinDir(spec.Mode); err != nil {
 			a = attempt{Err: err.Error()}
 		}
 		enc.Encode(a)
@@ -472,7 +475,13 @@ func helperDial(spec helperSpec) attempt {
 		}
 	}
 
-	c, err := d.Dial(spec.Network, spec.Addr)
+	var c net.Conn
+	var err error
+	if spec.DualStack {
+		c, err = dialDualStack(spec.Addr)
+	} else {
+		c, err = d.Dial(spec.Network, spec.Addr)
+	}
 	if err != nil {
 		return attempt{Err: err.Error()}
 	}
@@ -496,6 +505,33 @@ func helperDial(spec helperSpec) attempt {
 		a.Err = err.Error()
 	}
 	return a
+}
+
+// dialDualStack connects an AF_INET6 socket to the IPv4-mapped form of
+// addr. Go's Dial would open an AF_INET socket for an IPv4 address.
+func dialDualStack(addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, fmt.Errorf("open dual-stack socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "dual-stack")
+	defer f.Close()
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		return nil, fmt.Errorf("clear IPV6_V6ONLY: %w", err)
+	}
+	// Bounds the blocking connect.
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 2}); err != nil {
+		return nil, fmt.Errorf("set send timeout: %w", err)
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if err := unix.Connect(fd, sa); err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ap.Port()), err)
+	}
+	return net.FileConn(f)
 }
 
 func sockaddrString(sa unix.Sockaddr) string {
