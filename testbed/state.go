@@ -81,9 +81,23 @@ func Attach(dir string, log *slog.Logger) (*Testbed, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := sweepDeadTestbeds(log); err != nil {
+		log.Warn("testbed could not remove all leftovers of dead testbeds", "err", err)
+	}
+	// The nodes and pods of this process form a testbed of their own name,
+	// with its own owner record, so that they are swept if this process dies.
+	name := st.Name + "-" + randomName()[:4]
+	owner, err := currentOwner(false)
+	if err != nil {
+		return nil, fmt.Errorf("attach to testbed %s: %w", st.Name, err)
+	}
+	if err := claimName(name, owner); err != nil {
+		return nil, err
+	}
 	tb := &Testbed{
 		log:      log,
-		name:     st.Name + "-" + randomName()[:4],
+		name:     name,
+		claimed:  true,
 		dir:      st.Dir,
 		state:    *st,
 		pods:     map[string]*Pod{},
@@ -94,7 +108,7 @@ func Attach(dir string, log *slog.Logger) (*Testbed, error) {
 		},
 	}
 	if err := tb.loadClient(); err != nil {
-		return nil, err
+		return nil, errors.Join(err, releaseName(name))
 	}
 	return tb, nil
 }
@@ -116,6 +130,7 @@ func Down(dir string) error {
 		errs = append(errs, os.RemoveAll(st.EtcdData))
 	}
 	errs = append(errs, os.RemoveAll(dir))
+	errs = append(errs, releaseName(st.Name))
 	return errors.Join(errs...)
 }
 
