@@ -2,11 +2,13 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +152,74 @@ func TestPodCommandRunsInNetnsAndCgroup(t *testing.T) {
 	if !strings.Contains(out.String(), pod.IP.String()+"/24") {
 		t.Errorf("process does not see the pod address %s:\n%s", pod.IP, out.String())
 	}
+}
+
+// TestDeletePodKillsForkedProcesses runs a pod process that forks a child
+// which Pod.Start never saw, and checks that DeletePod ends both and
+// removes the cgroup.
+func TestDeletePodKillsForkedProcesses(t *testing.T) {
+	tb := Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	node := NewNode(t, tb, "fork-node")
+	pod := NewPod(t, tb, node, PodSpec{Namespace: "fork", Name: "forker"})
+
+	cmd := pod.Command(ctx, "sh", "-c", "sleep 100 & sleep 100")
+	if err := pod.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	// Whether sh runs the last sleep in a child or in its own process, the
+	// cgroup holds two processes once the fork happened.
+	var pids []int
+	for range 100 {
+		if pids = cgroupPIDs(t, pod.Cgroup); len(pids) >= 2 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(pids) < 2 {
+		t.Fatalf("cgroup %s has PIDs %v after 5 s, want 2", pod.Cgroup, pids)
+	}
+	startTimes := map[int]uint64{}
+	for _, pid := range pids {
+		start, err := processStartTime(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		startTimes[pid] = start
+	}
+
+	if err := tb.DeletePod(ctx, pod); err != nil {
+		t.Fatalf("delete pod: %v", err)
+	}
+	if _, err := os.Stat(pod.Cgroup); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pod cgroup %s still exists (stat: %v)", pod.Cgroup, err)
+	}
+	for pid, start := range startTimes {
+		// DeletePod returns once the cgroup is empty, so each process has
+		// exited, though its parent may not have reaped it yet.
+		if now, err := processStartTime(pid); err == nil && now == start {
+			t.Errorf("pod process %d still runs after DeletePod", pid)
+		}
+	}
+}
+
+// cgroupPIDs returns the PIDs in a cgroup's cgroup.procs.
+func cgroupPIDs(t *testing.T, cgroup string) []int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(cgroup, "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, field := range strings.Fields(string(data)) {
+		pid, err := strconv.Atoi(field)
+		if err != nil {
+			t.Fatalf("parse %s/cgroup.procs: %v", cgroup, err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 func TestSecondTestbedUsesOwnPortsAndNames(t *testing.T) {
