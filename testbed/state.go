@@ -151,11 +151,39 @@ func validateName(name string) error {
 	return nil
 }
 
-// ComponentStatus reports whether one recorded component still runs.
+// ComponentStatus reports whether one recorded component still runs, and
+// the loopback ports it listens on.
 type ComponentStatus struct {
 	Name    string
 	PID     int
 	Running bool
+	Ports   []ComponentPort
+}
+
+// ComponentPort is one port a component listens on at 127.0.0.1.
+type ComponentPort struct {
+	// Name is the port's role, such as "client" or "grpc".
+	Name string
+	Port int
+}
+
+// componentPorts returns the ports of the component named name.
+func componentPorts(name string, p Ports) []ComponentPort {
+	switch name {
+	case "etcd":
+		return []ComponentPort{{"client", p.EtcdClient}, {"peer", p.EtcdPeer}}
+	case "kube-apiserver":
+		return []ComponentPort{{"https", p.APIServer}}
+	case "kube-controller-manager":
+		return []ComponentPort{{"https", p.ControllerManager}}
+	case "pilot-discovery":
+		return []ComponentPort{
+			{"http", p.IstiodHTTP}, {"https", p.IstiodHTTPS},
+			{"grpc", p.IstiodGRPC}, {"secure-grpc", p.IstiodSecureGRPC},
+			{"monitoring", p.IstiodMonitoring}, {"ctrlz", p.IstiodCtrlz},
+		}
+	}
+	return nil
 }
 
 // Status reports the components recorded in a run folder and whether the
@@ -169,7 +197,7 @@ func Status(ctx context.Context, dir string) ([]ComponentStatus, error) {
 	for _, p := range st.Processes {
 		link, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
 		running := err == nil && strings.TrimSuffix(link, " (deleted)") == p.Exe
-		out = append(out, ComponentStatus{Name: p.Name, PID: p.PID, Running: running})
+		out = append(out, ComponentStatus{Name: p.Name, PID: p.PID, Running: running, Ports: componentPorts(p.Name, st.Ports)})
 	}
 	pool, err := certPool(filepath.Join(st.Dir, "ca.crt"))
 	if err != nil {
