@@ -23,6 +23,9 @@ var (
 	// reverse order.
 	afterTests   []func()
 	afterTestsMu sync.Mutex
+	// afterTestsOnce makes the hooks run once, whether the tests end or a
+	// signal interrupts them.
+	afterTestsOnce sync.Once
 )
 
 // Main runs a test binary's tests with one shared testbed: it attaches to
@@ -72,12 +75,7 @@ func runMain(m *testing.M, opts Options) int {
 	}
 	stopOnSignal(shared)
 	code := m.Run()
-	afterTestsMu.Lock()
-	fns := afterTests
-	afterTestsMu.Unlock()
-	for i := len(fns) - 1; i >= 0; i-- {
-		fns[i]()
-	}
+	runAfterTests()
 	if err := shared.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "testbed: stop: %v\n", err)
 		code = 1
@@ -94,17 +92,37 @@ func isFuzzing() bool {
 	return f != nil && f.Value.String() != ""
 }
 
-// stopOnSignal tears the testbed down when the test binary is interrupted,
-// so an interrupted run leaves no namespace, cgroup or process behind.
+// stopOnSignal runs the AfterTests hooks and tears the testbed down when the
+// test binary is interrupted, so an interrupted run leaves no namespace,
+// cgroup or process behind. A second signal ends the process at once.
 func stopOnSignal(tb *Testbed) {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		sig := <-signals
+		signal.Stop(signals)
 		fmt.Fprintf(os.Stderr, "testbed: %v received, stopping\n", sig)
-		_ = tb.Stop()
+		// The hooks stop processes, such as node agents, that live in the
+		// node cgroups Stop removes.
+		runAfterTests()
+		if err := tb.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "testbed: stop: %v\n", err)
+		}
 		os.Exit(1)
 	}()
+}
+
+// runAfterTests runs the AfterTests hooks in reverse order of registration,
+// once per process.
+func runAfterTests() {
+	afterTestsOnce.Do(func() {
+		afterTestsMu.Lock()
+		fns := afterTests
+		afterTestsMu.Unlock()
+		for i := len(fns) - 1; i >= 0; i-- {
+			fns[i]()
+		}
+	})
 }
 
 // AfterTests registers fn to run after the last test and before Main stops

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -131,4 +132,62 @@ func removeCgroupTree(root string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupKillTimeout bounds the wait for a cgroup to empty after cgroup.kill.
+// SIGKILL cannot be caught, so only a process stuck in the kernel (such as
+// uninterruptible I/O) takes longer.
+const cgroupKillTimeout = 5 * time.Second
+
+// killCgroup sends SIGKILL to every process in the cgroup at path and its
+// descendants by writing "1" to cgroup.kill (Linux 5.14 and later), then
+// waits up to timeout until cgroup.events reports "populated 0". It returns
+// nil when the cgroup does not exist. On an older kernel, which lacks
+// cgroup.kill, it does nothing, and removing the cgroup fails while it has
+// processes.
+func killCgroup(path string, timeout time.Duration) error {
+	f, err := os.OpenFile(filepath.Join(path, "cgroup.kill"), os.O_WRONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", path, err)
+	}
+	_, err = f.WriteString("1")
+	if closeErr := f.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		populated, err := cgroupPopulated(path)
+		if err != nil || !populated {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kill cgroup %s: processes still in it %s after writing cgroup.kill", path, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// cgroupPopulated reads the "populated" key of cgroup.events, which is 1
+// while the cgroup or a descendant has a live process. A missing cgroup
+// counts as empty.
+func cgroupPopulated(path string) (bool, error) {
+	data, err := os.ReadFile(filepath.Join(path, "cgroup.events"))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s/cgroup.events: %w", path, err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if value, ok := strings.CutPrefix(strings.TrimSpace(line), "populated "); ok {
+			return value != "0", nil
+		}
+	}
+	return false, fmt.Errorf("read %s/cgroup.events: no populated key", path)
 }

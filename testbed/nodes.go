@@ -271,7 +271,9 @@ func (tb *Testbed) removeNetwork() error {
 		tb.fabric = ""
 	}
 	if tb.cgroup != "" {
-		errs = append(errs, removeCgroupTree(tb.cgroup))
+		// Processes that tests left in node cgroups, such as node agents of
+		// a run interrupted by a signal, would keep the cgroups busy.
+		errs = append(errs, killCgroup(tb.cgroup, cgroupKillTimeout), removeCgroupTree(tb.cgroup))
 	}
 	return errors.Join(errs...)
 }

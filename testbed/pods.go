@@ -269,7 +269,8 @@ func (tb *Testbed) setPodRunning(ctx context.Context, obj *corev1.Pod, pod *Pod)
 
 // DeletePod deletes the Pod object with grace period 0, as a kubelet would
 // after its containers stopped, and removes the pod's processes, network
-// namespace and cgroup.
+// namespace and cgroup. Every process in the cgroup ends, including those
+// that processes started with Start have forked.
 func (tb *Testbed) DeletePod(ctx context.Context, pod *Pod) error {
 	key := pod.Namespace + "/" + pod.Name
 	tb.mu.Lock()
@@ -282,6 +283,9 @@ func (tb *Testbed) DeletePod(ctx context.Context, pod *Pod) error {
 
 	var errs []error
 	pod.killProcesses()
+	if pod.Cgroup != "" {
+		errs = append(errs, killCgroup(pod.Cgroup, cgroupKillTimeout))
+	}
 	if pod.UID != "" {
 		err := tb.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 			GracePeriodSeconds: new(int64),

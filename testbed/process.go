@@ -83,8 +83,8 @@ func (p *process) stop(grace time.Duration) {
 
 // waitReady polls check until it succeeds, the process exits or the timeout
 // passes. A failure names the component and includes the tail of its log.
-func (p *process) waitReady(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+func (p *process) waitReady(parent context.Context, timeout time.Duration, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	var last error
 	for {
@@ -99,6 +99,9 @@ func (p *process) waitReady(ctx context.Context, timeout time.Duration, check fu
 		}
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return fmt.Errorf("wait for %s to be ready: %w", p.name, context.Cause(parent))
+			}
 			return fmt.Errorf("%s not ready after %s (last check: %v); last lines of %s:\n%s", p.name, timeout, last, p.logPath, logTail(p.logPath, 20))
 		case <-p.exited:
 		case <-time.After(100 * time.Millisecond):

@@ -81,9 +81,23 @@ func Attach(dir string, log *slog.Logger) (*Testbed, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := sweepDeadTestbeds(log); err != nil {
+		log.Warn("testbed could not remove all leftovers of dead testbeds", "err", err)
+	}
+	// The nodes and pods of this process form a testbed of their own name,
+	// with its own owner record, so that they are swept if this process dies.
+	name := st.Name + "-" + randomName()[:4]
+	owner, err := currentOwner(false)
+	if err != nil {
+		return nil, fmt.Errorf("attach to testbed %s: %w", st.Name, err)
+	}
+	if err := claimName(name, owner); err != nil {
+		return nil, err
+	}
 	tb := &Testbed{
 		log:      log,
-		name:     st.Name + "-" + randomName()[:4],
+		name:     name,
+		claimed:  true,
 		dir:      st.Dir,
 		state:    *st,
 		pods:     map[string]*Pod{},
@@ -94,7 +108,7 @@ func Attach(dir string, log *slog.Logger) (*Testbed, error) {
 		},
 	}
 	if err := tb.loadClient(); err != nil {
-		return nil, err
+		return nil, errors.Join(err, releaseName(name))
 	}
 	return tb, nil
 }
@@ -116,6 +130,7 @@ func Down(dir string) error {
 		errs = append(errs, os.RemoveAll(st.EtcdData))
 	}
 	errs = append(errs, os.RemoveAll(dir))
+	errs = append(errs, releaseName(st.Name))
 	return errors.Join(errs...)
 }
 
@@ -136,11 +151,39 @@ func validateName(name string) error {
 	return nil
 }
 
-// ComponentStatus reports whether one recorded component still runs.
+// ComponentStatus reports whether one recorded component still runs, and
+// the loopback ports it listens on.
 type ComponentStatus struct {
 	Name    string
 	PID     int
 	Running bool
+	Ports   []ComponentPort
+}
+
+// ComponentPort is one port a component listens on at 127.0.0.1.
+type ComponentPort struct {
+	// Name is the port's role, such as "client" or "grpc".
+	Name string
+	Port int
+}
+
+// componentPorts returns the ports of the component named name.
+func componentPorts(name string, p Ports) []ComponentPort {
+	switch name {
+	case "etcd":
+		return []ComponentPort{{"client", p.EtcdClient}, {"peer", p.EtcdPeer}}
+	case "kube-apiserver":
+		return []ComponentPort{{"https", p.APIServer}}
+	case "kube-controller-manager":
+		return []ComponentPort{{"https", p.ControllerManager}}
+	case "pilot-discovery":
+		return []ComponentPort{
+			{"http", p.IstiodHTTP}, {"https", p.IstiodHTTPS},
+			{"grpc", p.IstiodGRPC}, {"secure-grpc", p.IstiodSecureGRPC},
+			{"monitoring", p.IstiodMonitoring}, {"ctrlz", p.IstiodCtrlz},
+		}
+	}
+	return nil
 }
 
 // Status reports the components recorded in a run folder and whether the
@@ -154,7 +197,7 @@ func Status(ctx context.Context, dir string) ([]ComponentStatus, error) {
 	for _, p := range st.Processes {
 		link, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
 		running := err == nil && strings.TrimSuffix(link, " (deleted)") == p.Exe
-		out = append(out, ComponentStatus{Name: p.Name, PID: p.PID, Running: running})
+		out = append(out, ComponentStatus{Name: p.Name, PID: p.PID, Running: running, Ports: componentPorts(p.Name, st.Ports)})
 	}
 	pool, err := certPool(filepath.Join(st.Dir, "ca.crt"))
 	if err != nil {

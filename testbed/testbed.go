@@ -7,7 +7,9 @@
 // Everything listens on 127.0.0.1 on ports picked at start, and each testbed
 // has its own run folder and namespace names, so two testbeds can run at once.
 // Stop ends the components by PID and removes every namespace, link, cgroup
-// and folder that the testbed created.
+// and folder that the testbed created. When a process dies before Stop, for
+// example at a `go test -timeout` or a panic, the next Start on the machine
+// removes what its testbed left behind.
 package testbed
 
 import (
@@ -70,6 +72,9 @@ type Testbed struct {
 	restConfig *rest.Config
 	client     kubernetes.Interface
 	attached   bool
+	// claimed means this value wrote the testbed's owner record, which
+	// Stop removes last.
+	claimed bool
 
 	mu     sync.Mutex
 	fabric string // name of the network namespace that joins the nodes
@@ -133,8 +138,23 @@ func Start(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	if err := validateName(name); err != nil {
 		return nil, err
 	}
+	if err := sweepDeadTestbeds(log); err != nil {
+		log.Warn("testbed could not remove all leftovers of dead testbeds", "err", err)
+	}
+	owner, err := currentOwner(opts.Detach)
+	if err != nil {
+		return nil, fmt.Errorf("start testbed %s: %w", name, err)
+	}
+	if err := claimName(name, owner); err != nil {
+		return nil, err
+	}
 
-	tb := &Testbed{log: log, name: name, dir: opts.Dir, pods: map[string]*Pod{}}
+	tb := &Testbed{log: log, name: name, dir: opts.Dir, pods: map[string]*Pod{}, claimed: true}
+	defer func() {
+		if err != nil {
+			tb.Stop()
+		}
+	}()
 	if tb.dir == "" {
 		if tb.dir, err = os.MkdirTemp("", "mazu-testbed-"+name+"-"); err != nil {
 			return nil, fmt.Errorf("create run folder: %w", err)
@@ -143,11 +163,6 @@ func Start(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	} else if err := os.MkdirAll(tb.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create run folder %s: %w", tb.dir, err)
 	}
-	defer func() {
-		if err != nil {
-			tb.Stop()
-		}
-	}()
 
 	if tb.pki, err = writePKI(tb.dir); err != nil {
 		return nil, fmt.Errorf("testbed PKI: %w", err)
@@ -410,22 +425,24 @@ func (tb *Testbed) Ports() Ports { return tb.state.Ports }
 
 // Stop deletes the pods and nodes this process created, and, unless the
 // testbed was attached to, ends the components by PID and removes their
-// data. It is safe to call more than once.
+// data. It removes the owner record last. It is safe to call more than once.
 func (tb *Testbed) Stop() error {
 	var errs []error
 	tb.stopOnce.Do(func() {
 		errs = append(errs, tb.removeNetwork())
-		if tb.attached {
-			return
+		if !tb.attached {
+			for i := len(tb.procs) - 1; i >= 0; i-- {
+				tb.procs[i].stop(10 * time.Second)
+			}
+			if tb.etcdData != "" {
+				errs = append(errs, os.RemoveAll(tb.etcdData))
+			}
+			if tb.ownDir {
+				errs = append(errs, os.RemoveAll(tb.dir))
+			}
 		}
-		for i := len(tb.procs) - 1; i >= 0; i-- {
-			tb.procs[i].stop(10 * time.Second)
-		}
-		if tb.etcdData != "" {
-			errs = append(errs, os.RemoveAll(tb.etcdData))
-		}
-		if tb.ownDir {
-			errs = append(errs, os.RemoveAll(tb.dir))
+		if tb.claimed {
+			errs = append(errs, releaseName(tb.name))
 		}
 	})
 	return errors.Join(errs...)
@@ -446,6 +463,11 @@ func (tb *Testbed) Leftovers() []string {
 	var left []string
 	namespaces, _ := filepath.Glob(netnsPath("mzt-" + tb.name + "-*"))
 	left = append(left, namespaces...)
+	if tb.claimed {
+		if _, err := os.Stat(ownerRecordPath(tb.name)); err == nil {
+			left = append(left, ownerRecordPath(tb.name))
+		}
+	}
 	if root, err := cgroup2Root(); err == nil {
 		if _, err := os.Stat(filepath.Join(root, "mazu-testbed-"+tb.name)); err == nil {
 			left = append(left, filepath.Join(root, "mazu-testbed-"+tb.name))

@@ -2,11 +2,13 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,16 +61,23 @@ func TestSmoke(t *testing.T) {
 	if err := tb.DeletePod(ctx, podA); err != nil {
 		t.Fatalf("delete pod A: %v", err)
 	}
+	deleted := time.Now()
 	// kube-apiserver caches successful token reviews for 10 s, so the
 	// rejection shows up only after that.
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := deleted.Add(20 * time.Second)
 	for {
 		status, err := tb.ReviewToken(ctx, token, smokeAudience)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !status.Authenticated {
-			t.Logf("deleted pod's token rejected: %s", status.Error)
+			t.Logf("deleted pod's token rejected %s after deletion: %s", time.Since(deleted).Round(time.Millisecond), status.Error)
+			// The service-account authenticator of kube-apiserver v1.37
+			// returns this error when the token's bound pod is not found
+			// or is being deleted.
+			if want := "service account token has been invalidated"; !strings.Contains(status.Error, want) {
+				t.Errorf("rejection error = %q, want it to contain %q", status.Error, want)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
@@ -150,6 +159,74 @@ func TestPodCommandRunsInNetnsAndCgroup(t *testing.T) {
 	if !strings.Contains(out.String(), pod.IP.String()+"/24") {
 		t.Errorf("process does not see the pod address %s:\n%s", pod.IP, out.String())
 	}
+}
+
+// TestDeletePodKillsForkedProcesses runs a pod process that forks a child
+// which Pod.Start never saw, and checks that DeletePod ends both and
+// removes the cgroup.
+func TestDeletePodKillsForkedProcesses(t *testing.T) {
+	tb := Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	node := NewNode(t, tb, "fork-node")
+	pod := NewPod(t, tb, node, PodSpec{Namespace: "fork", Name: "forker"})
+
+	cmd := pod.Command(ctx, "sh", "-c", "sleep 100 & sleep 100")
+	if err := pod.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	// Whether sh runs the last sleep in a child or in its own process, the
+	// cgroup holds two processes once the fork happened.
+	var pids []int
+	for range 100 {
+		if pids = cgroupPIDs(t, pod.Cgroup); len(pids) >= 2 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(pids) < 2 {
+		t.Fatalf("cgroup %s has PIDs %v after 5 s, want 2", pod.Cgroup, pids)
+	}
+	startTimes := map[int]uint64{}
+	for _, pid := range pids {
+		start, err := processStartTime(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		startTimes[pid] = start
+	}
+
+	if err := tb.DeletePod(ctx, pod); err != nil {
+		t.Fatalf("delete pod: %v", err)
+	}
+	if _, err := os.Stat(pod.Cgroup); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pod cgroup %s still exists (stat: %v)", pod.Cgroup, err)
+	}
+	for pid, start := range startTimes {
+		// DeletePod returns once the cgroup is empty, so each process has
+		// exited, though its parent may not have reaped it yet.
+		if now, err := processStartTime(pid); err == nil && now == start {
+			t.Errorf("pod process %d still runs after DeletePod", pid)
+		}
+	}
+}
+
+// cgroupPIDs returns the PIDs in a cgroup's cgroup.procs.
+func cgroupPIDs(t *testing.T, cgroup string) []int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(cgroup, "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, field := range strings.Fields(string(data)) {
+		pid, err := strconv.Atoi(field)
+		if err != nil {
+			t.Fatalf("parse %s/cgroup.procs: %v", cgroup, err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 func TestSecondTestbedUsesOwnPortsAndNames(t *testing.T) {

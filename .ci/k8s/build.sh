@@ -22,6 +22,16 @@ if [ "$what" = dir ]; then
 fi
 mkdir -p "$bin"
 
+# One build at a time per cache folder: concurrent runs (make demo and make
+# test) would otherwise write the same $bin/$name.tmp. A run that waits finds
+# the binaries cached once the other run is done.
+lock=$cache/.lock
+exec 9>"$lock"
+if ! flock -n 9; then
+	echo "testbed build: another build.sh has locked $lock; waiting for it to finish" >&2
+	flock 9
+fi
+
 # build NAME MODULE_DIR PACKAGE LDFLAGS
 build() {
 	local name=$1 dir=$2 pkg=$3 ldflags=$4
@@ -57,8 +67,16 @@ if [ "$what" = all ]; then
 	build pilot-discovery istio istio.io/istio/pilot/cmd/pilot-discovery \
 		"-s -w -X istio.io/istio/pkg/version.buildVersion=0.0.0-20260827124520-eed52ebb66ad"
 	if [ ! -f "$bin/istio-crds.yaml" ]; then
-		mod=$(cd "$here/istio" && go list -m -f '{{.Dir}}' istio.io/istio)
-		cp "$mod/manifests/charts/base/files/crd-all.gen.yaml" "$bin/istio-crds.yaml.tmp"
+		if ! mod=$(cd "$here/istio" && go list -m -f '{{.Dir}}' istio.io/istio) || [ -z "$mod" ]; then
+			echo "testbed build: copying the Istio CRDs failed: \`go list -m istio.io/istio\` in $here/istio found no module folder" >&2
+			exit 1
+		fi
+		crds=$mod/manifests/charts/base/files/crd-all.gen.yaml
+		if ! cp "$crds" "$bin/istio-crds.yaml.tmp"; then
+			echo "testbed build: copying the Istio CRDs failed: cannot copy $crds to $bin" >&2
+			rm -f "$bin/istio-crds.yaml.tmp"
+			exit 1
+		fi
 		mv "$bin/istio-crds.yaml.tmp" "$bin/istio-crds.yaml"
 	fi
 fi

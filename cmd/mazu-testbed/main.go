@@ -3,7 +3,7 @@
 // loopback. Tests attach to it when MAZU_TESTBED names its run folder.
 //
 //	mazu-testbed up [-dir D] [-istiod]   start it and print the exports for tests
-//	mazu-testbed status [-dir D]         show its components and readiness
+//	mazu-testbed status [-dir D]         show its components, ports and readiness
 //	mazu-testbed kubeconfig [-dir D]     print the admin kubeconfig path
 //	mazu-testbed down [-dir D]           stop it and remove its data
 package main
@@ -13,9 +13,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mazu-mesh/mazu-ztunnel/testbed"
@@ -24,7 +28,7 @@ import (
 const usage = `usage: mazu-testbed <up|status|kubeconfig|down> [flags]
 
   up          start the control plane and print the environment for tests
-  status      show the components and whether the API server is ready
+  status      show the components, their loopback ports and whether the API server is ready
   kubeconfig  print the admin kubeconfig path
   down        stop the components by PID and remove the run folder
 
@@ -32,61 +36,101 @@ Flags:
 `
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	// An interrupted `up` stops the components it has started so far.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "mazu-testbed: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
-		return errors.New("missing command")
-	}
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mazu-testbed", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	dir := fs.String("dir", filepath.Join(os.TempDir(), "mazu-testbed"), "run folder holding the state, certificates, logs and kubeconfig")
 	istiod := fs.Bool("istiod", false, "also start istiod with ambient mode (up only)")
+	printUsage := func(w io.Writer) {
+		fmt.Fprint(w, usage)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+	}
+	fs.Usage = func() { printUsage(stderr) }
+
+	if len(args) == 0 {
+		printUsage(stderr)
+		return errors.New("missing command: want up, status, kubeconfig or down")
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		printUsage(stdout)
+		return nil
+	}
+	fs.SetOutput(stderr)
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	timeoutCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 
 	switch args[0] {
 	case "up":
-		if _, err := testbed.ReadState(*dir); err == nil {
-			return fmt.Errorf("a testbed already uses %s; stop it with `mazu-testbed down -dir %s` or pick another -dir", *dir, *dir)
-		}
-		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-		tb, err := testbed.Start(ctx, testbed.Options{Dir: *dir, Istiod: *istiod, Detach: true, Logger: log})
-		if err != nil {
-			return err
-		}
-		fmt.Printf("export %s=%s\nexport KUBECONFIG=%s\n", testbed.EnvTestbed, tb.Dir(), tb.Kubeconfig())
+		return up(ctx, timeoutCtx, *dir, *istiod, stdout, stderr)
 	case "status":
-		components, err := testbed.Status(ctx, *dir)
-		for _, c := range components {
-			state := "running"
-			if !c.Running {
-				state = "not running"
-			}
-			fmt.Printf("%-24s pid %-8d %s\n", c.Name, c.PID, state)
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Println("kube-apiserver ready")
+		return status(timeoutCtx, *dir, stdout)
 	case "kubeconfig":
 		if _, err := testbed.ReadState(*dir); err != nil {
 			return err
 		}
-		fmt.Println(filepath.Join(*dir, "kubeconfig"))
+		fmt.Fprintln(stdout, filepath.Join(*dir, "kubeconfig"))
 	case "down":
 		return testbed.Down(*dir)
 	default:
 		fs.Usage()
-		return fmt.Errorf("unknown command %q", args[0])
+		return fmt.Errorf("unknown command %q: want up, status, kubeconfig or down", args[0])
 	}
+	return nil
+}
+
+// up starts a detached testbed. When signalCtx ends first, Start stops the
+// components it has started, and up reports the interruption.
+func up(signalCtx, ctx context.Context, dir string, istiod bool, stdout, stderr io.Writer) error {
+	if _, err := testbed.ReadState(dir); err == nil {
+		return fmt.Errorf("a testbed already uses %s; stop it with `mazu-testbed down -dir %s` or pick another -dir", dir, dir)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	tb, err := testbed.Start(ctx, testbed.Options{Dir: dir, Istiod: istiod, Detach: true, Logger: log})
+	if err != nil && signalCtx.Err() != nil {
+		return fmt.Errorf("up interrupted, so the components started so far were stopped: %w", err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "export %s=%s\nexport KUBECONFIG=%s\n", testbed.EnvTestbed, tb.Dir(), tb.Kubeconfig())
+	return nil
+}
+
+// status prints one line per component with its PID, whether it runs and
+// its loopback ports, then whether the API server is ready.
+func status(ctx context.Context, dir string, stdout io.Writer) error {
+	components, err := testbed.Status(ctx, dir)
+	for _, c := range components {
+		state := "running"
+		if !c.Running {
+			state = "not running"
+		}
+		ports := make([]string, 0, len(c.Ports))
+		for _, p := range c.Ports {
+			ports = append(ports, fmt.Sprintf("%s 127.0.0.1:%d", p.Name, p.Port))
+		}
+		fmt.Fprintf(stdout, "%-24s pid %-8d %-12s %s\n", c.Name, c.PID, state, strings.Join(ports, ", "))
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "kube-apiserver ready")
 	return nil
 }
