@@ -64,8 +64,10 @@ const certificateWait = 10 * time.Second
 var errNotOnNode = errors.New("pod is not scheduled to this node")
 
 // Enroll captures a pod and starts its proxies. It returns false, nil when
-// the pod does not opt into ambient. netnsPath may be empty when the pod's
-// namespace can be found from a process in its cgroup.
+// the pod does not opt into ambient, and true, nil without doing anything
+// when the pod is already enrolled, also when another call enrolled it
+// meanwhile. netnsPath may be empty when the pod's namespace can be found
+// from a process in its cgroup.
 func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (bool, error) {
 	if pod.Spec.NodeName != a.cfg.NodeName {
 		return false, fmt.Errorf("enroll %s/%s: %w (it runs on %q, this agent serves %q)", pod.Namespace, pod.Name, errNotOnNode, pod.Spec.NodeName, a.cfg.NodeName)
@@ -73,6 +75,11 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	if !ShouldEnroll(pod, a.view.NamespaceLabels(pod.Namespace)) {
 		return false, nil
 	}
+	// The pod informer and reconcile may both enroll a running pod at
+	// start-up; without the lock each would start a set of proxies, and
+	// SO_REUSEPORT lets both sets listen.
+	unlock := a.podLocks.lock(pod.UID)
+	defer unlock()
 	a.mu.Lock()
 	_, done := a.pods[pod.UID]
 	tornDown := a.tornDown[pod.UID]
@@ -188,6 +195,8 @@ func (a *Agent) Registered(uid types.UID) <-chan struct{} {
 
 // Unenroll detaches capture and stops the pod's proxies.
 func (a *Agent) Unenroll(ctx context.Context, uid types.UID) error {
+	unlock := a.podLocks.lock(uid)
+	defer unlock()
 	a.mu.Lock()
 	p, ok := a.pods[uid]
 	delete(a.pods, uid)
