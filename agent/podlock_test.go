@@ -12,10 +12,10 @@ import (
 func TestPodLocksSerializePerPod(t *testing.T) {
 	var locks podLocks
 	var (
-		mu            sync.Mutex
-		inside, most  int
-		wg            sync.WaitGroup
-		otherAcquired = make(chan struct{})
+		mu                sync.Mutex
+		inside, maxInside int
+		wg                sync.WaitGroup
+		otherAcquired     = make(chan struct{})
 	)
 	unlockFirst := locks.lock("pod-a")
 	for range 16 {
@@ -26,7 +26,7 @@ func TestPodLocksSerializePerPod(t *testing.T) {
 			defer unlock()
 			mu.Lock()
 			inside++
-			most = max(most, inside)
+			maxInside = max(maxInside, inside)
 			mu.Unlock()
 			// Give the other goroutines a chance to enter too.
 			for range 10 {
@@ -48,8 +48,8 @@ func TestPodLocksSerializePerPod(t *testing.T) {
 	unlockFirst()
 	wg.Wait()
 
-	if most != 1 {
-		t.Errorf("%d goroutines held one pod's lock at once, want 1", most)
+	if maxInside != 1 {
+		t.Errorf("%d goroutines held one pod's lock at once, want 1", maxInside)
 	}
 	if n := locks.held(); n != 0 {
 		t.Errorf("%d pod locks kept after every holder released, want 0", n)

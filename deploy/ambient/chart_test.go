@@ -205,9 +205,9 @@ func TestInvalidValuesRejected(t *testing.T) {
 }
 
 // TestLeastPrivilege checks every pod the chart renders: every container
-// drops all capabilities, only the agent adds any, exactly NET_ADMIN and
-// SYS_ADMIN, and no pod is privileged or shares the host's network or PID
-// namespace.
+// drops all capabilities, only the agent adds any, exactly NET_ADMIN,
+// SYS_ADMIN and SYS_PTRACE, no pod is privileged or shares the host's
+// network or IPC namespace, and only the agent shares its PID namespace.
 func TestLeastPrivilege(t *testing.T) {
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -226,8 +226,12 @@ func TestLeastPrivilege(t *testing.T) {
 					continue
 				}
 				pods++
-				if spec.HostNetwork || spec.HostPID || spec.HostIPC {
-					t.Errorf("%s %s shares a host namespace", obj.GetKind(), obj.GetName())
+				if spec.HostNetwork || spec.HostIPC {
+					t.Errorf("%s %s shares the host's network or IPC namespace", obj.GetKind(), obj.GetName())
+				}
+				isAgent := obj.GetKind() == "DaemonSet" && slices.ContainsFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == "istio-proxy" })
+				if spec.HostPID != isAgent {
+					t.Errorf("%s %s hostPID = %v, want %v (only the agent finds running pods' namespaces by PID)", obj.GetKind(), obj.GetName(), spec.HostPID, isAgent)
 				}
 				for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
 					checkContainerPrivilege(t, obj, c)
@@ -269,7 +273,7 @@ func checkContainerPrivilege(t *testing.T, obj *unstructured.Unstructured, c cor
 	}
 	var want []corev1.Capability
 	if obj.GetKind() == "DaemonSet" && c.Name == "istio-proxy" {
-		want = []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}
+		want = []corev1.Capability{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 	}
 	if !slices.Equal(sc.Capabilities.Add, want) {
 		t.Errorf("%s adds %v, want %v", where, sc.Capabilities.Add, want)
