@@ -97,6 +97,8 @@ type Agent struct {
 	cni     *cni.Server
 	// compat is nil in strict mode.
 	compat *rbeauth.Compat
+	// podLocks serializes Enroll and Unenroll per pod.
+	podLocks podLocks
 
 	mu      sync.Mutex
 	pods    map[types.UID]*podProxy

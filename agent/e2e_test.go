@@ -47,6 +47,8 @@ func runRole(role string) int {
 		return runLoadRole(role)
 	case roleNodeAgent:
 		return runNodeAgent()
+	case roleNetnsFinder:
+		return runNetnsFinderRole()
 	case "http-server":
 		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "hello from %s", os.Getenv("POD_NAME"))

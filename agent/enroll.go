@@ -64,8 +64,10 @@ const certificateWait = 10 * time.Second
 var errNotOnNode = errors.New("pod is not scheduled to this node")
 
 // Enroll captures a pod and starts its proxies. It returns false, nil when
-// the pod does not opt into ambient. netnsPath may be empty when the pod's
-// namespace can be found from a process in its cgroup.
+// the pod does not opt into ambient, and true, nil without doing anything
+// when the pod is already enrolled, also when another call enrolled it
+// meanwhile. netnsPath may be empty when the pod's namespace can be found
+// from a process in its cgroup.
 func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (bool, error) {
 	if pod.Spec.NodeName != a.cfg.NodeName {
 		return false, fmt.Errorf("enroll %s/%s: %w (it runs on %q, this agent serves %q)", pod.Namespace, pod.Name, errNotOnNode, pod.Spec.NodeName, a.cfg.NodeName)
@@ -73,6 +75,11 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	if !ShouldEnroll(pod, a.view.NamespaceLabels(pod.Namespace)) {
 		return false, nil
 	}
+	// The pod informer and reconcile may both enroll a running pod at
+	// start-up. Without the lock each call would start a set of proxies,
+	// because SO_REUSEPORT lets both sets listen.
+	unlock := a.podLocks.lock(pod.UID)
+	defer unlock()
 	a.mu.Lock()
 	_, done := a.pods[pod.UID]
 	tornDown := a.tornDown[pod.UID]
@@ -92,7 +99,7 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 		return false, err
 	}
 	if netnsPath == "" {
-		if netnsPath, err = NetnsFromCgroup(cgroup); err != nil {
+		if netnsPath, err = a.findNetns(cgroup, ip); err != nil {
 			return false, fmt.Errorf("enroll %s/%s: no network namespace given and %w", pod.Namespace, pod.Name, err)
 		}
 	}
@@ -124,6 +131,21 @@ func (a *Agent) Enroll(ctx context.Context, pod *corev1.Pod, netnsPath string) (
 	go a.register(regCtx, p)
 	go a.obtainCACertificate(regCtx, p)
 	return true, nil
+}
+
+// findNetns finds a running pod's network namespace from the processes in
+// its cgroup, and names it by its file in the host's netns folder when the
+// container runtime keeps one there.
+func (a *Agent) findNetns(cgroup string, ip netip.Addr) (string, error) {
+	path, err := NetnsFromCgroup(cgroup, ip)
+	if err != nil {
+		return "", err
+	}
+	dir := a.cfg.NetnsDir
+	if dir == "" {
+		dir = "/var/run/netns"
+	}
+	return namedNetns(dir, path), nil
 }
 
 // register completes enrollment: once the API server shows the pod's IP
@@ -188,6 +210,8 @@ func (a *Agent) Registered(uid types.UID) <-chan struct{} {
 
 // Unenroll detaches capture and stops the pod's proxies.
 func (a *Agent) Unenroll(ctx context.Context, uid types.UID) error {
+	unlock := a.podLocks.lock(uid)
+	defer unlock()
 	a.mu.Lock()
 	p, ok := a.pods[uid]
 	delete(a.pods, uid)
@@ -494,7 +518,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 			_ = a.Unenroll(ctx, types.UID(e.UID))
 			continue
 		}
-		if _, err := a.Enroll(ctx, pod, e.Netns); err != nil {
+		netnsPath := e.Netns
+		if !a.savedNetnsValid(pod, netnsPath) {
+			netnsPath = ""
+		}
+		if _, err := a.Enroll(ctx, pod, netnsPath); err != nil {
 			a.log.Error("previously enrolled pod not re-adopted", "pod", e.Namespace+"/"+e.Name, "error", err)
 		}
 	}
@@ -509,6 +537,27 @@ func (a *Agent) reconcile(ctx context.Context) {
 			_ = a.Unenroll(ctx, types.UID(p.ID))
 		}
 	}
+}
+
+// savedNetnsValid reports whether a network namespace path from the state
+// file may still be used for pod. A /proc/<pid>/ns/net path names whichever
+// process has that PID now, so it is kept only while that namespace holds
+// the pod's IP. Other paths are the container runtime's files, which live
+// as long as the pod's sandbox.
+func (a *Agent) savedNetnsValid(pod *corev1.Pod, path string) bool {
+	if !strings.HasPrefix(path, "/proc/") {
+		return true
+	}
+	ip, err := podIP(pod)
+	if err != nil {
+		return false
+	}
+	has, err := netnsHasAddr(path, ip)
+	if err != nil || !has {
+		a.log.Info("saved network namespace no longer holds the pod's IP; looking in the pod's cgroup", "pod", pod.Namespace+"/"+pod.Name, "netns", path, "ip", ip, "error", err)
+		return false
+	}
+	return true
 }
 
 // cniHandler adapts the agent to mazu-cni's requests.

@@ -3,9 +3,13 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/internal/meshtest"
@@ -204,4 +208,90 @@ func waitRevoked(t *testing.T, mesh *meshtest.Curator, id curator.ID) {
 		}
 	}
 	t.Fatalf("ID %v: current entry is %v after 10 s, want a revocation", id, kind)
+}
+
+// TestConcurrentEnrollStartsOneProxySet enrolls one running pod from many
+// goroutines at once, as the pod informer and start-up reconciliation may:
+// every call succeeds, the pod gets one set of listeners, and unenrolling
+// leaves none behind.
+func TestConcurrentEnrollStartsOneProxySet(t *testing.T) {
+	tb := testbed.Get(t)
+	mesh := startMesh(t, tb)
+	node := testbed.NewNode(t, tb, "at-twice")
+	na := startAgent(t, tb, mesh, node)
+	const ns = "at-twice"
+	ambientNamespace(t, tb, ns)
+	eventually(t, 10*time.Second, "agent sees the ambient namespace", func() bool {
+		return na.agent.view.NamespaceLabels(ns)[DataplaneModeLabel] == "ambient"
+	})
+	// No CNI ADD and no process in the pod, so only the calls below can
+	// enroll it.
+	web := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: ns, Name: "web"})
+	pod, err := tb.Client().CoreV1().Pods(ns).Get(context.Background(), web.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const calls = 8
+	type result struct {
+		enrolled bool
+		err      error
+	}
+	results := make(chan result, calls)
+	start := make(chan struct{})
+	for range calls {
+		go func() {
+			<-start
+			enrolled, err := na.agent.Enroll(context.Background(), pod, web.NetnsPath())
+			results <- result{enrolled, err}
+		}()
+	}
+	close(start)
+	for range calls {
+		r := <-results
+		if r.err != nil || !r.enrolled {
+			t.Errorf("concurrent Enroll = %v, %v; want true, nil", r.enrolled, r.err)
+		}
+	}
+	if n := listenersOnPort(t, web, HBONEPort); n != 1 {
+		t.Errorf("pod has %d HBONE listeners after %d concurrent enrollments, want 1", n, calls)
+	}
+	if n := listenersOnPort(t, web, InboundPort); n != 1 {
+		t.Errorf("pod has %d plaintext inbound listeners after %d concurrent enrollments, want 1", n, calls)
+	}
+
+	if err := na.agent.Unenroll(context.Background(), web.UID); err != nil {
+		t.Fatalf("unenroll: %v", err)
+	}
+	if n := listenersOnPort(t, web, HBONEPort); n != 0 {
+		t.Errorf("pod has %d HBONE listeners left after unenrolling, want 0", n)
+	}
+}
+
+// listenersOnPort counts the TCP sockets listening on port inside the pod's
+// network namespace, from /proc/thread-self/net/tcp and tcp6.
+func listenersOnPort(t *testing.T, pod *testbed.Pod, port int) int {
+	t.Helper()
+	const stateListen = "0A"
+	want := fmt.Sprintf(":%04X", port)
+	count := 0
+	err := pod.Do(func() error {
+		for _, name := range []string{"tcp", "tcp6"} {
+			data, err := os.ReadFile("/proc/thread-self/net/" + name)
+			if err != nil {
+				return err
+			}
+			for _, line := range strings.Split(string(data), "\n")[1:] {
+				fields := strings.Fields(line)
+				if len(fields) > 3 && strings.HasSuffix(fields[1], want) && fields[3] == stateListen {
+					count++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read listening sockets in pod %s: %v", pod.Name, err)
+	}
+	return count
 }

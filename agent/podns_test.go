@@ -2,8 +2,13 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,7 +55,7 @@ func TestFindPodNetnsFromCgroup(t *testing.T) {
 	if cgroup != pod.Cgroup {
 		t.Errorf("FindPodCgroup = %s, want %s", cgroup, pod.Cgroup)
 	}
-	if _, err := NetnsFromCgroup(cgroup); err == nil {
+	if _, err := NetnsFromCgroup(cgroup, pod.IP); err == nil {
 		t.Error("NetnsFromCgroup found a namespace in a cgroup with no process")
 	}
 
@@ -61,7 +66,7 @@ func TestFindPodNetnsFromCgroup(t *testing.T) {
 	var netns string
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		netns, err = NetnsFromCgroup(cgroup)
+		netns, err = NetnsFromCgroup(cgroup, pod.IP)
 		if err == nil {
 			if same, _ := SameNetns(netns, pod.NetnsPath()); same {
 				break
@@ -76,6 +81,70 @@ func TestFindPodNetnsFromCgroup(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(cgroup, "cgroup.procs")); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := NetnsFromCgroup(cgroup, netip.MustParseAddr("198.18.255.254")); err == nil || !strings.Contains(err.Error(), "has the pod's IP") {
+		t.Errorf("NetnsFromCgroup with an IP no namespace holds = %v, want an error naming the IP", err)
+	}
+	if got := namedNetns("/var/run/netns", netns); got != pod.NetnsPath() {
+		t.Errorf("namedNetns(%s) = %s, want the runtime's file %s", netns, got, pod.NetnsPath())
+	}
+
+	// An agent in a PID namespace of its own reads the pod's PIDs as 0.
+	t.Run("own PID namespace", func(t *testing.T) {
+		cmd := netnsFinderCommand(cgroup, pod.IP)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+		if got := outputOf(t, cmd); !strings.Contains(got, "hostPID: true") {
+			t.Errorf("agent in its own PID namespace got %q, want an error naming hostPID: true", got)
+		}
+	})
+	// This child has the chart's group 1337 and only NET_ADMIN and
+	// SYS_ADMIN. Without CAP_SYS_PTRACE it may not open the namespace of
+	// the pod's process, which runs as root with group 0.
+	t.Run("without CAP_SYS_PTRACE", func(t *testing.T) {
+		setpriv, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("setpriv (util-linux) not installed")
+		}
+		finder := netnsFinderCommand(cgroup, pod.IP)
+		const caps = "-all,+net_admin,+sys_admin"
+		cmd := exec.Command(setpriv, append([]string{"--regid=1337", "--clear-groups", "--inh-caps=" + caps, "--ambient-caps=" + caps, "--bounding-set=" + caps}, finder.Args...)...)
+		cmd.Env = finder.Env
+		if got := outputOf(t, cmd); !strings.Contains(got, "CAP_SYS_PTRACE") {
+			t.Errorf("agent without CAP_SYS_PTRACE got %q, want an error naming CAP_SYS_PTRACE", got)
+		}
+	})
+}
+
+// Environment of the netns-finder role, which runs NetnsFromCgroup in a
+// process of its own and prints the path or the error.
+const (
+	roleNetnsFinder = "netns-finder"
+	envCgroup       = "MAZU_E2E_CGROUP"
+	envPodIP        = "MAZU_E2E_POD_IP"
+)
+
+func runNetnsFinderRole() int {
+	path, err := NetnsFromCgroup(os.Getenv(envCgroup), netip.MustParseAddr(os.Getenv(envPodIP)))
+	if err != nil {
+		fmt.Println(err)
+		return 0
+	}
+	fmt.Println(path)
+	return 0
+}
+
+func netnsFinderCommand(cgroup string, ip netip.Addr) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envRole+"="+roleNetnsFinder, envCgroup+"="+cgroup, envPodIP+"="+ip.String())
+	return cmd
+}
+
+func outputOf(t *testing.T, cmd *exec.Cmd) string {
+	t.Helper()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("run NetnsFromCgroup in a child process: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // TestContainerNetnsPath maps CNI_NETNS paths of the host into the agent's

@@ -14,9 +14,10 @@ import (
 
 // TestRollingRestartUnderTraffic replaces a node's agent the way a
 // DaemonSet rolling update with surge does: a second agent for the same
-// node starts on the same pins and state while the first still serves,
-// then the first stops. Clients open new connections all along, and none
-// may fail.
+// node starts on the same pins, state and CNI socket path while the first
+// still serves, then the first stops. Clients open new connections all
+// along, and none may fail. A pod created after the first agent stopped
+// must still pass its CNI ADD.
 func TestRollingRestartUnderTraffic(t *testing.T) {
 	tb := testbed.Get(t)
 	mesh := startMesh(t, tb)
@@ -43,7 +44,10 @@ func TestRollingRestartUnderTraffic(t *testing.T) {
 	}
 
 	time.Sleep(500 * time.Millisecond)
-	second := startAgentWith(t, tb, mesh, node, agentOptions{Dir: dir, Socket: filepath.Join(t.TempDir(), "cni.sock")})
+	second := startAgentWith(t, tb, mesh, node, agentOptions{Dir: dir})
+	if second.socket != first.socket {
+		t.Fatalf("agents listen on %s and %s, want one shared CNI socket path", first.socket, second.socket)
+	}
 	for _, p := range []*testbed.Pod{web, client} {
 		if !second.agent.IsEnrolled(p.UID) {
 			t.Errorf("second agent did not adopt %s", p.Name)
@@ -75,6 +79,15 @@ func TestRollingRestartUnderTraffic(t *testing.T) {
 		}
 	}
 	expectOK(t, client, podURL(web), 3, "hello from web")
+	// The first agent's shutdown must leave the second agent's socket file.
+	late, err := tb.AddPod(context.Background(), node, testbed.PodSpec{Namespace: ns, Name: "late", OnNetwork: add})
+	if err != nil {
+		t.Fatalf("CNI ADD after the first agent stopped: %v", err)
+	}
+	t.Cleanup(func() { _ = tb.DeletePod(context.Background(), late) })
+	if !second.agent.IsEnrolled(late.UID) {
+		t.Error("second agent did not enroll the pod added after the first agent stopped")
+	}
 	// The second agent carried traffic over HBONE after the first left.
 	inbound := counterSum(t, second.registry, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls"})
 	if inbound == 0 {

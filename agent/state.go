@@ -88,6 +88,8 @@ func (s *stateFile) list() []stateEntry {
 }
 
 // saveLocked writes the file atomically: a temporary file, fsync, rename.
+// The temporary file has a name of its own, because the old and the new
+// agent of a rolling update share the folder and may save at once.
 func (s *stateFile) saveLocked() error {
 	if s.path == "" {
 		return nil
@@ -98,26 +100,33 @@ func (s *stateFile) saveLocked() error {
 	}
 	data, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("save agent state: %w", err)
 	}
-	tmp := s.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	f, err := os.CreateTemp(filepath.Dir(s.path), filepath.Base(s.path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("save agent state: %w", err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("save agent state: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("save agent state: %w", err)
-	}
-	if err := f.Close(); err != nil {
+	tmp := f.Name()
+	if err := writeSynced(f, data); err != nil {
+		_ = os.Remove(tmp)
 		return fmt.Errorf("save agent state: %w", err)
 	}
 	if err := os.Rename(tmp, s.path); err != nil {
+		_ = os.Remove(tmp)
 		return fmt.Errorf("save agent state: %w", err)
 	}
 	return nil
+}
+
+// writeSynced writes data to f, syncs and closes it.
+func writeSynced(f *os.File, data []byte) error {
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

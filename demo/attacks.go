@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/audit"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
@@ -33,9 +36,9 @@ func (r *run) rejections(ctx context.Context, reason string) (float64, error) {
 }
 
 // probe connects from the attacker pod to the server pod's HBONE port with
-// a certificate, and waits for the server agent's rejection counter for
-// reason to move.
-func (r *run) probe(ctx context.Context, name string, certPEM, keyPEM []byte, staple, reason string) (bool, error) {
+// a certificate and an optional stapled proof, and waits for the server
+// agent's rejection counter for reason to move.
+func (r *run) probe(ctx context.Context, name string, certPEM, keyPEM, staple []byte, reason string) (bool, error) {
 	dir := filepath.Join(r.dir, "attack-"+name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, err
@@ -54,8 +57,8 @@ func (r *run) probe(ctx context.Context, name string, certPEM, keyPEM []byte, st
 	target := fmt.Sprintf("%s:%d", r.pods["web"].IP, 15008)
 	var rep probeReport
 	env := []string{envTarget + "=" + target, envCert + "=" + certFile, envKey + "=" + keyFile}
-	if staple != "" {
-		env = append(env, envStaple+"="+staple)
+	if len(staple) > 0 {
+		env = append(env, envStaple+"="+base64.StdEncoding.EncodeToString(staple))
 	}
 	if err := r.runInPod(ctx, r.pods["mallory"], "tls-probe", &rep, env...); err != nil {
 		return false, err
@@ -87,22 +90,37 @@ func pemKey(key crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
-// attackReplay plays a leak of the client's pod-bound token. The attacker
-// mints a self-signed certificate that carries it, with its own key, and
-// connects from its own pod. The token names the client's pod, whose IP is
+// attackReplay plays a leak of the client's registered credentials. The
+// attacker starts a handshake with the client's HBONE port, as any pod may,
+// and records the certificate the client's agent presents: the client's
+// pod-bound token and its stapled proof. It mints a certificate that
+// carries the token, with its own key because the client's never leaves
+// its agent, staples the client's proof and connects to web from its own
+// pod. The token and the registration name the client's pod IP, which is
 // not the attacker's.
 func (r *run) attackReplay(ctx context.Context) (bool, error) {
-	victim := r.pods["client"]
-	token, err := r.tb.RequestToken(ctx, victim, curator.DefaultAudience, 10*time.Minute)
+	victim, mallory := r.pods["client"], r.pods["mallory"]
+	var leaked harvestReport
+	target := envTarget + "=" + fmt.Sprintf("%s:%d", victim.IP, agent.HBONEPort)
+	if err := r.runInPod(ctx, mallory, "tls-harvest", &leaked, target); err != nil {
+		return false, err
+	}
+	registered, err := r.agents[victim.Node.Name].registeredID(ctx, string(victim.UID))
 	if err != nil {
 		return false, err
 	}
+	id := curator.IDFromToken(leaked.Token)
+	if hex.EncodeToString(id[:]) != registered {
+		return false, fmt.Errorf("harvested token has ID %x, but the client is registered under %s", id[:], registered)
+	}
+	r.say("  mallory (%s) harvests demo/client's certificate from its HBONE port: the registered token of ID %x... and a %d-byte stapled proof", mallory.IP, id[:8], len(leaked.Staple))
+
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return false, err
 	}
-	id := rbeauth.Identity{TrustDomain: testbed.TrustDomain, Namespace: victim.Namespace, ServiceAccount: victim.ServiceAccount}
-	der, err := rbeauth.NewCertificate(key, id, token, time.Now().Add(10*time.Minute))
+	identity := rbeauth.Identity{TrustDomain: testbed.TrustDomain, Namespace: victim.Namespace, ServiceAccount: victim.ServiceAccount}
+	der, err := rbeauth.NewCertificate(key, identity, leaked.Token, time.Now().Add(10*time.Minute))
 	if err != nil {
 		return false, err
 	}
@@ -110,10 +128,8 @@ func (r *run) attackReplay(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	r.say("  mallory (%s) holds a live token bound to pod demo/client (%s) and wraps it in a certificate for %s with its own key", r.pods["mallory"].IP, victim.IP, id)
-	// The verifier checks the pod binding before the registration, so
-	// any staple will do; a real attacker would replay the victim's.
-	return r.probe(ctx, "a", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, "MZS1 replayed staple", "pod_mismatch")
+	r.say("  mallory wraps the token in a certificate for %s with its own key, staples the client's proof, and connects from %s (the token's pod has %s)", identity, mallory.IP, victim.IP)
+	return r.probe(ctx, "a", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, leaked.Staple, "pod_mismatch")
 }
 
 // attackRogueCA plays someone who took over istiod: it reads istiod's CA
@@ -159,7 +175,7 @@ func (r *run) attackRogueCA(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	certPEM := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw})...)
-	return r.probe(ctx, "b", certPEM, keyPEM, "", "certificate_invalid")
+	return r.probe(ctx, "b", certPEM, keyPEM, nil, "certificate_invalid")
 }
 
 func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {

@@ -2,6 +2,8 @@ package demo
 
 import (
 	"crypto/tls"
+	"encoding/asn1"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/mazu-mesh/mazu-ztunnel/rbeauth"
 )
 
 // The demo binary re-executes itself inside pods to play these roles,
@@ -21,6 +25,7 @@ const (
 	envCount  = "MAZU_DEMO_COUNT"
 	envCert   = "MAZU_DEMO_CERT"
 	envKey    = "MAZU_DEMO_KEY"
+	// envStaple is a stapled proof in standard base64.
 	envStaple = "MAZU_DEMO_STAPLE"
 )
 
@@ -36,6 +41,15 @@ type clientReport struct {
 type probeReport struct {
 	Connected bool   `json:"connected"`
 	Error     string `json:"error"`
+}
+
+// harvestReport is the tls-harvest role's output: what a workload's HBONE
+// port shows any client that connects.
+type harvestReport struct {
+	// Token is the pod-bound token in the server's certificate.
+	Token string `json:"token"`
+	// Staple is the stapled proof the server sent with it.
+	Staple []byte `json:"staple"`
 }
 
 // RunRole runs the role named by EnvRole, if any, and returns the process
@@ -57,6 +71,8 @@ func RunRole() (code int, ok bool) {
 		err = httpClient(os.Stdout)
 	case "tls-probe":
 		err = tlsProbe(os.Stdout)
+	case "tls-harvest":
+		err = tlsHarvest(os.Stdout)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
@@ -111,7 +127,11 @@ func tlsProbe(out io.Writer) error {
 		return fmt.Errorf("load the attacker's certificate: %w", err)
 	}
 	if s := os.Getenv(envStaple); s != "" {
-		cert.SignedCertificateTimestamps = [][]byte{[]byte(s)}
+		staple, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return fmt.Errorf("decode %s: %w", envStaple, err)
+		}
+		cert.SignedCertificateTimestamps = [][]byte{staple}
 	}
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
@@ -140,6 +160,46 @@ func tlsProbe(out io.Writer) error {
 		if errors.As(err, &ne) && ne.Timeout() {
 			r.Error = "timeout: " + r.Error
 		}
+	}
+	return json.NewEncoder(out).Encode(r)
+}
+
+// tlsHarvest starts a handshake with a workload's HBONE port and records
+// the token and stapled proof in the certificate that the workload's agent
+// presents. It sends no certificate of its own, so the server rejects the
+// connection after it has shown its certificate.
+func tlsHarvest(out io.Writer) error {
+	var state tls.ConnectionState
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS13, NextProtos: []string{rbeauth.ALPNRBE},
+		// The harvester records any certificate, signed by anyone.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(s tls.ConnectionState) error {
+			state = s
+			return nil
+		},
+	}
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(dialer, "tcp", os.Getenv(envTarget), cfg)
+	if err == nil {
+		conn.Close()
+	}
+	if len(state.PeerCertificates) == 0 {
+		return fmt.Errorf("harvest a certificate from %s: none received: %v", os.Getenv(envTarget), err)
+	}
+	if len(state.SignedCertificateTimestamps) != 1 {
+		return fmt.Errorf("harvest from %s: %d stapled proofs, want 1", os.Getenv(envTarget), len(state.SignedCertificateTimestamps))
+	}
+	r := harvestReport{Staple: state.SignedCertificateTimestamps[0]}
+	for _, ext := range state.PeerCertificates[0].Extensions {
+		if ext.Id.Equal(rbeauth.OIDTokenExtension) {
+			if _, err := asn1.UnmarshalWithParams(ext.Value, &r.Token, "utf8"); err != nil {
+				return fmt.Errorf("harvest from %s: read the token extension: %w", os.Getenv(envTarget), err)
+			}
+		}
+	}
+	if r.Token == "" {
+		return fmt.Errorf("harvest from %s: the certificate has no token extension", os.Getenv(envTarget))
 	}
 	return json.NewEncoder(out).Encode(r)
 }

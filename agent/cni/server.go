@@ -30,9 +30,26 @@ type Server struct {
 	listener *net.UnixListener
 	timeout  time.Duration
 	wg       sync.WaitGroup
+	// path and socket identify the socket file this server created, so
+	// that Close removes it only while it is still this server's.
+	path   string
+	socket fileID
 }
 
-// Listen removes a stale socket at path and listens there.
+// fileID is a file's device and inode number.
+type fileID struct{ dev, ino uint64 }
+
+func statID(path string) (fileID, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino}, nil
+}
+
+// Listen removes a stale socket at path and listens there. In a rolling
+// update the new agent's Listen replaces the old agent's socket file, and
+// the old agent's Close then leaves the new file in place.
 func Listen(path string, handler Handler, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("listen for CNI requests: %w", err)
@@ -44,7 +61,14 @@ func Listen(path string, handler Handler, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen for CNI requests on %s: %w", path, err)
 	}
-	return &Server{log: log, handler: handler, listener: l, timeout: 30 * time.Second}, nil
+	// Go's Close would unlink path whoever's socket it names by then.
+	l.SetUnlinkOnClose(false)
+	id, err := statID(path)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen for CNI requests: stat socket %s: %w", path, err)
+	}
+	return &Server{log: log, handler: handler, listener: l, timeout: 30 * time.Second, path: path, socket: id}, nil
 }
 
 // Serve handles connections until the listener closes.
@@ -65,9 +89,17 @@ func (s *Server) Serve() error {
 	}
 }
 
-// Close stops accepting and waits for requests in flight.
+// Close stops accepting, removes the socket file unless another server
+// has replaced it, and waits for requests in flight.
 func (s *Server) Close() error {
 	err := s.listener.Close()
+	// NOTE: a server that replaces the file between the stat and the
+	// remove loses its socket file; nothing here can close that window.
+	if id, statErr := statID(s.path); statErr == nil && id == s.socket {
+		if rmErr := os.Remove(s.path); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+			err = errors.Join(err, fmt.Errorf("remove CNI socket %s: %w", s.path, rmErr))
+		}
+	}
 	s.wg.Wait()
 	return err
 }

@@ -187,8 +187,8 @@ func TestApplyServerSide(t *testing.T) {
 			}
 		}
 	}
-	if fmt.Sprint(agentCaps) != "[NET_ADMIN SYS_ADMIN]" {
-		t.Errorf("stored agent capabilities = %v, want [NET_ADMIN SYS_ADMIN]", agentCaps)
+	if fmt.Sprint(agentCaps) != "[NET_ADMIN SYS_ADMIN SYS_PTRACE]" {
+		t.Errorf("stored agent capabilities = %v, want [NET_ADMIN SYS_ADMIN SYS_PTRACE]", agentCaps)
 	}
 	if n := len(ds.Spec.Template.Spec.InitContainers); n != 1 {
 		t.Fatalf("stored agent pod has %d init containers, want the mazu-cni installer", n)

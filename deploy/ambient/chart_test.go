@@ -2,6 +2,7 @@ package ambient_test
 
 import (
 	"bufio"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/deploy/ambient"
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/v2/lint"
@@ -129,6 +131,32 @@ func TestIstioValueNames(t *testing.T) {
 				t.Errorf("LOG_LEVEL = %q", v)
 			}
 		}},
+		// The agent logs JSON without LOG_FORMAT, so the chart always sets it.
+		{"logAsJson unset", nil, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, ok := envValue(c, "LOG_FORMAT"); v != "text" {
+				t.Errorf("LOG_FORMAT = %q (set: %v), want text", v, ok)
+			}
+		}},
+		{"logAsJson", map[string]any{"logAsJson": true}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "LOG_FORMAT"); v != "json" {
+				t.Errorf("LOG_FORMAT = %q, want json", v)
+			}
+		}},
+		{"meshConfig.trustDomain", map[string]any{"meshConfig": map[string]any{"trustDomain": "example.org"}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "TRUST_DOMAIN"); v != "example.org" {
+				t.Errorf("TRUST_DOMAIN = %q, want example.org", v)
+			}
+		}},
+		{"meshConfig.trustDomain default", nil, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "TRUST_DOMAIN"); v != "cluster.local" {
+				t.Errorf("TRUST_DOMAIN = %q, want cluster.local", v)
+			}
+		}},
+		{"meshConfig.rootNamespace", map[string]any{"meshConfig": map[string]any{"rootNamespace": "mesh-root"}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
+			if v, _ := envValue(c, "MAZU_ROOT_NAMESPACE"); v != "mesh-root" {
+				t.Errorf("MAZU_ROOT_NAMESPACE = %q, want mesh-root", v)
+			}
+		}},
 		{"env", map[string]any{"env": map[string]any{"EXTRA_SETTING": "on"}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
 			if v, _ := envValue(c, "EXTRA_SETTING"); v != "on" {
 				t.Errorf("EXTRA_SETTING = %q", v)
@@ -151,21 +179,26 @@ func TestIstioValueNames(t *testing.T) {
 			}
 		}},
 		{"istioNamespace", map[string]any{"istioNamespace": "mesh-control", "agent": map[string]any{"istiodCompat": true}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
-			if v, _ := envValue(c, "XDS_ADDRESS"); v != "istiod.mesh-control.svc:15012" {
-				t.Errorf("XDS_ADDRESS = %q", v)
+			if v, _ := envValue(c, "CA_ADDRESS"); v != "istiod.mesh-control.svc:15012" {
+				t.Errorf("CA_ADDRESS = %q", v)
+			}
+			if v, _ := envValue(c, "MAZU_ROOT_NAMESPACE"); v != "mesh-control" {
+				t.Errorf("MAZU_ROOT_NAMESPACE = %q, want the Istio namespace mesh-control", v)
 			}
 		}},
 		{"multiCluster.clusterName", map[string]any{"multiCluster": map[string]any{"clusterName": "east"}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
 			if v, _ := envValue(c, "ISTIO_META_CLUSTER_ID"); v != "east" {
 				t.Errorf("ISTIO_META_CLUSTER_ID = %q", v)
 			}
-			if v, _ := envValue(c, "MAZU_CURATOR_ORIGIN"); v != "mazu-curator.istio-system.svc/east" {
-				t.Errorf("MAZU_CURATOR_ORIGIN = %q", v)
+			if v, _ := envValue(c, "MAZU_CURATOR_AUDIENCE"); v != "mazu-curator.istio-system.svc/east" {
+				t.Errorf("MAZU_CURATOR_AUDIENCE = %q", v)
 			}
 		}},
+		// Accepted from Istio's values files and ignored: the agent reads no
+		// proxyMetadata entry.
 		{"meshConfig.defaultConfig.proxyMetadata", map[string]any{"meshConfig": map[string]any{"defaultConfig": map[string]any{"proxyMetadata": map[string]any{"ISTIO_META_ENABLE_HBONE": "true"}}}}, func(t *testing.T, _ *appsv1.DaemonSet, c corev1.Container) {
-			if v, _ := envValue(c, "ISTIO_META_ENABLE_HBONE"); v != "true" {
-				t.Errorf("ISTIO_META_ENABLE_HBONE = %q", v)
+			if v, ok := envValue(c, "ISTIO_META_ENABLE_HBONE"); ok {
+				t.Errorf("ISTIO_META_ENABLE_HBONE = %q, want proxyMetadata ignored", v)
 			}
 		}},
 	}
@@ -174,6 +207,25 @@ func TestIstioValueNames(t *testing.T) {
 			ds := agentDaemonSet(t, render(t, tc.values))
 			tc.check(t, ds, agentContainer(t, ds))
 		})
+	}
+}
+
+// TestAgentReadsEveryVariable checks that the agent reads each environment
+// variable the chart sets on its container, in strict and compatibility
+// mode, so the chart passes nothing the agent ignores.
+func TestAgentReadsEveryVariable(t *testing.T) {
+	read := map[string]bool{}
+	agent.NodeConfigFromFlags(flag.NewFlagSet("mazu-ztunnel", flag.ContinueOnError), func(name string) string {
+		read[name] = true
+		return ""
+	})
+	for _, values := range []map[string]any{nil, {"agent": map[string]any{"istiodCompat": true}}} {
+		c := agentContainer(t, agentDaemonSet(t, render(t, values)))
+		for _, e := range c.Env {
+			if !read[e.Name] {
+				t.Errorf("chart sets %s (values %v), which the agent does not read", e.Name, values)
+			}
+		}
 	}
 }
 
@@ -207,9 +259,9 @@ func TestInvalidValuesRejected(t *testing.T) {
 }
 
 // TestLeastPrivilege checks every pod the chart renders: every container
-// drops all capabilities, only the agent adds any, exactly NET_ADMIN and
-// SYS_ADMIN, and no pod is privileged or shares the host's network or PID
-// namespace.
+// drops all capabilities, only the agent adds any, exactly NET_ADMIN,
+// SYS_ADMIN and SYS_PTRACE, no pod is privileged or shares the host's
+// network or IPC namespace, and only the agent shares its PID namespace.
 func TestLeastPrivilege(t *testing.T) {
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,8 +280,12 @@ func TestLeastPrivilege(t *testing.T) {
 					continue
 				}
 				pods++
-				if spec.HostNetwork || spec.HostPID || spec.HostIPC {
-					t.Errorf("%s %s shares a host namespace", obj.GetKind(), obj.GetName())
+				if spec.HostNetwork || spec.HostIPC {
+					t.Errorf("%s %s shares the host's network or IPC namespace", obj.GetKind(), obj.GetName())
+				}
+				isAgent := obj.GetKind() == "DaemonSet" && slices.ContainsFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == "istio-proxy" })
+				if spec.HostPID != isAgent {
+					t.Errorf("%s %s hostPID = %v, want %v (only the agent finds running pods' namespaces by PID)", obj.GetKind(), obj.GetName(), spec.HostPID, isAgent)
 				}
 				for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
 					checkContainerPrivilege(t, obj, c)
@@ -271,7 +327,7 @@ func checkContainerPrivilege(t *testing.T, obj *unstructured.Unstructured, c cor
 	}
 	var want []corev1.Capability
 	if obj.GetKind() == "DaemonSet" && c.Name == "istio-proxy" {
-		want = []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}
+		want = []corev1.Capability{"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 	}
 	if !slices.Equal(sc.Capabilities.Add, want) {
 		t.Errorf("%s adds %v, want %v", where, sc.Capabilities.Add, want)
