@@ -364,25 +364,55 @@ func (w *Witness) replay(ctx context.Context, tree tlog.Tree, body []byte) error
 	return nil
 }
 
+// tokenSigChunk is the number of entries per token-signature request. The
+// curator serves at most 65,536 entries per request, and the client reads
+// at most 16 MiB per response, which holds 4,096 signatures of up to
+// 4,000 bytes each (an RS256 signature takes 342).
+var tokenSigChunk int64 = 4096
+
+// fetchTokenSigs fetches the token signatures of entries [start, end) in
+// requests of tokenSigChunk entries, so a witness far behind the log, or
+// one that joins a large log, can catch up.
 func (w *Witness) fetchTokenSigs(ctx context.Context, start, end int64) (map[uint64][]byte, error) {
-	auth := curator.TokenSignatureAuth(w.cfg.Signer, start, end, w.cfg.Now())
-	b, err := w.client.Get(ctx, fmt.Sprintf("v1/token-signatures?start=%d&end=%d", start, end),
-		http.Header{"Mazu-Witness-Auth": {auth}})
-	if err != nil {
-		return nil, err
-	}
 	out := map[uint64][]byte{}
+	for from := start; from < end; from += tokenSigChunk {
+		to := min(from+tokenSigChunk, end)
+		auth := curator.TokenSignatureAuth(w.cfg.Signer, from, to, w.cfg.Now())
+		b, err := w.client.Get(ctx, fmt.Sprintf("v1/token-signatures?start=%d&end=%d", from, to),
+			http.Header{"Mazu-Witness-Auth": {auth}})
+		if err != nil {
+			return nil, err
+		}
+		if err := parseTokenSigs(b, from, to, out); err != nil {
+			return nil, fmt.Errorf("token signatures [%d, %d): %w", from, to, err)
+		}
+	}
+	return out, nil
+}
+
+var errMalformedTokenSigs = errors.New("malformed token signature list")
+
+// parseTokenSigs parses the /v1/token-signatures body of entries
+// [start, end): per entry a big-endian uint16 length and the signature,
+// with length 0 for an entry without one. It adds the signatures to out.
+func parseTokenSigs(b []byte, start, end int64, out map[uint64][]byte) error {
 	for i := start; i < end; i++ {
-		if len(b) < 2 || len(b) < 2+int(binary.BigEndian.Uint16(b)) {
-			return nil, errors.New("malformed token signature list")
+		if len(b) < 2 {
+			return errMalformedTokenSigs
 		}
 		n := int(binary.BigEndian.Uint16(b))
+		if len(b) < 2+n {
+			return errMalformedTokenSigs
+		}
 		if n > 0 {
 			out[uint64(i)] = b[2 : 2+n]
 		}
 		b = b[2+n:]
 	}
-	return out, nil
+	if len(b) != 0 {
+		return fmt.Errorf("%w: %d bytes after the last entry", errMalformedTokenSigs, len(b))
+	}
+	return nil
 }
 
 // keepEvidence stores a rejected request, which the C2SP witness spec

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -116,4 +117,88 @@ func stripCosignatures(t *testing.T, cp []byte) []byte {
 	}
 	first, _, _ := strings.Cut(sigs, "\n")
 	return []byte(text + "\n\n" + first + "\n")
+}
+
+// tokenSigRanges records the ranges of the token-signature requests that
+// pass through it.
+type tokenSigRanges struct {
+	mu     sync.Mutex
+	ranges [][2]int64
+}
+
+func (r *tokenSigRanges) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Path == "/v1/token-signatures" {
+		start, _ := strconv.ParseInt(req.URL.Query().Get("start"), 10, 64)
+		end, _ := strconv.ParseInt(req.URL.Query().Get("end"), 10, 64)
+		r.mu.Lock()
+		r.ranges = append(r.ranges, [2]int64{start, end})
+		r.mu.Unlock()
+	}
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+func registerPods(t *testing.T, c *curatortest.Cluster, is *curatortest.Issuer, n int) {
+	t.Helper()
+	for i := range n {
+		ip := netip.AddrFrom4([4]byte{10, 4, 0, byte(i)})
+		w := curatortest.NewWorkload(t, is.Token(is.AddPod("default", "p", ip), curator.DefaultAudience, time.Now(), 10*time.Minute), ip)
+		if _, err := c.Register(t.Context(), w, fakeKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWitnessCatchUpInChunks starts a new witness against a log of 10
+// registrations and their state entries, with a token-signature chunk of
+// 4: it fetches the signatures in consecutive requests of at most 4
+// entries each and cosigns.
+func TestWitnessCatchUpInChunks(t *testing.T) {
+	is := curatortest.NewIssuer(t)
+	c := curatortest.Start(t, curatortest.Options{Witnesses: 1, Scheme: scheme, Reviewer: is, JWKS: is.JWKS(), MaxBatch: 2})
+	registerPods(t, c, is, 10)
+	cp, err := c.Client.Checkpoint(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened, err := c.Policy.Open(cp, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opened.Tree.N <= 8 {
+		t.Fatalf("log has %d entries, want more than two chunks", opened.Tree.N)
+	}
+
+	defer witness.SetTokenSigChunk(4)()
+	st, err := store.Open(filepath.Join(t.TempDir(), "w.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	jwks, _ := curator.ParseJWKS(is.JWKS())
+	lv, _ := note.NewVerifier(c.Key.VKey)
+	ranges := &tokenSigRanges{}
+	// The new witness reuses the configured witness's key, which the
+	// curator requires for token signatures.
+	w, err := witness.New(witness.Config{Origin: curatortest.Origin, LogVerifier: lv, Signer: c.WitnessKeys[0], Store: st,
+		Scheme: scheme, JWKS: jwks, CuratorURL: c.URL, HTTP: &http.Client{Transport: ranges}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.AddCheckpoint(t.Context(), addBody(0, stripCosignatures(t, cp))); err != nil {
+		t.Fatalf("AddCheckpoint from size 0 to %d = %v, want a cosignature", opened.Tree.N, err)
+	}
+
+	var next int64
+	for _, r := range ranges.ranges {
+		if r[0] != next || r[1]-r[0] > 4 || r[1] <= r[0] {
+			t.Errorf("token-signature request [%d, %d), want [%d, %d) of at most 4 entries", r[0], r[1], next, min(next+4, opened.Tree.N))
+		}
+		next = r[1]
+	}
+	if next != opened.Tree.N {
+		t.Errorf("token-signature requests end at %d, want %d", next, opened.Tree.N)
+	}
+	if want := (opened.Tree.N + 3) / 4; int64(len(ranges.ranges)) != want {
+		t.Errorf("%d token-signature requests, want %d", len(ranges.ranges), want)
+	}
 }
