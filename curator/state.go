@@ -48,8 +48,9 @@ type StateConfig struct {
 	// registration's token. Witnesses set it; the curator relies on the
 	// Kubernetes TokenReview before sequencing instead.
 	CheckTokenSignature func(index uint64, e *Entry) error
-	// SkipKeyCheck skips the RBE helper check, the dominant cost. Only the
-	// curator sets it, because it checks each key before sequencing.
+	// SkipKeyCheck skips the RBE helper check, the dominant cost. The
+	// curator sets it, because it checks each key before sequencing, and a
+	// witness sets it for the entries it verified before a restart.
 	SkipKeyCheck bool
 }
 
@@ -89,6 +90,11 @@ func NewState(cfg StateConfig) *State {
 func (s *State) SetTokenSignatureCheck(f func(index uint64, e *Entry) error) {
 	s.cfg.CheckTokenSignature = f
 }
+
+// SetSkipKeyCheck replaces StateConfig.SkipKeyCheck for the entries
+// applied next. A witness sets it while it replays entries it already
+// verified.
+func (s *State) SetSkipKeyCheck(skip bool) { s.cfg.SkipKeyCheck = skip }
 
 // Skip counts a rejected entry without applying it, so an auditor can go
 // on replaying the entries after it.

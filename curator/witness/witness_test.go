@@ -1,7 +1,9 @@
 package witness_test
 
 import (
+	"bytes"
 	"crypto/rand"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -9,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/curatortest"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/fakerbe"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/store"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/witness"
 )
@@ -119,6 +123,17 @@ func stripCosignatures(t *testing.T, cp []byte) []byte {
 	return []byte(text + "\n\n" + first + "\n")
 }
 
+// countingScheme counts the RBE helper checks a replayer runs.
+type countingScheme struct {
+	fakerbe.Scheme
+	checks *atomic.Int64
+}
+
+func (s countingScheme) CheckKey(slot int, pk, helpers []byte) error {
+	s.checks.Add(1)
+	return s.Scheme.CheckKey(slot, pk, helpers)
+}
+
 // tokenSigRanges records the ranges of the token-signature requests that
 // pass through it.
 type tokenSigRanges struct {
@@ -200,5 +215,109 @@ func TestWitnessCatchUpInChunks(t *testing.T) {
 	}
 	if want := (opened.Tree.N + 3) / 4; int64(len(ranges.ranges)) != want {
 		t.Errorf("%d token-signature requests, want %d", len(ranges.ranges), want)
+	}
+}
+
+// TestRestartedWitnessRejectsBadKey restarts a witness on a store with a
+// cosigned checkpoint. The restart runs no RBE helper check on the stored
+// entries, and the witness still rejects a new registration whose helper
+// values are invalid.
+func TestRestartedWitnessRejectsBadKey(t *testing.T) {
+	is := curatortest.NewIssuer(t)
+	c := curatortest.Start(t, curatortest.Options{Witnesses: 1, Scheme: scheme, Reviewer: is, JWKS: is.JWKS()})
+	registerPods(t, c, is, 3)
+	cp, err := c.Client.Checkpoint(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := curatortest.Tree(t, c.Store)
+
+	// The witness's store as the cluster's witness left it.
+	st, err := store.Open(filepath.Join(t.TempDir(), "w.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	entries, _ := c.Store.Entries(0, stored.N)
+	if _, err := st.Append(&store.Batch{Start: 0, Entries: entries, Checkpoint: stripCosignatures(t, cp)}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The curator appends a registration with another key's helper
+	// values, which only the helper check catches, to a copy of its log.
+	rogue := curatortest.CopyStore(t, c.Store)
+	replay := curator.NewState(curator.StateConfig{Scheme: scheme, SkipKeyCheck: true})
+	for _, data := range entries {
+		if _, err := replay.ApplyRecord(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ip := netip.AddrFrom4([4]byte{10, 4, 1, 1})
+	token := is.Token(is.AddPod("default", "bad-key", ip), curator.DefaultAudience, time.Now(), 10*time.Minute)
+	wl := curatortest.NewWorkload(t, token, ip)
+	block, slot := replay.GlobalSlot(replay.SlotEnd())
+	req, err := wl.RegisterRequest(block, slot, func(slot int) ([]byte, []byte, error) {
+		pk, _, _ := fakeKey(slot)
+		other, _, _ := fakeKey(slot)
+		return pk, scheme.Helpers(slot, other), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	input, sig, _ := curator.SplitToken(token)
+	now := uint64(time.Now().UnixMilli())
+	bad := &curator.Entry{Kind: curator.KindRegistration, TimestampMS: now, ID: curator.IDFromToken(token), PrevIndex: curator.NoPrev,
+		Block: block, Slot: slot, RBEKey: req.RBEKey, RBEHelpers: req.RBEHelpers, TLSKey: req.TLSKey, PodIP: ip.AsSlice(),
+		TokenClaims: []byte(input), PoPSig: req.PoPSig}
+	badData, err := bad.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replay.Apply(bad, tlog.RecordHash(badData)); err != nil {
+		t.Fatalf("the bad registration fails a check other than the helper check: %v", err)
+	}
+	stateData, _ := replay.NextState(now).Marshal()
+	if _, err := rogue.Append(&store.Batch{Start: stored.N, Entries: [][]byte{badData, stateData}, TokenSigs: [][]byte{[]byte(sig), nil}}); err != nil {
+		t.Fatal(err)
+	}
+	raw := curatortest.ServeRawLog(t, rogue)
+	signer, _ := note.NewSigner(c.Key.Signer)
+	grown := curatortest.Tree(t, rogue)
+	signed, err := note.Sign(&note.Note{Text: string(curator.FormatCheckpoint(curatortest.Origin, grown))}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof, err := tlog.ProveTree(grown.N, stored.N, rogue)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	checks := &atomic.Int64{}
+	jwks, _ := curator.ParseJWKS(is.JWKS())
+	lv, _ := note.NewVerifier(c.Key.VKey)
+	w, err := witness.New(witness.Config{Origin: curatortest.Origin, LogVerifier: lv, Signer: c.WitnessKeys[0], Store: st,
+		Scheme: countingScheme{scheme, checks}, JWKS: jwks, CuratorURL: raw.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := checks.Load(); n != 0 {
+		t.Errorf("restart ran %d RBE helper checks on entries the witness had cosigned, want 0", n)
+	}
+	srv := httptest.NewServer(w.Handler())
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/add-checkpoint", "text/plain", bytes.NewReader(server.AddCheckpointBody(stored.N, proof, signed)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), "check RBE key") {
+		t.Errorf("add-checkpoint with a bad helper value = %d %q, want 422 naming the RBE key check", resp.StatusCode, body)
+	}
+	if n := checks.Load(); n != 1 {
+		t.Errorf("the new entry ran %d RBE helper checks, want 1", n)
+	}
+	if got := w.Latest(); !strings.HasPrefix(string(got), string(stripCosignatures(t, cp))) {
+		t.Errorf("witness moved to %q after the rejection, want the stored checkpoint", got)
 	}
 }
