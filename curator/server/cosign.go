@@ -114,7 +114,11 @@ func (l *Log) cosignOne(ctx context.Context, w Witness, signed []byte, tree tlog
 			continue
 		}
 		if err != nil {
-			l.m.cosignatures.WithLabelValues("error").Inc()
+			result := "error"
+			if errors.Is(err, errWitnessRejected) {
+				result = "rejected"
+			}
+			l.m.cosignatures.WithLabelValues(result).Inc()
 			return nil, err
 		}
 		l.mu.Lock()
@@ -127,6 +131,10 @@ func (l *Log) cosignOne(ctx context.Context, w Witness, signed []byte, tree tlog
 }
 
 var errWitnessSize = errors.New("witness has another size")
+
+// errWitnessRejected marks a witness reply other than 200 and 409, such as
+// 422 for a rule violation or an inconsistent checkpoint.
+var errWitnessRejected = errors.New("witness rejected the checkpoint")
 
 // AddCheckpointBody formats a C2SP tlog-witness add-checkpoint request.
 func AddCheckpointBody(old int64, proof tlog.TreeProof, signed []byte) []byte {
@@ -178,8 +186,7 @@ func (l *Log) addCheckpoint(ctx context.Context, w Witness, old int64, signed []
 		}
 		return nil, n, errWitnessSize
 	default:
-		l.m.cosignatures.WithLabelValues("rejected").Inc()
-		return nil, 0, fmt.Errorf("add-checkpoint: %s: %s", resp.Status, bytes.TrimSpace(body))
+		return nil, 0, fmt.Errorf("add-checkpoint: %s: %s: %w", resp.Status, bytes.TrimSpace(body), errWitnessRejected)
 	}
 	// Check the cosignature before adding it to the note.
 	withSig := append(bytes.Clone(signed), body...)
