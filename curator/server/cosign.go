@@ -180,9 +180,9 @@ func (l *Log) addCheckpoint(ctx context.Context, w Witness, old int64, signed []
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusConflict:
-		n, err := strconv.ParseInt(strings.TrimSpace(string(body)), 10, 64)
+		n, err := ParseWitnessSize(body)
 		if err != nil {
-			return nil, 0, fmt.Errorf("invalid 409 body %q", body)
+			return nil, 0, err
 		}
 		return nil, n, errWitnessSize
 	default:
@@ -195,4 +195,16 @@ func (l *Log) addCheckpoint(ctx context.Context, w Witness, old int64, signed []
 		return nil, 0, fmt.Errorf("invalid cosignature from witness: %v", err)
 	}
 	return body, 0, nil
+}
+
+// ParseWitnessSize parses the body of a witness's 409 reply to
+// add-checkpoint (C2SP tlog-witness): the tree size the witness has
+// cosigned, in decimal. Surrounding white space is ignored.
+func ParseWitnessSize(body []byte) (int64, error) {
+	text := strings.TrimSpace(string(body))
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil || n < 0 || strconv.FormatInt(n, 10) != text {
+		return 0, fmt.Errorf("invalid 409 body %q from the witness: want its tree size in decimal", body)
+	}
+	return n, nil
 }
