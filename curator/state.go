@@ -96,9 +96,26 @@ func (s *State) SetTokenSignatureCheck(f func(index uint64, e *Entry) error) {
 // verified.
 func (s *State) SetSkipKeyCheck(skip bool) { s.cfg.SkipKeyCheck = skip }
 
-// Skip counts a rejected entry without applying it, so an auditor can go
-// on replaying the entries after it.
-func (s *State) Skip() { s.size++ }
+// SkipRejected counts an entry that the rules rejected, so an auditor can
+// go on checking the entries after it. It takes from the entry only what
+// the curator's next state entries build on: a key entry becomes its ID's
+// leaf in the ID map, and a state entry closes the batch at the epoch it
+// names. The IDs' current
+// entries, the slots, the blocks and the last timestamp keep only the
+// entries the rules accepted. e is nil for a record that does not parse.
+func (s *State) SkipRejected(e *Entry, leaf tlog.Hash) {
+	s.size++
+	if e == nil {
+		return
+	}
+	switch {
+	case e.IsKey():
+		s.tree.Set(e.ID, leaf)
+	case e.Kind == KindState:
+		s.epoch = e.Epoch
+		s.batchStart = s.size
+	}
+}
 
 // Contributions returns the number of ceremony entries applied.
 func (s *State) Contributions() int { return s.contributions }
