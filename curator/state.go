@@ -375,8 +375,10 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 	default:
 		return nil
 	}
+	// Copy the key: e's fields slice the whole entry encoding, which
+	// would otherwise stay in memory for as long as the ID does.
 	s.ids[e.ID] = &IDState{Index: s.size, LeafHash: leaf, Kind: e.Kind, Block: e.Block, Slot: e.Slot,
-		TLSKey: e.TLSKey}
+		TLSKey: bytes.Clone(e.TLSKey)}
 	s.tree.Set(e.ID, leaf)
 	s.blockLeaf[e.Block] = blockLeafHash(e.Block, s.blocks[e.Block])
 	s.ppReader = nil
