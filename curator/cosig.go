@@ -155,10 +155,8 @@ func TokenSignatureAuth(signer *CosignatureSigner, start, end int64, now time.Ti
 // CheckTokenSignatureAuth reports whether header is a valid
 // TokenSignatureAuth value by one of witnesses, made within a minute of now.
 func CheckTokenSignatureAuth(witnesses []note.Verifier, header string, start, end int64, now time.Time) bool {
-	ts, sig64, ok := strings.Cut(header, " ")
-	unix, err := strconv.ParseInt(ts, 10, 64)
-	sig, err1 := DecodeBase64(sig64)
-	if !ok || err != nil || err1 != nil {
+	unix, sig, err := parseTokenSignatureAuth(header)
+	if err != nil {
 		return false
 	}
 	if d := now.Sub(time.Unix(unix, 0)); d > time.Minute || d < -time.Minute {
@@ -171,4 +169,23 @@ func CheckTokenSignatureAuth(witnesses []note.Verifier, header string, start, en
 		}
 	}
 	return false
+}
+
+// parseTokenSignatureAuth splits a Mazu-Witness-Auth header value into its
+// unix time, in canonical decimal, and its Ed25519 signature, in canonical
+// base64.
+func parseTokenSignatureAuth(header string) (unix int64, sig []byte, err error) {
+	ts, sig64, ok := strings.Cut(header, " ")
+	if !ok {
+		return 0, nil, errors.New("invalid Mazu-Witness-Auth header: want the unix time and a base64 signature")
+	}
+	unix, err = strconv.ParseInt(ts, 10, 64)
+	if err != nil || strconv.FormatInt(unix, 10) != ts {
+		return 0, nil, fmt.Errorf("invalid Mazu-Witness-Auth time %q", ts)
+	}
+	sig, err = DecodeBase64(sig64)
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return 0, nil, fmt.Errorf("invalid Mazu-Witness-Auth signature: want %d bytes in base64", ed25519.SignatureSize)
+	}
+	return unix, sig, nil
 }

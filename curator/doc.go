@@ -35,6 +35,12 @@
 //     the tree of block digests (PPDigest);
 //   - ceremony: one RBE CRS contribution, before any registration.
 //
+// A key entry carries the whole TLS public key, although PoPMessage and
+// the handshake check use only its SHA-256 hash. Witnesses and auditors
+// verify PoPSig, and OldKeySig of the next change, with that key read
+// from the log, and a hash cannot verify a signature. The API's key
+// requests carry the whole key for the same reason.
+//
 // Key entries of one ID form a hash chain through PrevIndex and
 // PrevLeafHash, and the ID map (a compressed sparse Merkle tree keyed by
 // ID) maps each ID to the leaf hash of its latest entry.

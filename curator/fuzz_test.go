@@ -2,10 +2,16 @@ package curator
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -151,5 +157,50 @@ func FuzzVerifyUpdates(f *testing.F) {
 			return
 		}
 		VerifyUpdates(&resp, p, nil, []ID{{}}, time.Now())
+	})
+}
+
+// FuzzCheckTokenSignatureAuth feeds arbitrary Mazu-Witness-Auth headers
+// and ranges to the curator's check. It accepts only the header the
+// witness made for that range, in the form TokenSignatureAuth writes.
+func FuzzCheckTokenSignatureAuth(f *testing.F) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	signer := NewCosignatureSigner("witness.test", key)
+	verifier, err := NewCosignatureVerifier(signer.VerifierKey())
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	valid := TokenSignatureAuth(signer, 10, 20, now)
+	f.Add(valid, int64(10), int64(20))
+	f.Add(valid, int64(10), int64(21))
+	f.Add("+"+valid, int64(10), int64(20))
+	f.Add("1700000000", int64(0), int64(0))
+	f.Add("1700000000 AAAA", int64(0), int64(1))
+	f.Add("99999999999999999999 "+strings.Repeat("A", 88), int64(0), int64(1))
+	f.Fuzz(func(t *testing.T, header string, start, end int64) {
+		if !CheckTokenSignatureAuth([]note.Verifier{verifier}, header, start, end, now) {
+			return
+		}
+		if header != valid || start != 10 || end != 20 {
+			t.Fatalf("accepted header %q for [%d, %d), want only %q for [10, 20)", header, start, end, valid)
+		}
+	})
+}
+
+// FuzzParseTokenSignatureAuth checks that what the header parser accepts
+// is in canonical form: formatting it again gives the same header.
+func FuzzParseTokenSignatureAuth(f *testing.F) {
+	f.Add("1700000000 " + base64.StdEncoding.EncodeToString(make([]byte, ed25519.SignatureSize)))
+	f.Add("-5 AAAA")
+	f.Add("007 AAAA")
+	f.Fuzz(func(t *testing.T, header string) {
+		unix, sig, err := parseTokenSignatureAuth(header)
+		if err != nil {
+			return
+		}
+		if again := fmt.Sprintf("%d %s", unix, base64.StdEncoding.EncodeToString(sig)); again != header {
+			t.Fatalf("parseTokenSignatureAuth(%q) = %d, %x, which formats as %q", header, unix, sig, again)
+		}
 	})
 }

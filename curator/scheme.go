@@ -13,7 +13,12 @@ type Scheme interface {
 	CheckKey(slot int, pk, helpers []byte) error
 	// NewBlock returns an empty block.
 	NewBlock() Block
-	// Fingerprint identifies the CRS; it is logged in the first state entry.
+	// Fingerprint identifies the CRS. No entry logs it on its own: the log
+	// is bound to a CRS through the keys, because each rbescheme key
+	// encodes the fingerprint of the CRS it was made for and CheckKey
+	// rejects any other. When the log has ceremony entries, the rules also
+	// reject every registration unless Fingerprint equals the ceremony's
+	// result.
 	Fingerprint() [32]byte
 }
 

@@ -48,8 +48,9 @@ type StateConfig struct {
 	// registration's token. Witnesses set it; the curator relies on the
 	// Kubernetes TokenReview before sequencing instead.
 	CheckTokenSignature func(index uint64, e *Entry) error
-	// SkipKeyCheck skips the RBE helper check, the dominant cost. Only the
-	// curator sets it, because it checks each key before sequencing.
+	// SkipKeyCheck skips the RBE helper check, the dominant cost. The
+	// curator sets it, because it checks each key before sequencing, and a
+	// witness sets it for the entries it verified before a restart.
 	SkipKeyCheck bool
 }
 
@@ -90,9 +91,31 @@ func (s *State) SetTokenSignatureCheck(f func(index uint64, e *Entry) error) {
 	s.cfg.CheckTokenSignature = f
 }
 
-// Skip counts a rejected entry without applying it, so an auditor can go
-// on replaying the entries after it.
-func (s *State) Skip() { s.size++ }
+// SetSkipKeyCheck replaces StateConfig.SkipKeyCheck for the entries
+// applied next. A witness sets it while it replays entries it already
+// verified.
+func (s *State) SetSkipKeyCheck(skip bool) { s.cfg.SkipKeyCheck = skip }
+
+// SkipRejected counts an entry that the rules rejected, so an auditor can
+// go on checking the entries after it. It takes from the entry only what
+// the curator's next state entries build on: a key entry becomes its ID's
+// leaf in the ID map, and a state entry closes the batch at the epoch it
+// names. The IDs' current
+// entries, the slots, the blocks and the last timestamp keep only the
+// entries the rules accepted. e is nil for a record that does not parse.
+func (s *State) SkipRejected(e *Entry, leaf tlog.Hash) {
+	s.size++
+	if e == nil {
+		return
+	}
+	switch {
+	case e.IsKey():
+		s.tree.Set(e.ID, leaf)
+	case e.Kind == KindState:
+		s.epoch = e.Epoch
+		s.batchStart = s.size
+	}
+}
 
 // Contributions returns the number of ceremony entries applied.
 func (s *State) Contributions() int { return s.contributions }
@@ -352,8 +375,10 @@ func (s *State) commit(e *Entry, leaf tlog.Hash) error {
 	default:
 		return nil
 	}
+	// Copy the key: e's fields slice the whole entry encoding, which
+	// would otherwise stay in memory for as long as the ID does.
 	s.ids[e.ID] = &IDState{Index: s.size, LeafHash: leaf, Kind: e.Kind, Block: e.Block, Slot: e.Slot,
-		TLSKey: e.TLSKey}
+		TLSKey: bytes.Clone(e.TLSKey)}
 	s.tree.Set(e.ID, leaf)
 	s.blockLeaf[e.Block] = blockLeafHash(e.Block, s.blocks[e.Block])
 	s.ppReader = nil

@@ -1,6 +1,7 @@
 package curator_test
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -164,5 +165,31 @@ func TestStateChainRules(t *testing.T) {
 	}
 	if err := apply(t, s, st); err != nil {
 		t.Fatalf("valid state entry: %v", err)
+	}
+}
+
+// TestStateCopiesTLSKey applies a parsed record and then overwrites the
+// record: the ID's TLS key must not change, because a key that slices the
+// record keeps the whole entry encoding in memory for as long as the ID.
+func TestStateCopiesTLSKey(t *testing.T) {
+	s := curator.NewState(curator.StateConfig{Scheme: scheme})
+	r := newRegistrant()
+	e := r.registration(curator.ID{7}, 0, 1, time.Now())
+	data, err := e.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApplyRecord(data); err != nil {
+		t.Fatal(err)
+	}
+	for i := range data {
+		data[i] = 0
+	}
+	cur, ok := s.Lookup(curator.ID{7})
+	if !ok {
+		t.Fatal("registered ID not found")
+	}
+	if !bytes.Equal(cur.TLSKey, r.der) {
+		t.Errorf("TLS key after the record was overwritten = %x, want %x", cur.TLSKey, r.der)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -94,7 +95,7 @@ func printReport(w io.Writer, r *audit.Report) {
 
 	fmt.Fprintf(w, "IDs %d\n", r.IDs)
 	for _, v := range r.Violations {
-		fmt.Fprintf(w, "VIOLATION entry %d (%v, ID %v): %s\n  entry %s\n", v.Index, v.Kind, v.ID, v.Err, base64.StdEncoding.EncodeToString(v.Entry))
+		printViolation(w, &v)
 	}
 
 	for _, f := range r.Forks {
@@ -104,4 +105,22 @@ func printReport(w io.Writer, r *audit.Report) {
 	if r.OK() {
 		fmt.Fprintln(w, "OK")
 	}
+}
+
+// printViolation prints a violation with evidence that another verifier
+// can check without this tool. The evidence is the entry in base64, its
+// RFC 6962 inclusion proof as one base64 hash per line, and the signed
+// checkpoint note that the proof is against.
+func printViolation(w io.Writer, v *audit.Violation) {
+	fmt.Fprintf(w, "VIOLATION entry %d (%v, ID %v): %s\n", v.Index, v.Kind, v.ID, v.Err)
+	fmt.Fprintf(w, "--- entry %d (base64)\n%s\n", v.Index, base64.StdEncoding.EncodeToString(v.Entry))
+	fmt.Fprintf(w, "--- inclusion proof of entry %d under the checkpoint below (RFC 6962, base64 hashes)\n", v.Index)
+	for _, h := range v.Inclusion {
+		fmt.Fprintln(w, base64.StdEncoding.EncodeToString(h[:]))
+	}
+	fmt.Fprintf(w, "--- checkpoint\n%s", v.Checkpoint)
+	if !bytes.HasSuffix(v.Checkpoint, []byte("\n")) {
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "--- end of violation")
 }

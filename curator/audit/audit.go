@@ -28,9 +28,19 @@ type Violation struct {
 }
 
 // A Report is the result of a full audit.
+//
+// The audit goes on past an entry that breaks the rules. It checks each
+// later entry against the entries the rules accepted, except that the ID
+// map also takes every rejected key entry as logged
+// (curator.State.SkipRejected). So a state entry that commits to the
+// curator's own map, with a rejected entry in it, is not reported for
+// that entry again, and a curator that diverges further is reported at
+// each state entry that does not match.
 type Report struct {
-	Tree            tlog.Tree
-	Entries         map[curator.Kind]int
+	Tree tlog.Tree
+	// Entries counts the entries that passed the rules, by kind.
+	Entries map[curator.Kind]int
+	// IDs counts the IDs that a registration passing the rules created.
 	IDs             int
 	Violations      []Violation
 	ReRegistrations []Violation // the violations that re-register an existing ID
@@ -87,21 +97,10 @@ func Audit(ctx context.Context, cfg Config) (*Report, error) {
 				r.Entries[e.Kind]++
 				continue
 			}
-			v := Violation{Index: index, Err: err.Error(), Entry: data, Checkpoint: cpNote}
-			if e != nil {
-				v.Kind, v.ID = e.Kind, e.ID
+			if err := r.addViolation(index, data, e, err, cpNote, cp.Tree, hr); err != nil {
+				return nil, err
 			}
-			v.Inclusion, _ = tlog.ProveRecord(cp.Tree.N, int64(index), hr)
-			r.Violations = append(r.Violations, v)
-			if errors.Is(err, curator.ErrReRegistration) {
-				r.ReRegistrations = append(r.ReRegistrations, v)
-			}
-			// A skipped entry leaves the replay behind the log: stop
-			// rather than report every later entry.
-			if !skippable(err) {
-				return r, nil
-			}
-			st.Skip()
+			st.SkipRejected(e, tlog.RecordHash(data))
 		}
 	}
 	r.IDs = st.NumIDs()
@@ -113,12 +112,23 @@ func Audit(ctx context.Context, cfg Config) (*Report, error) {
 	return r, nil
 }
 
-// skippable reports whether a replay can continue past a rejected key
-// entry. A rejected state entry changes every later state entry, so the
-// audit stops there.
-func skippable(err error) bool {
-	var re *curator.RuleError
-	return errors.As(err, &re) && re.Kind != curator.KindState
+// addViolation records entry index, which breaks the rules with ruleErr,
+// with its inclusion proof in tree. e is nil when the entry does not parse.
+func (r *Report) addViolation(index uint64, data []byte, e *curator.Entry, ruleErr error, cpNote []byte, tree tlog.Tree, hr tlog.HashReader) error {
+	v := Violation{Index: index, Err: ruleErr.Error(), Entry: data, Checkpoint: cpNote}
+	if e != nil {
+		v.Kind, v.ID = e.Kind, e.ID
+	}
+	proof, err := tlog.ProveRecord(tree.N, int64(index), hr)
+	if err != nil {
+		return fmt.Errorf("audit: prove entry %d, which breaks the rules: %w", index, err)
+	}
+	v.Inclusion = proof
+	r.Violations = append(r.Violations, v)
+	if errors.Is(ruleErr, curator.ErrReRegistration) {
+		r.ReRegistrations = append(r.ReRegistrations, v)
+	}
+	return nil
 }
 
 // CheckFork checks another signed checkpoint against a trusted tree, whose

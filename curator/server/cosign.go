@@ -114,7 +114,11 @@ func (l *Log) cosignOne(ctx context.Context, w Witness, signed []byte, tree tlog
 			continue
 		}
 		if err != nil {
-			l.m.cosignatures.WithLabelValues("error").Inc()
+			result := "error"
+			if errors.Is(err, errWitnessRejected) {
+				result = "rejected"
+			}
+			l.m.cosignatures.WithLabelValues(result).Inc()
 			return nil, err
 		}
 		l.mu.Lock()
@@ -127,6 +131,10 @@ func (l *Log) cosignOne(ctx context.Context, w Witness, signed []byte, tree tlog
 }
 
 var errWitnessSize = errors.New("witness has another size")
+
+// errWitnessRejected marks a witness reply other than 200 and 409, such as
+// 422 for a rule violation or an inconsistent checkpoint.
+var errWitnessRejected = errors.New("witness rejected the checkpoint")
 
 // AddCheckpointBody formats a C2SP tlog-witness add-checkpoint request.
 func AddCheckpointBody(old int64, proof tlog.TreeProof, signed []byte) []byte {
@@ -172,14 +180,13 @@ func (l *Log) addCheckpoint(ctx context.Context, w Witness, old int64, signed []
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusConflict:
-		n, err := strconv.ParseInt(strings.TrimSpace(string(body)), 10, 64)
+		n, err := ParseWitnessSize(body)
 		if err != nil {
-			return nil, 0, fmt.Errorf("invalid 409 body %q", body)
+			return nil, 0, err
 		}
 		return nil, n, errWitnessSize
 	default:
-		l.m.cosignatures.WithLabelValues("rejected").Inc()
-		return nil, 0, fmt.Errorf("add-checkpoint: %s: %s", resp.Status, bytes.TrimSpace(body))
+		return nil, 0, fmt.Errorf("add-checkpoint: %s: %s: %w", resp.Status, bytes.TrimSpace(body), errWitnessRejected)
 	}
 	// Check the cosignature before adding it to the note.
 	withSig := append(bytes.Clone(signed), body...)
@@ -188,4 +195,16 @@ func (l *Log) addCheckpoint(ctx context.Context, w Witness, old int64, signed []
 		return nil, 0, fmt.Errorf("invalid cosignature from witness: %v", err)
 	}
 	return body, 0, nil
+}
+
+// ParseWitnessSize parses the body of a witness's 409 reply to
+// add-checkpoint (C2SP tlog-witness): the tree size the witness has
+// cosigned, in decimal. Surrounding white space is ignored.
+func ParseWitnessSize(body []byte) (int64, error) {
+	text := strings.TrimSpace(string(body))
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil || n < 0 || strconv.FormatInt(n, 10) != text {
+		return 0, fmt.Errorf("invalid 409 body %q from the witness: want its tree size in decimal", body)
+	}
+	return n, nil
 }

@@ -2,21 +2,28 @@ package server_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/mazu-mesh/mazu-ztunnel/curator"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/curatortest"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/internal/fakerbe"
 	"github.com/mazu-mesh/mazu-ztunnel/curator/server"
+	"github.com/mazu-mesh/mazu-ztunnel/curator/store"
 )
 
 var scheme = fakerbe.Scheme{N: 16}
@@ -339,3 +346,89 @@ func newFuzzEnv(f *testing.F) *env {
 }
 
 func curatortestB64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// TestCosignatureResultCountedOnce runs a curator whose one witness
+// rejects every checkpoint, then one whose witness replies with an invalid
+// cosignature. Each request counts once, under rejected or error.
+func TestCosignatureResultCountedOnce(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		reply    func(http.ResponseWriter)
+		result   string
+		unwanted string
+	}{
+		{"rejected", func(w http.ResponseWriter) { http.Error(w, "entry 0 breaks the rules", http.StatusUnprocessableEntity) }, "rejected", "error"},
+		{"invalid cosignature", func(w http.ResponseWriter) { w.Write([]byte("— w.test AAAA\n")) }, "error", "rejected"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			witness := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { c.reply(w) }))
+			defer witness.Close()
+			_, k, _ := ed25519.GenerateKey(rand.Reader)
+			v, err := curator.NewCosignatureVerifier(curator.NewCosignatureSigner("w.test", k).VerifierKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			is := curatortest.NewIssuer(t)
+			key := curatortest.NewLogKey(t)
+			signer, _ := note.NewSigner(key.Signer)
+			st, err := store.Open(filepath.Join(t.TempDir(), "curator.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			reg := prometheus.NewRegistry()
+			l, err := server.New(server.Config{Origin: curatortest.Origin, Signer: signer, VerifierKey: key.VKey, Store: st,
+				Scheme: scheme, Reviewer: is, Witnesses: []server.Witness{{URL: witness.URL, Verifier: v}}, Registry: reg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+
+			ip := netip.AddrFrom4([4]byte{10, 1, 1, 1})
+			w := curatortest.NewWorkload(t, is.Token(is.AddPod("default", "p", ip), curator.DefaultAudience, time.Now(), 10*time.Minute), ip)
+			block, slot, _, err := l.Reserve(curator.IDFromToken(w.Token))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, err := w.RegisterRequest(block, slot, fakeKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := l.Submit(t.Context(), curator.KindRegistration, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Bundle) != 0 {
+				t.Fatal("registration got a bundle without a cosignature")
+			}
+			if got := cosignatureRequests(t, reg, c.result); got != 1 {
+				t.Errorf("mazu_curator_cosignature_requests_total{result=%s} = %v, want 1", c.result, got)
+			}
+			if got := cosignatureRequests(t, reg, c.unwanted); got != 0 {
+				t.Errorf("mazu_curator_cosignature_requests_total{result=%s} = %v, want 0", c.unwanted, got)
+			}
+		})
+	}
+}
+
+// cosignatureRequests returns the value of
+// mazu_curator_cosignature_requests_total{result=result}, or 0 when the
+// series does not exist.
+func cosignatureRequests(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "mazu_curator_cosignature_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}

@@ -1,6 +1,8 @@
 package witness
 
 import (
+	"bytes"
+	"encoding/binary"
 	"testing"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -18,5 +20,38 @@ func FuzzParseAddCheckpoint(f *testing.F) {
 			t.Fatalf("ParseAddCheckpoint = %d, %d hashes, %q", old, len(proof), signed)
 		}
 		_ = tlog.Hash{}
+	})
+}
+
+// FuzzParseTokenSigs feeds arbitrary /v1/token-signatures bodies to the
+// witness's parser: what it accepts has one length-prefixed signature per
+// requested entry and nothing else, so it re-encodes to the same bytes.
+func FuzzParseTokenSigs(f *testing.F) {
+	f.Add([]byte{0, 3, 'a', 'b', 'c', 0, 0, 0, 1, 'x'}, uint8(3))
+	f.Add([]byte{0, 0}, uint8(1))
+	f.Add([]byte{0xff, 0xff, 1}, uint8(1))
+	f.Add([]byte{}, uint8(0))
+	f.Fuzz(func(t *testing.T, body []byte, count uint8) {
+		const start = 1000
+		end := int64(start) + int64(count)
+		sigs := map[uint64][]byte{}
+		if err := parseTokenSigs(body, start, end, sigs); err != nil {
+			return
+		}
+		var again []byte
+		for i := int64(start); i < end; i++ {
+			s, ok := sigs[uint64(i)]
+			if ok && len(s) == 0 {
+				t.Fatalf("entry %d has an empty signature in the map", i)
+			}
+			again = binary.BigEndian.AppendUint16(again, uint16(len(s)))
+			again = append(again, s...)
+		}
+		if len(sigs) > int(count) {
+			t.Fatalf("parseTokenSigs returned %d signatures for %d entries", len(sigs), count)
+		}
+		if !bytes.Equal(again, body) {
+			t.Fatalf("parseTokenSigs(%x) accepted bytes that do not re-encode: %x", body, again)
+		}
 	})
 }

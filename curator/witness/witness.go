@@ -122,24 +122,13 @@ func (w *Witness) tokenCheck(sigs map[uint64][]byte) func(uint64, *curator.Entry
 }
 
 // reload replays the witness's own store. Requires mu or exclusive access.
+//
+// The entries up to the stored checkpoint passed every check before this
+// witness cosigned that checkpoint, so they are applied without the RBE
+// helper check, the dominant cost of a replay. Any later entry, and every
+// entry of the next add-checkpoint request, gets every check.
 func (w *Witness) reload() error {
-	st := w.newState()
 	n, err := w.cfg.Store.Size()
-	if err != nil {
-		return fmt.Errorf("reload witness state: %w", err)
-	}
-	for start := int64(0); start < n; start += 4096 {
-		recs, err := w.cfg.Store.Entries(start, min(start+4096, n))
-		if err != nil {
-			return fmt.Errorf("reload witness state: %w", err)
-		}
-		for _, r := range recs {
-			if _, err := st.ApplyRecord(r); err != nil {
-				return fmt.Errorf("reload witness state: %w", err)
-			}
-		}
-	}
-	h, err := tlog.TreeHash(n, w.cfg.Store)
 	if err != nil {
 		return fmt.Errorf("reload witness state: %w", err)
 	}
@@ -147,17 +136,59 @@ func (w *Witness) reload() error {
 	if err != nil {
 		return fmt.Errorf("reload witness state: %w", err)
 	}
-	w.state, w.tree, w.latest = st, tlog.Tree{N: n, Hash: h}, nil
-	if cp != nil {
-		// Cosign the stored checkpoint again: it is the one this witness
-		// last accepted, so the statement is unchanged.
-		if n, err := note.Open(cp, note.VerifierList(w.cfg.LogVerifier)); err == nil {
-			if c, err := note.Sign(&note.Note{Text: n.Text}, w.cfg.Signer); err == nil {
-				w.latest = append(bytes.Clone(cp), c[len(n.Text)+1:]...)
+	cosigned, text := w.storedCheckpoint(cp, n)
+	st := w.newState()
+	for start := int64(0); start < n; start += 4096 {
+		recs, err := w.cfg.Store.Entries(start, min(start+4096, n))
+		if err != nil {
+			return fmt.Errorf("reload witness state: %w", err)
+		}
+		for _, r := range recs {
+			st.SetSkipKeyCheck(int64(st.Size()) < cosigned)
+			if _, err := st.ApplyRecord(r); err != nil {
+				return fmt.Errorf("reload witness state: %w", err)
 			}
 		}
 	}
+	st.SetSkipKeyCheck(false)
+	h, err := tlog.TreeHash(n, w.cfg.Store)
+	if err != nil {
+		return fmt.Errorf("reload witness state: %w", err)
+	}
+	w.state, w.tree, w.latest = st, tlog.Tree{N: n, Hash: h}, nil
+	if text != "" {
+		// Cosign the stored checkpoint again: it is the one this witness
+		// last accepted, so the statement is unchanged.
+		if c, err := note.Sign(&note.Note{Text: text}, w.cfg.Signer); err == nil {
+			w.latest = append(bytes.Clone(cp), c[len(text)+1:]...)
+		}
+	}
 	return nil
+}
+
+// storedCheckpoint opens the checkpoint stored with n entries and returns
+// its size and note text. It returns 0 and "" for a checkpoint that is
+// missing, not signed by the log key, of another origin, or whose root
+// the stored entries do not match.
+func (w *Witness) storedCheckpoint(cp []byte, n int64) (int64, string) {
+	if cp == nil {
+		return 0, ""
+	}
+	opened, err := note.Open(cp, note.VerifierList(w.cfg.LogVerifier))
+	if err != nil {
+		w.log.Warn("stored checkpoint does not verify under the log key", "err", err)
+		return 0, ""
+	}
+	origin, tree, err := curator.ParseCheckpoint(opened.Text)
+	if err != nil || origin != w.cfg.Origin || tree.N > n {
+		w.log.Warn("stored checkpoint does not match the stored entries", "size", tree.N, "entries", n, "err", err)
+		return 0, ""
+	}
+	if h, err := tlog.TreeHash(tree.N, w.cfg.Store); err != nil || h != tree.Hash {
+		w.log.Warn("stored checkpoint root does not match the stored entries", "size", tree.N, "err", err)
+		return 0, ""
+	}
+	return tree.N, opened.Text
 }
 
 // Handler serves POST /add-checkpoint, GET /checkpoint (the latest
@@ -364,25 +395,55 @@ func (w *Witness) replay(ctx context.Context, tree tlog.Tree, body []byte) error
 	return nil
 }
 
+// tokenSigChunk is the number of entries per token-signature request. The
+// curator serves at most 65,536 entries per request, and the client reads
+// at most 16 MiB per response, which holds 4,096 signatures of up to
+// 4,000 bytes each (an RS256 signature takes 342).
+var tokenSigChunk int64 = 4096
+
+// fetchTokenSigs fetches the token signatures of entries [start, end) in
+// requests of tokenSigChunk entries, so a witness far behind the log, or
+// one that joins a large log, can catch up.
 func (w *Witness) fetchTokenSigs(ctx context.Context, start, end int64) (map[uint64][]byte, error) {
-	auth := curator.TokenSignatureAuth(w.cfg.Signer, start, end, w.cfg.Now())
-	b, err := w.client.Get(ctx, fmt.Sprintf("v1/token-signatures?start=%d&end=%d", start, end),
-		http.Header{"Mazu-Witness-Auth": {auth}})
-	if err != nil {
-		return nil, err
-	}
 	out := map[uint64][]byte{}
+	for from := start; from < end; from += tokenSigChunk {
+		to := min(from+tokenSigChunk, end)
+		auth := curator.TokenSignatureAuth(w.cfg.Signer, from, to, w.cfg.Now())
+		b, err := w.client.Get(ctx, fmt.Sprintf("v1/token-signatures?start=%d&end=%d", from, to),
+			http.Header{"Mazu-Witness-Auth": {auth}})
+		if err != nil {
+			return nil, err
+		}
+		if err := parseTokenSigs(b, from, to, out); err != nil {
+			return nil, fmt.Errorf("token signatures [%d, %d): %w", from, to, err)
+		}
+	}
+	return out, nil
+}
+
+var errMalformedTokenSigs = errors.New("malformed token signature list")
+
+// parseTokenSigs parses the /v1/token-signatures body of entries
+// [start, end): per entry a big-endian uint16 length and the signature,
+// with length 0 for an entry without one. It adds the signatures to out.
+func parseTokenSigs(b []byte, start, end int64, out map[uint64][]byte) error {
 	for i := start; i < end; i++ {
-		if len(b) < 2 || len(b) < 2+int(binary.BigEndian.Uint16(b)) {
-			return nil, errors.New("malformed token signature list")
+		if len(b) < 2 {
+			return errMalformedTokenSigs
 		}
 		n := int(binary.BigEndian.Uint16(b))
+		if len(b) < 2+n {
+			return errMalformedTokenSigs
+		}
 		if n > 0 {
 			out[uint64(i)] = b[2 : 2+n]
 		}
 		b = b[2+n:]
 	}
-	return out, nil
+	if len(b) != 0 {
+		return fmt.Errorf("%w: %d bytes after the last entry", errMalformedTokenSigs, len(b))
+	}
+	return nil
 }
 
 // keepEvidence stores a rejected request, which the C2SP witness spec

@@ -62,7 +62,7 @@ func (b *block) Register(slot int, pk, _ []byte) error {
 	if _, ok := b.keys[slot]; ok {
 		return fmt.Errorf("slot %d is occupied", slot)
 	}
-	b.keys[slot] = pk
+	b.keys[slot] = bytes.Clone(pk)
 	b.version++
 	return nil
 }
