@@ -56,7 +56,9 @@ func (res *Results) RenderMarkdown() string {
 		c.Mode, res.Started.Format("2006-01-02 15:04 MST"), "results/"+c.Mode+".json", "results/"+c.Mode+".bench.txt")
 	w("Every figure is a median over rounds; ratios and deltas are computed within each round and then their median is taken. ")
 	w("Intervals are distribution-free 95%% confidence intervals for the median (the order-statistic interval benchstat uses); with fewer than 6 rounds the range of the rounds is shown instead.\n\n")
-	w("## Goals\n\n| goal | measured | status |\n|---|---|---|\n")
+	w("## Goals\n\n")
+	w("A goal is met when the whole 95%% interval of its figure is within the limit, not met when the whole interval is beyond it, and inconclusive when the interval includes the limit or fewer than 6 rounds were kept.\n\n")
+	w("| goal | measured | status |\n|---|---|---|\n")
 	for _, g := range res.Goals {
 		val := g.Value
 		if g.Detail != "" {

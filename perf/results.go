@@ -64,7 +64,9 @@ type Ratio struct {
 	Summary *Summary `json:"summary,omitempty"`
 }
 
-// Goal is one target with its verdict: "met", "not met" or "not run".
+// Goal is one target with its verdict: "met", "not met", "inconclusive"
+// (the 95% interval includes the limit, or there are too few rounds for
+// one) or "not run".
 type Goal struct {
 	Name   string `json:"name"`
 	Status string `json:"status"`
@@ -324,25 +326,32 @@ func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
 	return nil
 }
 
-// verdict compares a median with a limit. The detail notes when the 95%
-// interval crosses the limit, so a verdict on noisy data is visible.
+// verdict compares a median's 95% interval with a limit. The goal is met
+// when the whole interval is within the limit and not met when the whole
+// interval is beyond it; an interval that straddles the limit, or too few
+// rounds for a 95% interval, leaves it inconclusive.
 func verdict(s *Summary, limit float64, atMost bool) (status, detail string) {
-	ok := s.Median <= limit
-	if !atMost {
-		ok = s.Median >= limit
-	}
-	status = "not met"
-	if ok {
-		status = "met"
-	}
-	if s.Lo <= limit && limit <= s.Hi {
-		kind := "95% interval"
-		if !s.CI95 {
-			kind = "range of the rounds (too few for a 95% interval)"
+	within := func(x float64) bool {
+		if atMost {
+			return x <= limit
 		}
-		detail = fmt.Sprintf("the %s [%s, %s] includes the limit", kind, fmtNum(s.Lo), fmtNum(s.Hi))
+		return x >= limit
 	}
-	return status, detail
+	// For an upper limit the interval's top is the worst case, for a lower
+	// limit its bottom.
+	best, worst := s.Lo, s.Hi
+	if !atMost {
+		best, worst = s.Hi, s.Lo
+	}
+	switch {
+	case !s.CI95:
+		return "inconclusive", fmt.Sprintf("%d rounds are too few for a 95%% interval (range [%s, %s])", s.N, fmtNum(s.Lo), fmtNum(s.Hi))
+	case within(worst):
+		return "met", ""
+	case !within(best):
+		return "not met", ""
+	}
+	return "inconclusive", fmt.Sprintf("the 95%% interval [%s, %s] includes the limit %s", fmtNum(s.Lo), fmtNum(s.Hi), fmtNum(limit))
 }
 
 func (res *Results) ratioGoal(name string, r *Ratio, limit float64, atMost bool, what string) Goal {

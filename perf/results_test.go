@@ -44,11 +44,12 @@ func TestDeriveRatiosSkipDroppedRounds(t *testing.T) {
 
 func TestGoals(t *testing.T) {
 	res := fixed(t)
+	// Every hbone-x509 figure has 5 kept rounds, too few for a 95% interval.
 	want := map[string]string{
 		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled)":        "not run",
-		"HBONE 1 KB p90 ≤ 1.3× null proxy pair":            "met",
-		"HBONE throughput ≥ 0.9× plain TLS pair":           "not met",
-		"≤ 0.06 vCPU per 1000 rps per proxy":               "met",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair":            "inconclusive",
+		"HBONE throughput ≥ 0.9× plain TLS pair":           "inconclusive",
+		"≤ 0.06 vCPU per 1000 rps per proxy":               "inconclusive",
 		"curator latency growth no worse than logarithmic": "not run",
 	}
 	if len(res.Goals) != len(want) {
@@ -59,9 +60,40 @@ func TestGoals(t *testing.T) {
 			t.Errorf("goal %q: got %q, want %q", g.Name, g.Status, want[g.Name])
 		}
 	}
-	// The p90 ratio's range reaches 1.3, so the verdict must mention it.
-	if !strings.Contains(res.Goals[1].Detail, "includes the limit") {
-		t.Errorf("p90 goal detail %q: want a warning that the range includes the limit", res.Goals[1].Detail)
+	if !strings.Contains(res.Goals[1].Detail, "too few for a 95% interval") {
+		t.Errorf("p90 goal detail %q: want a note that 5 rounds give no 95%% interval", res.Goals[1].Detail)
+	}
+
+	// Six rounds give a 95% interval from the smallest to the largest.
+	six := func(xs ...float64) *Summary {
+		s, err := Summarize(xs)
+		if err != nil || !s.CI95 {
+			t.Fatalf("summary of %v: %+v, %v", xs, s, err)
+		}
+		return &s
+	}
+	for _, tc := range []struct {
+		name   string
+		s      *Summary
+		limit  float64
+		atMost bool
+		want   string
+	}{
+		{"upper limit, interval below", six(0.95, 0.97, 0.99, 1.0, 1.01, 1.02), 1.02, true, "met"},
+		// The audit's case: median 0.89, interval 0.37–3.29 around 1.02.
+		{"upper limit, interval straddles", six(0.37, 0.6, 0.85, 0.93, 1.5, 3.29), 1.02, true, "inconclusive"},
+		{"upper limit, interval above", six(1.03, 1.05, 1.08, 1.09, 1.1, 1.2), 1.02, true, "not met"},
+		{"lower limit, interval above", six(1.09, 1.2, 1.3, 1.31, 1.4, 1.55), 0.9, false, "met"},
+		{"lower limit, interval straddles", six(0.8, 0.85, 0.95, 1.0, 1.1, 1.2), 0.9, false, "inconclusive"},
+		{"lower limit, interval below", six(0.5, 0.6, 0.7, 0.8, 0.85, 0.89), 0.9, false, "not met"},
+	} {
+		got, detail := verdict(tc.s, tc.limit, tc.atMost)
+		if got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+		if (got == "inconclusive") != strings.Contains(detail, "includes the limit") {
+			t.Errorf("%s: detail %q does not match the verdict %q", tc.name, detail, got)
+		}
 	}
 }
 
@@ -71,7 +103,7 @@ func TestRenderMarkdown(t *testing.T) {
 		"# mazu-ztunnel performance results",
 		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair | 1.20 × (HTTP 1 KB, c=16, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
 		"| HBONE throughput ≥ 0.9× plain TLS pair | 0.80 × (one stream)",
-		"**not met**",
+		"**inconclusive**",
 		"| dropped blocks | 1 of 2 (round 5 hbone-x509) |",
 		"| blocks with errors | 1 of 2 |",
 		"| CPU | Test CPU, nproc 2 |",
