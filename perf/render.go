@@ -57,7 +57,13 @@ func (res *Results) RenderMarkdown() string {
 	w("Every figure is a median over rounds; ratios and deltas are computed within each round and then their median is taken. ")
 	w("Intervals are distribution-free 95%% confidence intervals for the median (the order-statistic interval benchstat uses); with fewer than 6 rounds the range of the rounds is shown instead.\n\n")
 	w("## Goals\n\n")
-	w("A goal is met when the whole 95%% interval of its figure is within the limit, not met when the whole interval is beyond it, and inconclusive when the interval includes the limit or fewer than 6 rounds were kept.\n\n")
+	w("A goal is met when the whole 95%% interval of its figure is within the limit, not met when the whole interval is beyond it, and inconclusive when the interval includes the limit or fewer than 6 rounds were kept. ")
+	w("The latency goals are checked at every connection count measured (%s), one row each; the CPU goals at c=%d, where CPU is sampled.", joinInts(c.HTTPConns), c.CPUConns)
+	counts := map[string]int{}
+	for _, g := range res.Goals {
+		counts[g.Status]++
+	}
+	w(" In this run: %d met, %d inconclusive, %d not met, %d not run.\n\n", counts["met"], counts["inconclusive"], counts["not met"], counts["not run"])
 	w("| goal | measured | status |\n|---|---|---|\n")
 	for _, g := range res.Goals {
 		val := g.Value
@@ -289,6 +295,14 @@ func (res *Results) ratioCell(num, den, metric string, isDelta bool) string {
 	return fmtNum(r.Summary.Median)
 }
 
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf("c=%d", x)
+	}
+	return strings.Join(s, ", ")
+}
+
 func listText(xs []string) string {
 	if len(xs) == 0 {
 		return ""
@@ -417,9 +431,10 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 	if s, ok := res.variant("hbone-rbe-update").metric("curator_registrations"); ok {
 		w("\nIdentities registered during an update block: median %.0f.\n", s.Median)
 	}
+	w("\n")
 	for _, g := range res.Goals {
 		if strings.HasPrefix(g.Name, "RBE-HBONE") {
-			w("\nGoal \"%s\": **%s** (%s).\n", g.Name, g.Status, g.Value)
+			w("- Goal \"%s\": **%s** (%s).\n", g.Name, g.Status, g.Value)
 		}
 	}
 }

@@ -46,20 +46,15 @@ func TestGoals(t *testing.T) {
 	res := fixed(t)
 	// Every hbone-x509 figure has 5 kept rounds, too few for a 95% interval.
 	want := map[string]string{
-		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled)":        "not run",
-		"HBONE 1 KB p90 ≤ 1.3× null proxy pair":            "inconclusive",
-		"HBONE throughput ≥ 0.9× plain TLS pair":           "inconclusive",
-		"≤ 0.06 vCPU per 1000 rps per proxy":               "inconclusive",
-		"curator latency growth no worse than logarithmic": "not run",
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=16)":      "not run",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16)":         "inconclusive",
+		"mTLS-HBONE throughput ≥ 0.9× plain TLS pair":          "inconclusive",
+		"RBE-HBONE throughput ≥ 0.9× plain TLS pair":           "not run",
+		"mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)": "inconclusive",
+		"RBE-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)":  "not run",
+		"curator latency growth no worse than logarithmic":     "not run",
 	}
-	if len(res.Goals) != len(want) {
-		t.Fatalf("got %d goals, want %d", len(res.Goals), len(want))
-	}
-	for _, g := range res.Goals {
-		if want[g.Name] != g.Status {
-			t.Errorf("goal %q: got %q, want %q", g.Name, g.Status, want[g.Name])
-		}
-	}
+	checkGoals(t, res.Goals, want)
 	if !strings.Contains(res.Goals[1].Detail, "too few for a 95% interval") {
 		t.Errorf("p90 goal detail %q: want a note that 5 rounds give no 95%% interval", res.Goals[1].Detail)
 	}
@@ -97,12 +92,84 @@ func TestGoals(t *testing.T) {
 	}
 }
 
+func checkGoals(t *testing.T, got []Goal, want map[string]string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("got %d goals, want %d", len(got), len(want))
+	}
+	for _, g := range got {
+		w, ok := want[g.Name]
+		if !ok {
+			t.Errorf("unexpected goal %q (%s)", g.Name, g.Status)
+		} else if w != g.Status {
+			t.Errorf("goal %q: got %q (%s; %s), want %q", g.Name, g.Status, g.Value, g.Detail, w)
+		}
+	}
+}
+
+// TestGoalsEveryConnectionCount checks that the latency goals are judged at
+// every connection count and that the throughput and CPU goals cover the
+// RBE path, with each of the three verdicts.
+func TestGoalsEveryConnectionCount(t *testing.T) {
+	rounds := func(xs ...float64) []*float64 {
+		out := make([]*float64, len(xs))
+		for i := range xs {
+			out[i] = &xs[i]
+		}
+		return out
+	}
+	times := func(base []float64, f ...float64) []*float64 {
+		xs := make([]float64, len(base))
+		for i := range base {
+			xs[i] = base[i] * f[i]
+		}
+		return rounds(xs...)
+	}
+	x1 := []float64{110, 115, 120, 125, 120, 118}
+	x16 := []float64{110, 120, 150, 125, 118, 112}
+	x64 := []float64{140, 150, 145, 160, 155, 142}
+	flat := rounds(100, 100, 100, 100, 100, 100)
+	run := func(id string, m map[string][]*float64) VariantResult {
+		return VariantResult{ID: id, Status: "run", Rounds: m}
+	}
+	res := &Results{Config: Config{Rounds: 6, HTTPConns: []int{1, 16, 64}, CPUConns: 16, QPS: 1000}, Variants: []VariantResult{
+		run("null", map[string][]*float64{"http_c1_nj_p90_us": flat, "http_c16_nj_p90_us": flat, "http_c64_nj_p90_us": flat}),
+		run("tls", map[string][]*float64{"tput_1_gbps": rounds(5, 5, 5, 5, 5, 5)}),
+		run("hbone-x509", map[string][]*float64{
+			"http_c1_nj_p90_us": rounds(x1...), "http_c16_nj_p90_us": rounds(x16...), "http_c64_nj_p90_us": rounds(x64...),
+			"tput_1_gbps":           rounds(5, 5.5, 6, 5, 5.2, 5.4),
+			"cpu_vcpu_per_krps_max": rounds(0.04, 0.045, 0.05, 0.04, 0.042, 0.048),
+		}),
+		run("hbone-rbe-warm", map[string][]*float64{
+			"http_c1_nj_p90_us":     times(x1, 1, 0.99, 1.01, 0.98, 0.97, 1),
+			"http_c16_nj_p90_us":    times(x16, 0.37, 0.6, 0.85, 0.93, 1.5, 3.29),
+			"http_c64_nj_p90_us":    times(x64, 1.03, 1.05, 1.08, 1.09, 1.1, 1.2),
+			"tput_1_gbps":           rounds(4, 4.5, 5, 5.5, 6, 4.2),
+			"cpu_vcpu_per_krps_max": rounds(0.07, 0.08, 0.065, 0.09, 0.07, 0.075),
+		}),
+	}}
+	res.Derive()
+	checkGoals(t, res.Goals, map[string]string{
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=1)":       "met",
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=16)":      "inconclusive",
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=64)":      "not met",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=1)":          "met",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16)":         "inconclusive",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=64)":         "not met",
+		"mTLS-HBONE throughput ≥ 0.9× plain TLS pair":          "met",
+		"RBE-HBONE throughput ≥ 0.9× plain TLS pair":           "inconclusive",
+		"mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)": "met",
+		"RBE-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)":  "not met",
+		"curator latency growth no worse than logarithmic":     "not run",
+	})
+}
+
 func TestRenderMarkdown(t *testing.T) {
 	md := fixed(t).RenderMarkdown()
 	for _, want := range []string{
 		"# mazu-ztunnel performance results",
-		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair | 1.20 × (HTTP 1 KB, c=16, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
-		"| HBONE throughput ≥ 0.9× plain TLS pair | 0.80 × (one stream)",
+		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16) | 1.20× (HTTP 1 KB, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
+		"| mTLS-HBONE throughput ≥ 0.9× plain TLS pair | 0.80× (one stream) (range",
 		"**inconclusive**",
 		"| dropped blocks | 1 of 2 (round 5 hbone-x509) |",
 		"| blocks with errors | 1 of 2 |",

@@ -77,7 +77,7 @@ func TestSmoke(t *testing.T) {
 		checkSmokeVariant(t, w, v)
 	}
 
-	for _, name := range []string{"HBONE 1 KB p90 ≤ 1.3× null proxy pair", "HBONE throughput ≥ 0.9× plain TLS pair", "≤ 0.06 vCPU per 1000 rps per proxy"} {
+	for _, name := range []string{"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=4)", "mTLS-HBONE throughput ≥ 0.9× plain TLS pair", "mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=4)"} {
 		found := false
 		for _, g := range back.Goals {
 			if g.Name == name {
