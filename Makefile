@@ -64,7 +64,7 @@ perf-run:
 	mkdir -p perf/results
 	$(GO) test -run '^$$' -bench 'Ratio/(membership|kem)$$' -benchtime 20x -count $(PERF_BENCH_COUNT) ./rbeauth/rbe/ | tee perf/results/$(PERF_MODE)-micro.txt
 	rm -f perf/results/$(PERF_MODE)-curator.txt
-	if [ -d curator/server ]; then $(GO) test -run '^$$' -bench 'AgentUpdates/indexed' -benchtime 100x -count 3 -timeout 30m ./curator/server | tee perf/results/$(PERF_MODE)-curator.txt; fi
+	if [ -d curator/server ]; then $(GO) test -run '^$$' -bench 'AgentUpdates/indexed' -benchtime 100x -count $(PERF_BENCH_COUNT) -timeout 30m ./curator/server | tee perf/results/$(PERF_MODE)-curator.txt; fi
 	bin/mazu-perf run -mode $(PERF_MODE) -out perf/results -md perf/RESULTS.md -micro perf/results/$(PERF_MODE)-micro.txt -curator perf/results/$(PERF_MODE)-curator.txt
 
 clean:

@@ -259,14 +259,16 @@ func (res *Results) RenderMarkdown() string {
 	if res.Curator.Status != "run" {
 		w("Not run: %s.\n", res.Curator.Reason)
 	} else {
-		w("From the curator's `BenchmarkAgentUpdates` (`curator/server`): one node agent's update query for 10 IDs, its last checkpoint 1,000 entries back, at the registry sizes that benchmark builds.\n\n")
+		w("From the curator's `BenchmarkAgentUpdates` (`curator/server`): one node agent's update query for 10 IDs, its last checkpoint 1,000 entries back (at the log's first entry when the log is shorter), at registry sizes from 10 to 100,000, one `-count` repetition per sample.\n\n")
 		w("| registered services | p50 µs | interval |\n|---|---|---|\n")
 		for _, p := range res.Curator.Points {
 			w("| %d | %s | %s |\n", p.N, fmtNum(p.LatencyUS.Median), ciText(p.LatencyUS))
 		}
 		if f := res.Curator.Fit; f != nil {
-			w("\nPower-law fit exponent %.3f (R² %.2f); logarithmic fit a=%s, b=%s (R² %.2f). ", f.Exponent, f.PowerR2, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2)
-			w("Mean slope dy/d(ln n) from a quadratic in ln n: %s µs over the lower half of the range, %s µs over the upper half. Growth counts as no worse than logarithmic when the upper slope is at most 1.25× the lower one.\n", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
+			w("\nFits to the %d medians: logarithmic y = %s + %s·ln n (R² %.3f, slope %s µs per tenfold of registrations); linear y = %s + %.3g·n (R² %.3f); power law exponent %.3f (R² %.2f). ",
+				f.Points, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2, fmtNum(f.LogB*math.Ln10), fmtNum(f.LinA), f.LinB, f.LinR2, f.Exponent, f.PowerR2)
+			w("Mean slope dy/d(ln n) from a quadratic in ln n: %s µs over the lower half of the range, %s µs over the upper half. ", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
+			w("Growth counts as no worse than logarithmic when the upper slope is at most 1.25× the lower one and the logarithmic model fits at least as well as the linear one. The plot draws both fits.\n")
 		}
 		w("\n![curator latency](results/curator.png)\n")
 	}
@@ -357,26 +359,78 @@ func (res *Results) WritePlots(dir string) error {
 		}
 	}
 	if res.Curator.Status == "run" && len(res.Curator.Points) > 0 {
-		p := plot.New()
-		p.Title.Text = "curator update-query latency"
-		p.X.Label.Text = "registered services"
-		p.Y.Label.Text = "µs"
-		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-		var xys plotter.XYs
-		for _, pt := range res.Curator.Points {
-			xys = append(xys, plotter.XY{X: float64(pt.N), Y: pt.LatencyUS.Median})
-		}
-		l, pts, err := plotter.NewLinePoints(xys)
-		if err != nil {
-			return fmt.Errorf("plot curator: %w", err)
-		}
-		p.Add(l, pts)
-		if err := p.Save(5*vg.Inch, 3.5*vg.Inch, filepath.Join(dir, "curator.png")); err != nil {
-			return fmt.Errorf("save plot: %w", err)
+		if err := res.plotCurator(filepath.Join(dir, "curator.png")); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// plotCurator draws the curator's update-query medians with their 95%
+// intervals, and the logarithmic and linear fits over the measured range.
+func (res *Results) plotCurator(path string) error {
+	p := plot.New()
+	p.Title.Text = "curator update-query latency (p50)"
+	p.X.Label.Text = "registered services"
+	p.Y.Label.Text = "µs"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	pts := curatorPoints(res.Curator.Points)
+	sc, err := plotter.NewScatter(pts)
+	if err != nil {
+		return fmt.Errorf("plot curator: %w", err)
+	}
+	sc.Shape = draw.CircleGlyph{}
+	bars, err := plotter.NewYErrorBars(pts)
+	if err != nil {
+		return fmt.Errorf("plot curator: %w", err)
+	}
+	p.Add(bars, sc)
+	p.Legend.Add("median, 95% interval", sc)
+	if f := res.Curator.Fit; f != nil {
+		lo, hi := float64(pts[0].N), float64(pts[len(pts)-1].N)
+		curve := func(y func(float64) float64) plotter.XYs {
+			var xys plotter.XYs
+			const steps = 60
+			for i := range steps + 1 {
+				x := lo * math.Pow(hi/lo, float64(i)/steps)
+				xys = append(xys, plotter.XY{X: x, Y: y(x)})
+			}
+			return xys
+		}
+		logLine, err := plotter.NewLine(curve(func(x float64) float64 { return f.LogA + f.LogB*math.Log(x) }))
+		if err != nil {
+			return fmt.Errorf("plot curator fit: %w", err)
+		}
+		logLine.Color = plotColor(3)
+		linLine, err := plotter.NewLine(curve(func(x float64) float64 { return f.LinA + f.LinB*x }))
+		if err != nil {
+			return fmt.Errorf("plot curator fit: %w", err)
+		}
+		linLine.Color = plotColor(2)
+		linLine.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		p.Add(logLine, linLine)
+		p.Legend.Add(fmt.Sprintf("a + b·ln n, R² %.3f", f.LogR2), logLine)
+		p.Legend.Add(fmt.Sprintf("a + b·n, R² %.3f", f.LinR2), linLine)
+	}
+	if err := p.Save(5*vg.Inch, 3.5*vg.Inch, path); err != nil {
+		return fmt.Errorf("save plot: %w", err)
+	}
+	return nil
+}
+
+// curatorPoints adapts the curator's points to gonum's XYer and YErrorer.
+type curatorPoints []CuratorPoint
+
+func (c curatorPoints) Len() int { return len(c) }
+
+func (c curatorPoints) XY(i int) (float64, float64) { return float64(c[i].N), c[i].LatencyUS.Median }
+
+func (c curatorPoints) YError(i int) (float64, float64) {
+	s := c[i].LatencyUS
+	return s.Median - s.Lo, s.Hi - s.Median
 }
 
 func plotColor(i int) color.Color {
