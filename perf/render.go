@@ -89,18 +89,30 @@ func (res *Results) RenderMarkdown() string {
 	if len(res.Blocks) > 0 {
 		w("| load average (1 min) | %.2f–%.2f over all blocks (before and after each block in the JSON) |\n", lo, hi)
 	}
-	var droppedList []string
-	for _, bl := range res.Blocks {
-		if bl.Dropped {
-			droppedList = append(droppedList, fmt.Sprintf("round %d %s", bl.Round, bl.Variant))
-		}
-	}
-	if c.MaxLoad > 0 {
-		w("| noise gate | a block is dropped when it starts or ends with a 1-minute load average above %.1f, or above 1.5× the median block's when that is higher (%.1f in this run); ratios then skip that round for that variant |\n", c.MaxLoad, res.loadLimit())
+	perCPU, median := res.loadLimits()
+	if perCPU > 0 {
+		w("| noise gate | a block is dropped when the 1-minute load average read before or after it exceeds %.1f per CPU (%.1f on these %d CPUs) or 1.5× the median block's (%.2f in this run); ratios then skip that round for that variant |\n",
+			c.MaxLoadPerCPU, perCPU, max(res.Machine.NProc, 1), median)
 	} else {
 		w("| noise gate | off |\n")
 	}
-	w("| dropped blocks | %d of %d%s |\n", len(droppedList), len(res.Blocks), listText(droppedList))
+	reasons := map[string]int{}
+	var dropped int
+	for _, bl := range res.Blocks {
+		if bl.Dropped {
+			dropped++
+			reasons[bl.DropReason]++
+		}
+	}
+	w("| dropped blocks | %d of %d", dropped, len(res.Blocks))
+	if dropped > 0 {
+		w(": %d over the per-CPU limit, %d over 1.5× the median only", reasons["load per CPU"], reasons["load above 1.5× the median"])
+		if n := dropped - reasons["load per CPU"] - reasons["load above 1.5× the median"]; n > 0 {
+			w(", %d marked in the JSON without a reason", n)
+		}
+		w("; by variant: %s", droppedByVariant(res.Blocks))
+	}
+	w(" |\n")
 	var errBlocks int
 	for _, bl := range res.Blocks {
 		if len(bl.Errors) > 0 {
@@ -142,13 +154,22 @@ func (res *Results) RenderMarkdown() string {
 	w("\n## Topology and variants\n\n")
 	w("Five network namespaces in 198.18.96.0/20: client pod — node A ══ node B — server pod, plus a second server pod on node A for the same-node rows. ")
 	w("The client dials the outbound proxy's listener on node A explicitly (no capture). Proxies run in the node namespaces; the HBONE rows use the `tunnel` package, TLS 1.3, X25519; the hbone-x509 rows with ECDSA P-256 certificates from one CA, the hbone-rbe rows with RBE-registered identities (see the RBE section).\n\n")
-	w("| variant | topology | kind | CRR mode | status |\n|---|---|---|---|---|\n")
+	w("| variant | topology | kind | CRR mode | kept rounds | status |\n|---|---|---|---|---|---|\n")
+	droppedRounds := res.droppedBlocks()
 	for _, v := range res.Variants {
-		st := v.Status
+		st, kept := v.Status, "–"
 		if v.Reason != "" {
 			st += ": " + v.Reason
+		} else {
+			n := 0
+			for r := range c.Rounds {
+				if !droppedRounds[blockKey{v.ID, r}] {
+					n++
+				}
+			}
+			kept = fmt.Sprintf("%d of %d", n, c.Rounds)
 		}
-		w("| %s | %s | %s | %s | %s |\n", v.ID, v.Topo, v.Kind, v.Mode, st)
+		w("| %s | %s | %s | %s | %s | %s |\n", v.ID, v.Topo, v.Kind, v.Mode, kept, st)
 	}
 
 	warm := []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "hbone-rbe-update", "direct-same", "null-same", "hbone-x509-same"}
@@ -305,11 +326,29 @@ func joinInts(xs []int) string {
 	return strings.Join(s, ", ")
 }
 
-func listText(xs []string) string {
-	if len(xs) == 0 {
-		return ""
+// droppedByVariant lists the dropped rounds of each variant, in the order
+// the variants first appear among the blocks.
+func droppedByVariant(blocks []Block) string {
+	var order []string
+	rounds := map[string][]string{}
+	for _, bl := range blocks {
+		if !bl.Dropped {
+			continue
+		}
+		if _, ok := rounds[bl.Variant]; !ok {
+			order = append(order, bl.Variant)
+		}
+		rounds[bl.Variant] = append(rounds[bl.Variant], fmt.Sprint(bl.Round))
 	}
-	return " (" + strings.Join(xs, ", ") + ")"
+	parts := make([]string, len(order))
+	for i, v := range order {
+		word := "rounds"
+		if len(rounds[v]) == 1 {
+			word = "round"
+		}
+		parts[i] = fmt.Sprintf("%s %s %s", v, word, strings.Join(rounds[v], ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // WritePlots writes latency-p50/p90/p99.png (jitter-free HTTP latency by

@@ -36,6 +36,8 @@ type Block struct {
 	StealAfter  int64      `json:"steal_ticks_after"`
 	Errors      []string   `json:"errors,omitempty"`
 	Dropped     bool       `json:"dropped"`
+	// DropReason says which limit of the noise gate dropped the block.
+	DropReason string `json:"drop_reason,omitempty"`
 }
 
 // VariantResult holds one variant's figures.
@@ -118,13 +120,16 @@ const curatorReason = "no curator benchmark output was given (make perf runs the
 // finish turns raw per-round samples into summaries, ratios and goals.
 func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {
 	rounds := res.Config.Rounds
-	if limit := res.loadLimit(); limit > 0 {
+	if perCPU, median := res.loadLimits(); perCPU > 0 {
 		for i := range res.Blocks {
 			b := &res.Blocks[i]
-			b.Dropped = max(b.LoadBefore[0], b.LoadAfter[0]) > limit
-		}
-		if limit > res.Config.MaxLoad {
-			res.Notes = append(res.Notes, fmt.Sprintf("the median block ran above a 1-minute load average of %.1f, so blocks were dropped only above %.1f (1.5× the median); treat every figure as noisy", res.Config.MaxLoad, limit))
+			l := blockLoad(*b)
+			switch {
+			case l > perCPU:
+				b.Dropped, b.DropReason = true, "load per CPU"
+			case l > median:
+				b.Dropped, b.DropReason = true, "load above 1.5× the median"
+			}
 		}
 	}
 	for _, v := range vs {
@@ -190,20 +195,26 @@ func (res *Results) variant(id string) *VariantResult {
 	return nil
 }
 
-// loadLimit returns the 1-minute load average above which a block is
-// dropped: MaxLoad, or 1.5× the median block's load when the whole run was
-// busier than that, so that a machine that stays loaded still yields
-// figures and only the blocks that stand out are dropped. Zero means off.
-func (res *Results) loadLimit() float64 {
-	if res.Config.MaxLoad <= 0 || len(res.Blocks) == 0 {
-		return 0
+// blockLoad is the higher of the 1-minute load averages read before and
+// after a block.
+func blockLoad(b Block) float64 {
+	return max(b.LoadBefore[0], b.LoadAfter[0])
+}
+
+// loadLimits returns the noise gate's two limits on a block's 1-minute load
+// average: MaxLoadPerCPU times the machine's CPUs, and 1.5 times the median
+// block's load, so that on a machine that stays loaded the blocks that
+// stand out are dropped too. Zeros mean the gate is off.
+func (res *Results) loadLimits() (perCPU, median float64) {
+	if res.Config.MaxLoadPerCPU <= 0 || len(res.Blocks) == 0 {
+		return 0, 0
 	}
 	loads := make([]float64, len(res.Blocks))
 	for i, b := range res.Blocks {
-		loads[i] = max(b.LoadBefore[0], b.LoadAfter[0])
+		loads[i] = blockLoad(b)
 	}
 	slices.Sort(loads)
-	return max(res.Config.MaxLoad, 1.5*quantileSorted(loads, 0.5))
+	return res.Config.MaxLoadPerCPU * float64(max(res.Machine.NProc, 1)), 1.5 * quantileSorted(loads, 0.5)
 }
 
 type blockKey struct {

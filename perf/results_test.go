@@ -171,10 +171,11 @@ func TestRenderMarkdown(t *testing.T) {
 		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16) | 1.20× (HTTP 1 KB, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
 		"| mTLS-HBONE throughput ≥ 0.9× plain TLS pair | 0.80× (one stream) (range",
 		"**inconclusive**",
-		"| dropped blocks | 1 of 2 (round 5 hbone-x509) |",
+		"| dropped blocks | 1 of 2: 1 over the per-CPU limit, 0 over 1.5× the median only; by variant: hbone-x509 round 5 |",
+		"| hbone-x509 | cross-node | hbone-x509 | new stream | 5 of 6 | run |",
 		"| blocks with errors | 1 of 2 |",
 		"| CPU | Test CPU, nproc 2 |",
-		"| hbone-rbe-warm | cross-node | hbone-rbe | warm | not run: the curator is missing |",
+		"| hbone-rbe-warm | cross-node | hbone-rbe | warm | – | not run: the curator is missing |",
 		"| hbone-x509 − direct http_c16_nj_p90_us | 70.0 µs |",
 		"Not run: the curator is missing.",
 		"| hbone-x509 | – / 120 / – |",
@@ -207,15 +208,20 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 		"null":       {"rr_1b_p50_us": {0: 100, 1: 100}},
 		"hbone-x509": {"rr_1b_p50_us": {0: 110, 1: 500}},
 	}
-	res := &Results{Config: Config{Rounds: 2, MaxLoad: 4}, Blocks: []Block{
+	// Two CPUs: the per-CPU limit is 3.0; the median block's load is 2.5,
+	// so 1.5× the median is 3.75.
+	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 2, MaxLoadPerCPU: 1.5}, Blocks: []Block{
 		{Round: 0, Variant: "null", LoadBefore: [3]float64{1}, LoadAfter: [3]float64{2}},
-		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{3}},
-		{Round: 1, Variant: "null", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{3}},
-		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{6}},
+		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{2.5}},
+		{Round: 1, Variant: "null", LoadBefore: [3]float64{2.5}, LoadAfter: [3]float64{2.5}},
+		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{2.5}, LoadAfter: [3]float64{3.2}},
 	}}
 	res.finish(vs, samples)
-	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[2].Dropped {
-		t.Fatalf("dropped flags %v %v %v %v, want only round 1 hbone-x509", res.Blocks[0].Dropped, res.Blocks[1].Dropped, res.Blocks[2].Dropped, res.Blocks[3].Dropped)
+	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[1].Dropped || res.Blocks[2].Dropped {
+		t.Fatalf("blocks %+v, want only round 1 hbone-x509 dropped", res.Blocks)
+	}
+	if res.Blocks[3].DropReason != "load per CPU" {
+		t.Errorf("drop reason %q, want the per-CPU limit", res.Blocks[3].DropReason)
 	}
 	r := res.findRatio("hbone-x509", "null", "rr_1b_p50_us", false)
 	if r == nil || r.Summary == nil || r.Summary.N != 1 || r.Summary.Median != 1.1 {
@@ -225,21 +231,36 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 		t.Fatalf("null kept %d rounds, want 2 (its blocks were quiet)", s.N)
 	}
 
-	loud := &Results{Config: Config{Rounds: 1, MaxLoad: 4}, Blocks: []Block{
-		{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}},
-	}}
-	loud.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 100}}})
-	if loud.Blocks[0].Dropped || len(loud.Notes) != 1 {
-		t.Fatalf("all blocks loud: dropped=%v notes=%v, want none dropped and one note", loud.Blocks[0].Dropped, loud.Notes)
-	}
-
-	// A run that stays loaded keeps its blocks and drops only the spikes.
-	busy := &Results{Config: Config{Rounds: 3, MaxLoad: 4}}
-	for r, l := range []float64{10, 11, 20} {
+	// A run that stays loaded loses every block to the per-CPU limit.
+	busy := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 3, MaxLoadPerCPU: 1.5}}
+	for r, l := range []float64{3.2, 3.4, 3.3} {
 		busy.Blocks = append(busy.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
 	}
 	busy.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1}}})
-	if busy.Blocks[0].Dropped || busy.Blocks[1].Dropped || !busy.Blocks[2].Dropped {
-		t.Fatalf("busy run: dropped %v %v %v, want only the load-20 block (limit 16.5)", busy.Blocks[0].Dropped, busy.Blocks[1].Dropped, busy.Blocks[2].Dropped)
+	for i, b := range busy.Blocks {
+		if !b.Dropped || b.DropReason != "load per CPU" {
+			t.Errorf("busy run block %d: %+v, want dropped for the load per CPU", i, b)
+		}
+	}
+	if s, ok := busy.variant("null").Metrics["rr_1b_p50_us"]; ok {
+		t.Errorf("busy run kept %+v, want no figure", s)
+	}
+
+	// On a larger machine a spike well under the per-CPU limit still stands
+	// out against the run's median.
+	wide := &Results{Machine: Machine{NProc: 8}, Config: Config{Rounds: 4, MaxLoadPerCPU: 1.5}}
+	for r, l := range []float64{1, 1, 1.2, 2} {
+		wide.Blocks = append(wide.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
+	}
+	wide.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1, 3: 1}}})
+	if wide.Blocks[0].Dropped || wide.Blocks[1].Dropped || wide.Blocks[2].Dropped || !wide.Blocks[3].Dropped ||
+		wide.Blocks[3].DropReason != "load above 1.5× the median" {
+		t.Fatalf("wide machine: %+v, want only the load-2 block dropped against the median (limit 1.65)", wide.Blocks)
+	}
+
+	off := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 1}, Blocks: []Block{{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}}}}
+	off.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1}}})
+	if off.Blocks[0].Dropped {
+		t.Errorf("gate off: block dropped")
 	}
 }

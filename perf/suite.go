@@ -41,9 +41,11 @@ type Config struct {
 	// CPUConns is the connection count whose jitter-free HTTP point gives
 	// CPU and memory per 1000 rps.
 	CPUConns int `json:"cpu_conns"`
-	// MaxLoad drops a round when any of its blocks starts or ends with a
-	// 1-minute load average above it; zero turns the gate off.
-	MaxLoad float64 `json:"max_load"`
+	// MaxLoadPerCPU is the noise gate: a block is dropped when it starts or
+	// ends with a 1-minute load average above MaxLoadPerCPU times the
+	// machine's CPUs, or above 1.5 times the median block's. Zero turns
+	// the gate off.
+	MaxLoadPerCPU float64 `json:"max_load_per_cpu"`
 	// ProxyProcs is GOMAXPROCS for each proxy, like ztunnel's 2 workers.
 	ProxyProcs int `json:"proxy_gomaxprocs"`
 	// UpdateRegs bounds the identities registered in the background during
@@ -54,7 +56,7 @@ type Config struct {
 
 // Preset returns the configuration for mode "quick", "full" or "smoke".
 func Preset(mode string) (Config, error) {
-	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoad: 4 * float64(runtime.NumCPU()),
+	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoadPerCPU: 1.5,
 		NewConnQPS: 200, NewConnConns: 4}
 	switch mode {
 	case "quick":
@@ -73,7 +75,7 @@ func Preset(mode string) (Config, error) {
 		c.HTTPExactly, c.HTTPWarmup, c.CPUConns = 300, 0, 4
 		c.RRCount, c.TputDuration, c.CRRCount = 200, 200*time.Millisecond, 30
 		c.UpdateRegs = 5
-		c.MaxLoad = 0
+		c.MaxLoadPerCPU = 0
 	default:
 		return c, fmt.Errorf("mode %q: want quick, full or smoke", mode)
 	}
