@@ -79,7 +79,11 @@ func (res *Results) RenderMarkdown() string {
 	}
 	w("| proxies | separate processes, GOMAXPROCS %d each |\n", c.ProxyProcs)
 	w("| rounds | %d, variants in a fresh random order each round |\n", c.Rounds)
-	w("| duration | %s |\n", res.Finished.Sub(res.Started).Round(1e9))
+	w("| duration | %s (the suite; `make` adds the build and the Go benchmarks) |\n", res.Finished.Sub(res.Started).Round(1e9))
+	if c.Trim {
+		w("| workloads | %s mode: each block runs only the workloads whose figures feed a ratio or a goal, so \"–\" marks a figure that was not measured; `make perf` runs every workload for every variant |\n", c.Mode)
+	}
+	w("| HTTP points | %s warm-up, then %s at %g rps per point |\n", c.HTTPWarmup, c.HTTPDuration, c.QPS)
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, bl := range res.Blocks {
 		for _, l := range []float64{bl.LoadBefore[0], bl.LoadAfter[0]} {
@@ -307,6 +311,7 @@ func (res *Results) RenderMarkdown() string {
 	w("- The machine is shared; absolute microseconds do not carry over to other hosts, ratios measured side by side do.\n")
 	w("- Istio's +0.17 ms p90 / +0.20 ms p99 for two ztunnels was measured on bare metal; compare it with the hbone-x509 − direct deltas only as an order of magnitude, and with the hbone / null ratio for the cost of the protocol itself.\n")
 	w("- Client, server and both proxies share the machine's CPUs, so throughput is bounded by total CPU per byte rather than by the slowest stage.\n")
+	res.renderUpdateReading(w)
 	return b.String()
 }
 
@@ -522,7 +527,11 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 			res.ratioCell(id, "hbone-x509-newtunnel", "crr_p50_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p90_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p99_us", false))
 	}
 	if s, ok := res.variant("hbone-rbe-update").metric("curator_registrations"); ok {
-		w("\nIdentities registered during an update block: median %.0f.\n", s.Median)
+		w("\nIdentities registered during an update block: median %.0f", s.Median)
+		if t, ok := res.variant("hbone-rbe-update").metric("curator_update_s"); ok {
+			w(", the last of them %.1f s after the block started (median)", t.Median)
+		}
+		w(".\n")
 	}
 	w("\n")
 	for _, g := range res.Goals {
@@ -530,4 +539,34 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 			w("- Goal \"%s\": **%s** (%s).\n", g.Name, g.Status, g.Value)
 		}
 	}
+}
+
+// renderUpdateReading explains the hbone-rbe-update row: the points where
+// its p90 or p99 stands above hbone-x509 with the whole 95% interval, and
+// what the row does while it is measured.
+func (res *Results) renderUpdateReading(w func(string, ...any)) {
+	c := res.Config
+	var above []string
+	for _, n := range c.HTTPConns {
+		for _, p := range []string{"p90", "p99"} {
+			r := res.findRatio("hbone-rbe-update", "hbone-x509", httpKey(n, false)+"_"+p+"_us", false)
+			if r != nil && r.Summary != nil && r.Summary.CI95 && r.Summary.Lo > 1 {
+				above = append(above, fmt.Sprintf("%s at c=%d %s× (%s)", p, n, fmtNum(r.Summary.Median), ciText(*r.Summary)))
+			}
+		}
+	}
+	what := fmt.Sprintf("During each hbone-rbe-update block the suite registers up to %d more identities, one after another, while the block's HTTP points run in the order %s. ", c.UpdateRegs, joinInts(c.HTTPConns))
+	what += "Each registration creates a Pod object and sets its address on the API server, requests a token, makes a TLS key and an RBE key with its helpers, and submits them to the curator, which checks the key with a batched pairing check, appends it, and has both witnesses replay the check and cosign; the suite then fetches the new identity's proofs for its staple. "
+	what += "All of that runs on the same CPUs as the client, the server and both proxies. The proxies themselves do no RBE work on this row: the tunnel is pooled, so no handshake is verified while the row is measured, and the only RBE work in a proxy is the checkpoint it reads and verifies once a second."
+	if len(above) == 0 {
+		w("- hbone-rbe-update: no p90 or p99 ratio to hbone-x509 has its whole 95%% interval above 1 in this run. %s\n", what)
+		return
+	}
+	w("- hbone-rbe-update stands above hbone-x509 with the whole 95%% interval at %s. %s", strings.Join(above, "; "), what)
+	w(" The registrations start with the block, so they overlap its first points; ")
+	if t, ok := res.variant("hbone-rbe-update").metric("curator_update_s"); ok {
+		first := (c.HTTPWarmup + c.HTTPDuration).Seconds()
+		w("in this run the last one completed %.1f s into the block (median), and each HTTP point takes about %.2f s with its warm-up. ", t.Median, first)
+	}
+	w("Competing for the CPUs delays the proxies' wake-ups now and then, which shows in the tail (p90, p99) rather than in the median, and points that run after the last registration no longer compete. It is the cost of registering while serving on %d CPUs, not of RBE verification on the data path.\n", max(res.Machine.NProc, 1))
 }

@@ -330,6 +330,42 @@ func (res *Results) ratioDefs() []Ratio {
 	return out
 }
 
+// workloadOf names the workload that produces metric m: an HTTP point
+// such as "http_c16_nj", "rr_1b", "tput_4", "httpnc" or "crr". CPU and
+// memory come from the jitter-free HTTP point at cpuConns.
+func workloadOf(m string, cpuConns int) string {
+	f := strings.Split(m, "_")
+	switch {
+	case f[0] == "cpu" || f[0] == "rss":
+		return httpKey(cpuConns, false)
+	case f[0] == "http" && len(f) >= 3:
+		return strings.Join(f[:3], "_")
+	case (f[0] == "rr" || f[0] == "tput") && len(f) >= 2:
+		return f[0] + "_" + f[1]
+	}
+	return f[0]
+}
+
+// neededWorkloads maps each variant to the workloads whose figures feed a
+// ratio or a goal; quick mode runs only those.
+func (res *Results) neededWorkloads() map[string]map[string]bool {
+	need := map[string]map[string]bool{}
+	add := func(id, metric string) {
+		if need[id] == nil {
+			need[id] = map[string]bool{}
+		}
+		need[id][workloadOf(metric, res.Config.CPUConns)] = true
+	}
+	for _, r := range res.ratioDefs() {
+		add(r.Num, r.Metric)
+		add(r.Den, r.Metric)
+	}
+	for _, id := range []string{"hbone-x509", "hbone-rbe-warm"} {
+		add(id, "cpu_vcpu_per_krps_max")
+	}
+	return need
+}
+
 func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
 	for i := range res.Ratios {
 		r := &res.Ratios[i]

@@ -2,6 +2,7 @@ package perf
 
 import (
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -262,5 +263,40 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 	off.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1}}})
 	if off.Blocks[0].Dropped {
 		t.Errorf("gate off: block dropped")
+	}
+}
+
+func TestNeededWorkloads(t *testing.T) {
+	cfg, err := Preset("quick")
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := (&Results{Config: cfg}).neededWorkloads()
+	for _, v := range variants() {
+		if len(need[v.ID]) == 0 {
+			t.Errorf("%s: no workload in quick mode, want every variant measured", v.ID)
+		}
+	}
+	for id, want := range map[string][]string{
+		"hbone-x509":       {"http_c1_nj", "http_c16_nj", "http_c64_nj", "http_c16_j", "rr_1b", "rr_1k", "tput_1", "tput_4", "httpnc", "crr"},
+		"hbone-rbe-warm":   {"http_c1_nj", "http_c16_nj", "http_c64_nj", "tput_1"},
+		"hbone-rbe-update": {"http_c1_nj", "http_c16_nj", "http_c64_nj"},
+		"hbone-rbe-cold":   {"crr"},
+		"direct-same":      {"http_c16_nj"},
+	} {
+		got := sortedKeys(need[id])
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: quick mode runs %v, want %v", id, got, want)
+		}
+	}
+	// Every metric a ratio compares comes from a workload quick mode runs.
+	res := &Results{Config: cfg}
+	for _, r := range res.ratioDefs() {
+		for _, id := range []string{r.Num, r.Den} {
+			if !need[id][workloadOf(r.Metric, cfg.CPUConns)] {
+				t.Errorf("ratio %s: %s does not run the workload of %s", r.Name, id, r.Metric)
+			}
+		}
 	}
 }
