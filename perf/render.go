@@ -114,9 +114,15 @@ func (res *Results) RenderMarkdown() string {
 		if n := dropped - reasons["load per CPU"] - reasons["load above 1.5× the median"]; n > 0 {
 			w(", %d marked in the JSON without a reason", n)
 		}
-		w("; by variant: %s", droppedByVariant(res.Blocks))
+		w("; by variant: %s", droppedByVariant(res.Blocks, c.Rounds))
 	}
 	w(" |\n")
+	notes := res.Notes
+	if dropped > 0 && 2*dropped >= len(res.Blocks) {
+		nproc := float64(max(res.Machine.NProc, 1))
+		notes = append(notes, fmt.Sprintf("the noise gate dropped %d of %d blocks: the machine's 1-minute load average stayed at %.1f–%.1f per CPU while other jobs shared it. Most figures below are therefore missing, and goals without kept rounds read inconclusive; rerun on a quieter machine for verdicts.",
+			dropped, len(res.Blocks), lo/nproc, hi/nproc))
+	}
 	var errBlocks int
 	for _, bl := range res.Blocks {
 		if len(bl.Errors) > 0 {
@@ -124,7 +130,7 @@ func (res *Results) RenderMarkdown() string {
 		}
 	}
 	w("| blocks with errors | %d of %d |\n", errBlocks, len(res.Blocks))
-	for _, n := range res.Notes {
+	for _, n := range notes {
 		w("\nNote: %s\n", n)
 	}
 
@@ -161,7 +167,7 @@ func (res *Results) RenderMarkdown() string {
 	w("| variant | topology | kind | CRR mode | kept rounds | status |\n|---|---|---|---|---|---|\n")
 	droppedRounds := res.droppedBlocks()
 	for _, v := range res.Variants {
-		st, kept := v.Status, "–"
+		st, keptRounds := v.Status, "–"
 		if v.Reason != "" {
 			st += ": " + v.Reason
 		} else {
@@ -171,9 +177,9 @@ func (res *Results) RenderMarkdown() string {
 					n++
 				}
 			}
-			kept = fmt.Sprintf("%d of %d", n, c.Rounds)
+			keptRounds = fmt.Sprintf("%d of %d", n, c.Rounds)
 		}
-		w("| %s | %s | %s | %s | %s | %s |\n", v.ID, v.Topo, v.Kind, v.Mode, kept, st)
+		w("| %s | %s | %s | %s | %s | %s |\n", v.ID, v.Topo, v.Kind, v.Mode, keptRounds, st)
 	}
 
 	warm := []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "hbone-rbe-update", "direct-same", "null-same", "hbone-x509-same"}
@@ -231,7 +237,7 @@ func (res *Results) RenderMarkdown() string {
 			unit = " µs"
 		}
 		if r.Status != "run" {
-			w("| %s | – | – | not run: %s |\n", r.Name, r.Reason)
+			w("| %s | – | – | %s: %s |\n", r.Name, r.Status, r.Reason)
 			continue
 		}
 		w("| %s | %s%s | %s | run |\n", r.Name, fmtNum(r.Summary.Median), unit, ciText(*r.Summary))
@@ -306,7 +312,18 @@ func (res *Results) RenderMarkdown() string {
 			w("| %s | %s | %s | %s |\n", m.Name, m.Unit, fmtNum(m.Summary.Median), ciText(m.Summary))
 		}
 	}
-	w("\n## Plots\n\n![p50 vs connections](results/latency-p50.png) ![p90 vs connections](results/latency-p90.png) ![p99 vs connections](results/latency-p99.png)\n")
+	w("\n## Plots\n\n")
+	var plots []string
+	for _, pct := range []string{"p50", "p90", "p99"} {
+		if res.latencySeries(pct) != nil {
+			plots = append(plots, fmt.Sprintf("![%s vs connections](results/latency-%s.png)", pct, pct))
+		}
+	}
+	if len(plots) == 0 {
+		w("No latency plot: no variant kept an HTTP figure in this run.\n")
+	} else {
+		w("%s\n", strings.Join(plots, " "))
+	}
 	w("\n## Reading these figures\n\n")
 	w("- The machine is shared; absolute microseconds do not carry over to other hosts, ratios measured side by side do.\n")
 	w("- Istio's +0.17 ms p90 / +0.20 ms p99 for two ztunnels was measured on bare metal; compare it with the hbone-x509 − direct deltas only as an order of magnitude, and with the hbone / null ratio for the cost of the protocol itself.\n")
@@ -332,36 +349,77 @@ func joinInts(xs []int) string {
 }
 
 // droppedByVariant lists the dropped rounds of each variant, in the order
-// the variants first appear among the blocks.
-func droppedByVariant(blocks []Block) string {
+// the variants first appear among the blocks. It writes "all rounds" for a
+// variant whose every round was dropped.
+func droppedByVariant(blocks []Block, rounds int) string {
 	var order []string
-	rounds := map[string][]string{}
+	byVariant := map[string][]string{}
 	for _, bl := range blocks {
 		if !bl.Dropped {
 			continue
 		}
-		if _, ok := rounds[bl.Variant]; !ok {
+		if _, ok := byVariant[bl.Variant]; !ok {
 			order = append(order, bl.Variant)
 		}
-		rounds[bl.Variant] = append(rounds[bl.Variant], fmt.Sprint(bl.Round))
+		byVariant[bl.Variant] = append(byVariant[bl.Variant], fmt.Sprint(bl.Round))
 	}
 	parts := make([]string, len(order))
+	every := true
 	for i, v := range order {
-		word := "rounds"
-		if len(rounds[v]) == 1 {
-			word = "round"
+		switch rs := byVariant[v]; {
+		case len(rs) == rounds:
+			parts[i] = v + " all rounds"
+		case len(rs) == 1:
+			parts[i] = v + " round " + rs[0]
+			every = false
+		default:
+			parts[i] = v + " rounds " + strings.Join(rs, ", ")
+			every = false
 		}
-		parts[i] = fmt.Sprintf("%s %s %s", v, word, strings.Join(rounds[v], ", "))
+	}
+	if every && len(order) > 1 {
+		return fmt.Sprintf("all rounds of all %d variants", len(order))
 	}
 	return strings.Join(parts, "; ")
 }
 
+// plotIDs are the variants the latency plots draw.
+var plotIDs = []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "direct-same", "hbone-x509-same"}
+
+// latencySeries returns, for each of plotIDs, its kept jitter-free HTTP
+// medians of percentile pct by connection count, or nil when no variant
+// has one.
+func (res *Results) latencySeries(pct string) []plotter.XYs {
+	out := make([]plotter.XYs, len(plotIDs))
+	found := false
+	for i, id := range plotIDs {
+		for _, c := range res.Config.HTTPConns {
+			if s, ok := res.variant(id).metric(httpKey(c, false) + "_" + pct + "_us"); ok {
+				out[i] = append(out[i], plotter.XY{X: float64(c), Y: s.Median})
+				found = true
+			}
+		}
+	}
+	if !found {
+		return nil
+	}
+	return out
+}
+
 // WritePlots writes latency-p50/p90/p99.png (jitter-free HTTP latency by
 // connection count, one line per variant) and curator.png when the curator
-// ran.
+// ran. A plot without data is removed, so that no stale plot is left from
+// an earlier run.
 func (res *Results) WritePlots(dir string) error {
-	ids := []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "direct-same", "hbone-x509-same"}
 	for _, pct := range []string{"p50", "p90", "p99"} {
+		path := filepath.Join(dir, "latency-"+pct+".png")
+		series := res.latencySeries(pct)
+		if series == nil {
+			if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("remove stale plot: %w", err)
+			}
+			continue
+		}
 		p := plot.New()
 		p.Title.Text = fmt.Sprintf("HTTP 1 KB at %g rps: %s", res.Config.QPS, pct)
 		p.X.Label.Text = "connections"
@@ -370,14 +428,8 @@ func (res *Results) WritePlots(dir string) error {
 		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 		p.Legend.Top = true
 		p.Legend.Left = true
-		n := 0
-		for i, id := range ids {
-			var xys plotter.XYs
-			for _, c := range res.Config.HTTPConns {
-				if s, ok := res.variant(id).metric(httpKey(c, false) + "_" + pct + "_us"); ok {
-					xys = append(xys, plotter.XY{X: float64(c), Y: s.Median})
-				}
-			}
+		for i, id := range plotIDs {
+			xys := series[i]
 			if len(xys) == 0 {
 				continue
 			}
@@ -393,12 +445,8 @@ func (res *Results) WritePlots(dir string) error {
 			}
 			p.Add(l, pts)
 			p.Legend.Add(id, l, pts)
-			n++
 		}
-		if n == 0 {
-			continue
-		}
-		if err := p.Save(5*vg.Inch, 3.5*vg.Inch, filepath.Join(dir, "latency-"+pct+".png")); err != nil {
+		if err := p.Save(5*vg.Inch, 3.5*vg.Inch, path); err != nil {
 			return fmt.Errorf("save plot: %w", err)
 		}
 	}
@@ -421,6 +469,7 @@ func (res *Results) plotCurator(path string) error {
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Legend.Top = true
 	p.Legend.Left = true
+
 	pts := curatorPoints(res.Curator.Points)
 	sc, err := plotter.NewScatter(pts)
 	if err != nil {
@@ -433,6 +482,7 @@ func (res *Results) plotCurator(path string) error {
 	}
 	p.Add(bars, sc)
 	p.Legend.Add("median, 95% interval", sc)
+
 	if f := res.Curator.Fit; f != nil {
 		lo, hi := float64(pts[0].N), float64(pts[len(pts)-1].N)
 		curve := func(y func(float64) float64) plotter.XYs {
@@ -449,6 +499,7 @@ func (res *Results) plotCurator(path string) error {
 			return fmt.Errorf("plot curator fit: %w", err)
 		}
 		logLine.Color = plotColor(3)
+
 		linLine, err := plotter.NewLine(curve(func(x float64) float64 { return f.LinA + f.LinB*x }))
 		if err != nil {
 			return fmt.Errorf("plot curator fit: %w", err)
@@ -459,6 +510,7 @@ func (res *Results) plotCurator(path string) error {
 		p.Legend.Add(fmt.Sprintf("a + b·ln n, R² %.3f", f.LogR2), logLine)
 		p.Legend.Add(fmt.Sprintf("a + b·n, R² %.3f", f.LinR2), linLine)
 	}
+
 	if err := p.Save(5*vg.Inch, 3.5*vg.Inch, path); err != nil {
 		return fmt.Errorf("save plot: %w", err)
 	}
@@ -541,32 +593,85 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 	}
 }
 
-// renderUpdateReading explains the hbone-rbe-update row: the points where
-// its p90 or p99 stands above hbone-x509 with the whole 95% interval, and
-// what the row does while it is measured.
-func (res *Results) renderUpdateReading(w func(string, ...any)) {
-	c := res.Config
-	var above []string
-	for _, n := range c.HTTPConns {
+// updateAbove lists the points where the hbone-rbe-update row's p90 or
+// p99 is above hbone-x509 with the whole 95% interval, leaving out the
+// rounds in dropped. measured is false when no point could be compared.
+func (res *Results) updateAbove(dropped map[blockKey]bool) (above []string, measured bool) {
+	for _, n := range res.Config.HTTPConns {
 		for _, p := range []string{"p90", "p99"} {
-			r := res.findRatio("hbone-rbe-update", "hbone-x509", httpKey(n, false)+"_"+p+"_us", false)
-			if r != nil && r.Summary != nil && r.Summary.CI95 && r.Summary.Lo > 1 {
+			r := res.pair(ratio("hbone-rbe-update", "hbone-x509", httpKey(n, false)+"_"+p+"_us"), dropped)
+			if r.Summary == nil {
+				continue
+			}
+			measured = true
+			if r.Summary.CI95 && r.Summary.Lo > 1 {
 				above = append(above, fmt.Sprintf("%s at c=%d %s× (%s)", p, n, fmtNum(r.Summary.Median), ciText(*r.Summary)))
 			}
 		}
 	}
-	what := fmt.Sprintf("During each hbone-rbe-update block the suite registers up to %d more identities, one after another, while the block's HTTP points run in the order %s. ", c.UpdateRegs, joinInts(c.HTTPConns))
-	what += "Each registration creates a Pod object and sets its address on the API server, requests a token, makes a TLS key and an RBE key with its helpers, and submits them to the curator, which checks the key with a batched pairing check, appends it, and has both witnesses replay the check and cosign; the suite then fetches the new identity's proofs for its staple. "
-	what += "All of that runs on the same CPUs as the client, the server and both proxies. The proxies themselves do no RBE work on this row: the tunnel is pooled, so no handshake is verified while the row is measured, and the only RBE work in a proxy is the checkpoint it reads and verifies once a second."
-	if len(above) == 0 {
-		w("- hbone-rbe-update: no p90 or p99 ratio to hbone-x509 has its whole 95%% interval above 1 in this run. %s\n", what)
+	return above, measured
+}
+
+// renderUpdateReading explains the hbone-rbe-update row: the points where
+// its p90 or p99 is above hbone-x509 with the whole 95% interval, and what
+// the row does while it is measured. When the noise gate left no round to
+// compare, it reports the comparison over every round, marked as such.
+func (res *Results) renderUpdateReading(w func(string, ...any)) {
+	c := res.Config
+	if v := res.variant("hbone-rbe-update"); v == nil || v.Status != "run" {
 		return
 	}
-	w("- hbone-rbe-update stands above hbone-x509 with the whole 95%% interval at %s. %s", strings.Join(above, "; "), what)
-	w(" The registrations start with the block, so they overlap its first points; ")
-	if t, ok := res.variant("hbone-rbe-update").metric("curator_update_s"); ok {
-		first := (c.HTTPWarmup + c.HTTPDuration).Seconds()
-		w("in this run the last one completed %.1f s into the block (median), and each HTTP point takes about %.2f s with its warm-up. ", t.Median, first)
+	above, measured := res.updateAbove(res.droppedBlocks())
+	scope := ""
+	if !measured {
+		above, measured = res.updateAbove(nil)
+		scope = "the noise gate dropped every round of this comparison. Counted over all rounds, dropped ones included, and so only as a pointer, "
 	}
-	w("Competing for the CPUs delays the proxies' wake-ups now and then, which shows in the tail (p90, p99) rather than in the median, and points that run after the last registration no longer compete. It is the cost of registering while serving on %d CPUs, not of RBE verification on the data path.\n", max(res.Machine.NProc, 1))
+
+	mechanism := fmt.Sprintf("During each hbone-rbe-update block the suite registers up to %d more identities, one after another, while the block's HTTP points run in the order %s. ", c.UpdateRegs, joinInts(c.HTTPConns))
+	mechanism += "Each registration creates a Pod object and sets its address on the API server, requests a token, makes a TLS key and an RBE key with its helpers, and submits them to the curator, which checks the key with a batched pairing check, appends it, and has both witnesses replay the check and cosign; the suite then fetches the new identity's proofs for its staple. "
+	mechanism += "All of that runs on the same CPUs as the client, the server and both proxies. The proxies themselves do little RBE work on this row: the pooled tunnel is already open when the measured part starts (one tunnel takes 200 streams and idles for 5 minutes before it closes), so no handshake is verified then, and what remains is the checkpoint each proxy reads and verifies once a second."
+
+	switch {
+	case !measured:
+		w("- hbone-rbe-update: no round compares it with hbone-x509 in this run. %s\n", mechanism)
+		return
+	case len(above) == 0 && scope == "":
+		w("- hbone-rbe-update: no p90 or p99 ratio to hbone-x509 has its whole 95%% interval above 1 in this run. %s\n", mechanism)
+		return
+	case len(above) == 0:
+		w("- hbone-rbe-update: %sno p90 or p99 ratio to hbone-x509 has its whole 95%% interval above 1. %s\n", scope, mechanism)
+		return
+	case scope == "":
+		w("- hbone-rbe-update is above hbone-x509 with the whole 95%% interval at %s. %s", strings.Join(above, "; "), mechanism)
+	default:
+		w("- hbone-rbe-update: %sit is above hbone-x509 with the whole 95%% interval at %s. %s", scope, strings.Join(above, "; "), mechanism)
+	}
+
+	w(" The registrations start with the block, so they overlap its first points; ")
+	upd := res.variant("hbone-rbe-update")
+	t, ok := upd.metric("curator_update_s")
+	if !ok {
+		t, ok = allRounds(upd, "curator_update_s")
+	}
+	if ok {
+		w("in this run the last one completed %.1f s into the block (median), and each HTTP point takes about %.2f s with its warm-up. ", t.Median, (c.HTTPWarmup + c.HTTPDuration).Seconds())
+	}
+	w("Competing for the CPUs delays the proxies' wake-ups now and then, which shows most in the tail (p90, p99), and points that run after the last registration no longer compete. It is the cost of registering while serving on %d CPUs, not of RBE verification on the data path.\n", max(res.Machine.NProc, 1))
+}
+
+// allRounds summarizes metric m of v over every round, dropped ones
+// included.
+func allRounds(v *VariantResult, m string) (Summary, bool) {
+	if v == nil {
+		return Summary{}, false
+	}
+	var xs []float64
+	for _, p := range v.Rounds[m] {
+		if p != nil {
+			xs = append(xs, *p)
+		}
+	}
+	s, err := Summarize(xs)
+	return s, err == nil
 }

@@ -36,7 +36,7 @@ type Block struct {
 	StealAfter  int64      `json:"steal_ticks_after"`
 	Errors      []string   `json:"errors,omitempty"`
 	Dropped     bool       `json:"dropped"`
-	// DropReason says which limit of the noise gate dropped the block.
+	// DropReason names the noise gate's limit that dropped the block.
 	DropReason string `json:"drop_reason,omitempty"`
 }
 
@@ -62,7 +62,7 @@ type Ratio struct {
 	Den     string   `json:"den"`
 	Metric  string   `json:"metric"`
 	Delta   bool     `json:"delta,omitempty"` // num − den instead of num / den
-	Status  string   `json:"status"`          // "run" or "not run"
+	Status  string   `json:"status"`          // "run", "not run" or "dropped" (by the noise gate)
 	Reason  string   `json:"reason,omitempty"`
 	Summary *Summary `json:"summary,omitempty"`
 }
@@ -249,8 +249,13 @@ func (res *Results) pair(d Ratio, dropped map[blockKey]bool) Ratio {
 	}
 	a, b := nv.Rounds[d.Metric], dv.Rounds[d.Metric]
 	var xs []float64
+	gated := 0
 	for r := range min(len(a), len(b)) {
-		if a[r] == nil || b[r] == nil || dropped[blockKey{d.Num, r}] || dropped[blockKey{d.Den, r}] {
+		if a[r] == nil || b[r] == nil {
+			continue
+		}
+		if dropped[blockKey{d.Num, r}] || dropped[blockKey{d.Den, r}] {
+			gated++
 			continue
 		}
 		if d.Delta {
@@ -260,13 +265,21 @@ func (res *Results) pair(d Ratio, dropped map[blockKey]bool) Ratio {
 		}
 	}
 	s, err := Summarize(xs)
-	if err != nil {
+	switch {
+	case err != nil && gated > 0:
+		d.Status, d.Reason = "dropped", gateReason
+		return d
+	case err != nil:
 		d.Status, d.Reason = "not run", "no round has both values"
 		return d
 	}
 	d.Status, d.Summary = "run", &s
 	return d
 }
+
+// gateReason explains a figure that was measured but whose every round the
+// noise gate dropped.
+const gateReason = "the noise gate dropped every round that has both values"
 
 func ratio(num, den, metric string) Ratio {
 	return Ratio{Name: num + " / " + den + " " + metric, Num: num, Den: den, Metric: metric}
@@ -377,9 +390,9 @@ func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
 }
 
 // verdict compares a median's 95% interval with a limit. The goal is met
-// when the whole interval is within the limit and not met when the whole
-// interval is beyond it; an interval that straddles the limit, or too few
-// rounds for a 95% interval, leaves it inconclusive.
+// when the whole interval is within the limit, and not met when the whole
+// interval is beyond it. It is inconclusive when the interval includes the
+// limit or there are too few rounds for a 95% interval.
 func verdict(s *Summary, limit float64, atMost bool) (status, detail string) {
 	within := func(x float64) bool {
 		if atMost {
@@ -406,6 +419,10 @@ func verdict(s *Summary, limit float64, atMost bool) (status, detail string) {
 
 func (res *Results) ratioGoal(name string, r *Ratio, limit float64, atMost bool, what string) Goal {
 	g := Goal{Name: name}
+	if r != nil && r.Status == "dropped" {
+		g.Status, g.Value, g.Detail = "inconclusive", "–", r.Reason
+		return g
+	}
 	if r == nil || r.Status != "run" {
 		g.Status, g.Value = "not run", "–"
 		if r != nil {
@@ -426,6 +443,8 @@ func (res *Results) cpuGoal(name, id string) Goal {
 		g.Status, g.Value, g.Detail = "not run", "–", "no CPU sample for "+id
 		if v := res.variant(id); v != nil && v.Reason != "" {
 			g.Detail = id + ": " + v.Reason
+		} else if v != nil && slices.ContainsFunc(v.Rounds["cpu_vcpu_per_krps_max"], func(p *float64) bool { return p != nil }) {
+			g.Status, g.Detail = "inconclusive", "the noise gate dropped every round of "+id
 		}
 		return g
 	}

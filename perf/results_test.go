@@ -2,6 +2,8 @@ package perf
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -76,7 +78,7 @@ func TestGoals(t *testing.T) {
 		want   string
 	}{
 		{"upper limit, interval below", six(0.95, 0.97, 0.99, 1.0, 1.01, 1.02), 1.02, true, "met"},
-		// The audit's case: median 0.89, interval 0.37–3.29 around 1.02.
+		// Median 0.89 with an interval of 0.37–3.29 around a limit of 1.02.
 		{"upper limit, interval straddles", six(0.37, 0.6, 0.85, 0.93, 1.5, 3.29), 1.02, true, "inconclusive"},
 		{"upper limit, interval above", six(1.03, 1.05, 1.08, 1.09, 1.1, 1.2), 1.02, true, "not met"},
 		{"lower limit, interval above", six(1.09, 1.2, 1.3, 1.31, 1.4, 1.55), 0.9, false, "met"},
@@ -247,8 +249,8 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 		t.Errorf("busy run kept %+v, want no figure", s)
 	}
 
-	// On a larger machine a spike well under the per-CPU limit still stands
-	// out against the run's median.
+	// On a larger machine a spike well under the per-CPU limit is still
+	// dropped against the run's median.
 	wide := &Results{Machine: Machine{NProc: 8}, Config: Config{Rounds: 4, MaxLoadPerCPU: 1.5}}
 	for r, l := range []float64{1, 1, 1.2, 2} {
 		wide.Blocks = append(wide.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
@@ -298,5 +300,55 @@ func TestNeededWorkloads(t *testing.T) {
 				t.Errorf("ratio %s: %s does not run the workload of %s", r.Name, id, r.Metric)
 			}
 		}
+	}
+}
+
+// TestEveryBlockDropped checks what a run that the noise gate emptied
+// reports: inconclusive goals with the reason, the drops by variant, and no
+// stale latency plot.
+func TestEveryBlockDropped(t *testing.T) {
+	vs := []*variant{{ID: "null"}, {ID: "hbone-x509"}}
+	samples := map[string]map[string]map[int]float64{
+		"null":       {"http_c16_nj_p90_us": {0: 100, 1: 100}, "http_c16_nj_p50_us": {0: 80, 1: 80}},
+		"hbone-x509": {"http_c16_nj_p90_us": {0: 110, 1: 120}, "http_c16_nj_p50_us": {0: 90, 1: 90}, "cpu_vcpu_per_krps_max": {0: 0.04, 1: 0.05}},
+	}
+	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Mode: "quick", Rounds: 2, HTTPConns: []int{16}, CPUConns: 16, MaxLoadPerCPU: 1.5}}
+	for r := range 2 {
+		for _, v := range vs {
+			res.Blocks = append(res.Blocks, Block{Round: r, Variant: v.ID, LoadBefore: [3]float64{8}, LoadAfter: [3]float64{8}})
+		}
+	}
+	res.finish(vs, samples)
+
+	for _, g := range res.Goals {
+		switch g.Name {
+		case "HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16)", "mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)":
+			if g.Status != "inconclusive" || !strings.Contains(g.Detail, "noise gate dropped every round") {
+				t.Errorf("goal %q: %q (%s), want inconclusive because of the noise gate", g.Name, g.Status, g.Detail)
+			}
+		}
+	}
+
+	md := res.RenderMarkdown()
+	for _, want := range []string{
+		"| dropped blocks | 4 of 4: 4 over the per-CPU limit, 0 over 1.5× the median only; by variant: all rounds of all 2 variants |",
+		"Note: the noise gate dropped 4 of 4 blocks",
+		"No latency plot",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("RESULTS.md lacks %q", want)
+		}
+	}
+
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "latency-p90.png")
+	if err := os.WriteFile(stale, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := res.WritePlots(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale %s left: %v", stale, err)
 	}
 }
