@@ -437,7 +437,7 @@ func httpKey(c int, jitter bool) string {
 // (quick mode), only those need lists for v.
 func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadResult, error), put func(string, string, int, float64), need map[string]map[string]bool) []error {
 	cfg := r.Config
-	wanted := func(workload string) bool { return need == nil || need[v.ID][workload] }
+	selected := func(workload string) bool { return need == nil || need[v.ID][workload] }
 	var errs []error
 	if v.Warm {
 		type point struct {
@@ -452,7 +452,7 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			points = append(points, point{c, true})
 		}
 		for _, p := range points {
-			if !wanted(httpKey(p.c, p.jitter)) {
+			if !selected(httpKey(p.c, p.jitter)) {
 				continue
 			}
 			lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: p.c, QPS: cfg.QPS, Duration: cfg.HTTPDuration,
@@ -487,7 +487,7 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			name string
 			size int
 		}{{"rr_1b", 1}, {"rr_1k", 1024}} {
-			if !wanted(rr.name) {
+			if !selected(rr.name) {
 				continue
 			}
 			lr, err := load(LoadConfig{Workload: "rr", Target: v.entry[1], Exactly: cfg.RRCount, Payload: rr.size})
@@ -501,7 +501,7 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			put(v.ID, rr.name+"_errors", round, float64(lr.Errors))
 		}
 		for _, streams := range []int{1, 4} {
-			if !wanted(fmt.Sprintf("tput_%d", streams)) {
+			if !selected(fmt.Sprintf("tput_%d", streams)) {
 				continue
 			}
 			lr, err := load(LoadConfig{Workload: "tput", Target: v.entry[2], Streams: streams, Duration: cfg.TputDuration, PIDs: v.pids})
@@ -520,7 +520,7 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			}
 		}
 	}
-	if v.CRR && wanted("httpnc") {
+	if v.CRR && selected("httpnc") {
 		lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: cfg.NewConnConns, QPS: cfg.NewConnQPS, Duration: cfg.HTTPDuration,
 			Exactly: cfg.HTTPExactly / 4, NewConn: true, Payload: cfg.Payload})
 		if err != nil {
@@ -533,7 +533,7 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			put(v.ID, "httpnc_errors", round, float64(lr.Errors))
 		}
 	}
-	if v.CRR && wanted("crr") {
+	if v.CRR && selected("crr") {
 		lr, err := load(LoadConfig{Workload: "crr", Target: v.entry[1], Exactly: cfg.CRRCount})
 		if err != nil {
 			errs = append(errs, err)

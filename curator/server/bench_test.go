@@ -312,9 +312,9 @@ func since(size int64) int64 {
 
 // BenchmarkAgentUpdates measures one node agent's update query (10 local
 // IDs, last checkpoint 1,000 entries back or at the first entry) as the log
-// grows from 10 to 100,000 registrations, served from the ID map and the
-// per-ID chains ("indexed"), next to a naive query that scans every entry
-// from the start of the log ("scan"), which grows linearly. "verify" is the agent's VerifyUpdates on one response, and
+// grows from 10 to 100,000 registrations. "indexed" serves it from the ID
+// map and the per-ID chains. "scan" is a naive query that reads every entry
+// from the start of the log, which grows linearly. "verify" is the agent's VerifyUpdates on one response, and
 // "bundle" fetches and verifies proof bundles.
 func BenchmarkAgentUpdates(b *testing.B) {
 	for _, n := range sizes {
