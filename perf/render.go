@@ -120,7 +120,7 @@ func (res *Results) RenderMarkdown() string {
 	notes := res.Notes
 	if dropped > 0 && 2*dropped >= len(res.Blocks) {
 		nproc := float64(max(res.Machine.NProc, 1))
-		notes = append(notes, fmt.Sprintf("the noise gate dropped %d of %d blocks: the machine's 1-minute load average stayed at %.1f–%.1f per CPU while other jobs shared it. Most figures below are therefore missing, and goals without kept rounds read inconclusive; rerun on a quieter machine for verdicts.",
+		notes = append(notes, fmt.Sprintf("the noise gate dropped %d of %d blocks, because the machine's 1-minute load average stayed at %.1f–%.1f per CPU while other jobs shared it. Most figures below are therefore missing, and goals without kept rounds read inconclusive; rerun on a quieter machine for verdicts.",
 			dropped, len(res.Blocks), lo/nproc, hi/nproc))
 	}
 	var errBlocks int
@@ -330,6 +330,14 @@ func (res *Results) RenderMarkdown() string {
 	w("- Client, server and both proxies share the machine's CPUs, so throughput is bounded by total CPU per byte rather than by the slowest stage.\n")
 	res.renderUpdateReading(w)
 	return b.String()
+}
+
+// timesCell is ratioCell with the × sign, or "–" when the ratio is missing.
+func (res *Results) timesCell(num, den, metric string) string {
+	if c := res.ratioCell(num, den, metric, false); c != "–" {
+		return c + "×"
+	}
+	return "–"
 }
 
 func (res *Results) ratioCell(num, den, metric string, isDelta bool) string {
@@ -570,13 +578,13 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 	for _, id := range []string{"hbone-rbe-warm", "hbone-rbe-update"} {
 		for _, n := range c.HTTPConns {
 			k := httpKey(n, false)
-			w("| %s / hbone-x509, HTTP 1 KB c=%d (pooled) | %s× | %s× | %s× |\n", id, n,
-				res.ratioCell(id, "hbone-x509", k+"_p50_us", false), res.ratioCell(id, "hbone-x509", k+"_p90_us", false), res.ratioCell(id, "hbone-x509", k+"_p99_us", false))
+			w("| %s / hbone-x509, HTTP 1 KB c=%d (pooled) | %s | %s | %s |\n", id, n,
+				res.timesCell(id, "hbone-x509", k+"_p50_us"), res.timesCell(id, "hbone-x509", k+"_p90_us"), res.timesCell(id, "hbone-x509", k+"_p99_us"))
 		}
 	}
 	for _, id := range []string{"hbone-rbe-warm-newtunnel", "hbone-rbe-cold"} {
-		w("| %s / hbone-x509-newtunnel, sequential new tunnels | %s× | %s× | %s× |\n", id,
-			res.ratioCell(id, "hbone-x509-newtunnel", "crr_p50_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p90_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p99_us", false))
+		w("| %s / hbone-x509-newtunnel, sequential new tunnels | %s | %s | %s |\n", id,
+			res.timesCell(id, "hbone-x509-newtunnel", "crr_p50_us"), res.timesCell(id, "hbone-x509-newtunnel", "crr_p90_us"), res.timesCell(id, "hbone-x509-newtunnel", "crr_p99_us"))
 	}
 	if s, ok := res.variant("hbone-rbe-update").metric("curator_registrations"); ok {
 		w("\nIdentities registered during an update block: median %.0f", s.Median)
@@ -588,7 +596,11 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 	w("\n")
 	for _, g := range res.Goals {
 		if strings.HasPrefix(g.Name, "RBE-HBONE") {
-			w("- Goal \"%s\": **%s** (%s).\n", g.Name, g.Status, g.Value)
+			val := g.Value
+			if g.Detail != "" {
+				val += "; " + g.Detail
+			}
+			w("- Goal \"%s\": **%s** (%s).\n", g.Name, g.Status, val)
 		}
 	}
 }
@@ -655,7 +667,14 @@ func (res *Results) renderUpdateReading(w func(string, ...any)) {
 		t, ok = allRounds(upd, "curator_update_s")
 	}
 	if ok {
-		w("in this run the last one completed %.1f s into the block (median), and each HTTP point takes about %.2f s with its warm-up. ", t.Median, (c.HTTPWarmup + c.HTTPDuration).Seconds())
+		per := (c.HTTPWarmup + c.HTTPDuration).Seconds()
+		points := min(len(c.HTTPConns), int(math.Ceil(t.Median/per)))
+		w("in this run the last one completed %.1f s into the block (median), and each HTTP point takes about %.2f s with its warm-up, ", t.Median, per)
+		if points == len(c.HTTPConns) {
+			w("so they overlapped all %d points. ", points)
+		} else {
+			w("so they overlapped about the first %d of the %d points. ", points, len(c.HTTPConns))
+		}
 	}
 	w("Competing for the CPUs delays the proxies' wake-ups now and then, which shows most in the tail (p90, p99), and points that run after the last registration no longer compete. It is the cost of registering while serving on %d CPUs, not of RBE verification on the data path.\n", max(res.Machine.NProc, 1))
 }
