@@ -185,8 +185,9 @@ func (e *rbeEnv) register(ctx context.Context, name, sa string, ip netip.Addr) (
 
 // updates registers more identities, one after another, until ctx ends or
 // max registrations were made, so that the log grows and the proxies'
-// trusted checkpoints move during a measurement.
-func (e *rbeEnv) updates(ctx context.Context, max int) {
+// trusted checkpoints move during a measurement. It calls registered after
+// each success.
+func (e *rbeEnv) updates(ctx context.Context, max int, registered func()) {
 	for range max {
 		if ctx.Err() != nil {
 			return
@@ -202,6 +203,7 @@ func (e *rbeEnv) updates(ctx context.Context, max int) {
 			return
 		}
 		e.extra.Add(1)
+		registered()
 	}
 }
 
@@ -332,15 +334,21 @@ func rbeVerifier(ctx context.Context, log *slog.Logger, p *RBEProxy) (*rbeauth.V
 }
 
 // background runs updates until the returned function is called, which
-// waits for it and returns how many identities it registered.
-func (e *rbeEnv) background(ctx context.Context, max int) func() int64 {
+// waits for it and returns how many identities it registered and how long
+// after the start the last of them completed.
+func (e *rbeEnv) background(ctx context.Context, max int) func() (int64, time.Duration) {
 	ctx, cancel := context.WithCancel(ctx)
 	before := e.extra.Load()
+	start := time.Now()
 	done := make(chan struct{})
-	go func() { defer close(done); e.updates(ctx, max) }()
-	return func() int64 {
+	var last time.Duration
+	go func() {
+		defer close(done)
+		e.updates(ctx, max, func() { last = time.Since(start) })
+	}()
+	return func() (int64, time.Duration) {
 		cancel()
 		<-done
-		return e.extra.Load() - before
+		return e.extra.Load() - before, last
 	}
 }

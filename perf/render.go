@@ -56,7 +56,15 @@ func (res *Results) RenderMarkdown() string {
 		c.Mode, res.Started.Format("2006-01-02 15:04 MST"), "results/"+c.Mode+".json", "results/"+c.Mode+".bench.txt")
 	w("Every figure is a median over rounds; ratios and deltas are computed within each round and then their median is taken. ")
 	w("Intervals are distribution-free 95%% confidence intervals for the median (the order-statistic interval benchstat uses); with fewer than 6 rounds the range of the rounds is shown instead.\n\n")
-	w("## Goals\n\n| goal | measured | status |\n|---|---|---|\n")
+	w("## Goals\n\n")
+	w("A goal is met when the whole 95%% interval of its figure is within the limit, not met when the whole interval is beyond it, and inconclusive when the interval includes the limit or fewer than 6 rounds were kept. ")
+	w("The latency goals are checked at every connection count measured (%s), one row each; the CPU goals at c=%d, where CPU is sampled.", joinInts(c.HTTPConns), c.CPUConns)
+	counts := map[string]int{}
+	for _, g := range res.Goals {
+		counts[g.Status]++
+	}
+	w(" In this run: %d met, %d inconclusive, %d not met, %d not run.\n\n", counts["met"], counts["inconclusive"], counts["not met"], counts["not run"])
+	w("| goal | measured | status |\n|---|---|---|\n")
 	for _, g := range res.Goals {
 		val := g.Value
 		if g.Detail != "" {
@@ -71,7 +79,11 @@ func (res *Results) RenderMarkdown() string {
 	}
 	w("| proxies | separate processes, GOMAXPROCS %d each |\n", c.ProxyProcs)
 	w("| rounds | %d, variants in a fresh random order each round |\n", c.Rounds)
-	w("| duration | %s |\n", res.Finished.Sub(res.Started).Round(1e9))
+	w("| duration | %s (the suite; `make` adds the build and the Go benchmarks) |\n", res.Finished.Sub(res.Started).Round(1e9))
+	if c.Trim {
+		w("| workloads | %s mode: each block runs only the workloads whose figures feed a ratio or a goal, so \"–\" marks a figure that was not measured; `make perf` runs every workload for every variant |\n", c.Mode)
+	}
+	w("| HTTP points | %s warm-up, then %s at %g rps per point |\n", c.HTTPWarmup, c.HTTPDuration, c.QPS)
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, bl := range res.Blocks {
 		for _, l := range []float64{bl.LoadBefore[0], bl.LoadAfter[0]} {
@@ -81,18 +93,36 @@ func (res *Results) RenderMarkdown() string {
 	if len(res.Blocks) > 0 {
 		w("| load average (1 min) | %.2f–%.2f over all blocks (before and after each block in the JSON) |\n", lo, hi)
 	}
-	var droppedList []string
-	for _, bl := range res.Blocks {
-		if bl.Dropped {
-			droppedList = append(droppedList, fmt.Sprintf("round %d %s", bl.Round, bl.Variant))
-		}
-	}
-	if c.MaxLoad > 0 {
-		w("| noise gate | a block is dropped when it starts or ends with a 1-minute load average above %.1f, or above 1.5× the median block's when that is higher (%.1f in this run); ratios then skip that round for that variant |\n", c.MaxLoad, res.loadLimit())
+	perCPU, median := res.loadLimits()
+	if perCPU > 0 {
+		w("| noise gate | a block is dropped when the 1-minute load average read before or after it exceeds %.1f per CPU (%.1f on these %d CPUs) or 1.5× the median block's (%.2f in this run); ratios then skip that round for that variant |\n",
+			c.MaxLoadPerCPU, perCPU, max(res.Machine.NProc, 1), median)
 	} else {
 		w("| noise gate | off |\n")
 	}
-	w("| dropped blocks | %d of %d%s |\n", len(droppedList), len(res.Blocks), listText(droppedList))
+	reasons := map[string]int{}
+	var dropped int
+	for _, bl := range res.Blocks {
+		if bl.Dropped {
+			dropped++
+			reasons[bl.DropReason]++
+		}
+	}
+	w("| dropped blocks | %d of %d", dropped, len(res.Blocks))
+	if dropped > 0 {
+		w(": %d over the per-CPU limit, %d over 1.5× the median only", reasons["load per CPU"], reasons["load above 1.5× the median"])
+		if n := dropped - reasons["load per CPU"] - reasons["load above 1.5× the median"]; n > 0 {
+			w(", %d marked in the JSON without a reason", n)
+		}
+		w("; by variant: %s", droppedByVariant(res.Blocks, c.Rounds))
+	}
+	w(" |\n")
+	notes := res.Notes
+	if dropped > 0 && 2*dropped >= len(res.Blocks) {
+		nproc := float64(max(res.Machine.NProc, 1))
+		notes = append(notes, fmt.Sprintf("the noise gate dropped %d of %d blocks, because the machine's 1-minute load average stayed at %.1f–%.1f per CPU while other jobs shared it. Most figures below are therefore missing, and goals without kept rounds read inconclusive; rerun on a quieter machine for verdicts.",
+			dropped, len(res.Blocks), lo/nproc, hi/nproc))
+	}
 	var errBlocks int
 	for _, bl := range res.Blocks {
 		if len(bl.Errors) > 0 {
@@ -100,7 +130,7 @@ func (res *Results) RenderMarkdown() string {
 		}
 	}
 	w("| blocks with errors | %d of %d |\n", errBlocks, len(res.Blocks))
-	for _, n := range res.Notes {
+	for _, n := range notes {
 		w("\nNote: %s\n", n)
 	}
 
@@ -134,13 +164,22 @@ func (res *Results) RenderMarkdown() string {
 	w("\n## Topology and variants\n\n")
 	w("Five network namespaces in 198.18.96.0/20: client pod — node A ══ node B — server pod, plus a second server pod on node A for the same-node rows. ")
 	w("The client dials the outbound proxy's listener on node A explicitly (no capture). Proxies run in the node namespaces; the HBONE rows use the `tunnel` package, TLS 1.3, X25519; the hbone-x509 rows with ECDSA P-256 certificates from one CA, the hbone-rbe rows with RBE-registered identities (see the RBE section).\n\n")
-	w("| variant | topology | kind | CRR mode | status |\n|---|---|---|---|---|\n")
+	w("| variant | topology | kind | CRR mode | kept rounds | status |\n|---|---|---|---|---|---|\n")
+	droppedRounds := res.droppedBlocks()
 	for _, v := range res.Variants {
-		st := v.Status
+		st, keptRounds := v.Status, "–"
 		if v.Reason != "" {
 			st += ": " + v.Reason
+		} else {
+			n := 0
+			for r := range c.Rounds {
+				if !droppedRounds[blockKey{v.ID, r}] {
+					n++
+				}
+			}
+			keptRounds = fmt.Sprintf("%d of %d", n, c.Rounds)
 		}
-		w("| %s | %s | %s | %s | %s |\n", v.ID, v.Topo, v.Kind, v.Mode, st)
+		w("| %s | %s | %s | %s | %s | %s |\n", v.ID, v.Topo, v.Kind, v.Mode, keptRounds, st)
 	}
 
 	warm := []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "hbone-rbe-update", "direct-same", "null-same", "hbone-x509-same"}
@@ -198,7 +237,7 @@ func (res *Results) RenderMarkdown() string {
 			unit = " µs"
 		}
 		if r.Status != "run" {
-			w("| %s | – | – | not run: %s |\n", r.Name, r.Reason)
+			w("| %s | – | – | %s: %s |\n", r.Name, r.Status, r.Reason)
 			continue
 		}
 		w("| %s | %s%s | %s | run |\n", r.Name, fmtNum(r.Summary.Median), unit, ciText(*r.Summary))
@@ -251,14 +290,16 @@ func (res *Results) RenderMarkdown() string {
 	if res.Curator.Status != "run" {
 		w("Not run: %s.\n", res.Curator.Reason)
 	} else {
-		w("From the curator's `BenchmarkAgentUpdates` (`curator/server`): one node agent's update query for 10 IDs, its last checkpoint 1,000 entries back, at the registry sizes that benchmark builds.\n\n")
+		w("From the curator's `BenchmarkAgentUpdates` (`curator/server`): one node agent's update query for 10 IDs, its last checkpoint 1,000 entries back (at the log's first entry when the log is shorter), at registry sizes from 10 to 100,000, one `-count` repetition per sample.\n\n")
 		w("| registered services | p50 µs | interval |\n|---|---|---|\n")
 		for _, p := range res.Curator.Points {
 			w("| %d | %s | %s |\n", p.N, fmtNum(p.LatencyUS.Median), ciText(p.LatencyUS))
 		}
 		if f := res.Curator.Fit; f != nil {
-			w("\nPower-law fit exponent %.3f (R² %.2f); logarithmic fit a=%s, b=%s (R² %.2f). ", f.Exponent, f.PowerR2, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2)
-			w("Mean slope dy/d(ln n) from a quadratic in ln n: %s µs over the lower half of the range, %s µs over the upper half. Growth counts as no worse than logarithmic when the upper slope is at most 1.25× the lower one.\n", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
+			w("\nFits to the %d medians: logarithmic y = %s + %s·ln n (R² %.3f, slope %s µs per tenfold of registrations); linear y = %s + %.3g·n (R² %.3f); power law exponent %.3f (R² %.2f). ",
+				f.Points, fmtNum(f.LogA), fmtNum(f.LogB), f.LogR2, fmtNum(f.LogB*math.Ln10), fmtNum(f.LinA), f.LinB, f.LinR2, f.Exponent, f.PowerR2)
+			w("Mean slope dy/d(ln n) from a quadratic in ln n: %s µs over the lower half of the range, %s µs over the upper half. ", fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
+			w("Growth counts as no worse than logarithmic when the upper slope is at most 1.25× the lower one and the logarithmic model fits at least as well as the linear one. The plot draws both fits.\n")
 		}
 		w("\n![curator latency](results/curator.png)\n")
 	}
@@ -271,12 +312,32 @@ func (res *Results) RenderMarkdown() string {
 			w("| %s | %s | %s | %s |\n", m.Name, m.Unit, fmtNum(m.Summary.Median), ciText(m.Summary))
 		}
 	}
-	w("\n## Plots\n\n![p50 vs connections](results/latency-p50.png) ![p90 vs connections](results/latency-p90.png) ![p99 vs connections](results/latency-p99.png)\n")
+	w("\n## Plots\n\n")
+	var plots []string
+	for _, pct := range []string{"p50", "p90", "p99"} {
+		if res.latencySeries(pct) != nil {
+			plots = append(plots, fmt.Sprintf("![%s vs connections](results/latency-%s.png)", pct, pct))
+		}
+	}
+	if len(plots) == 0 {
+		w("No latency plot: no variant kept an HTTP figure in this run.\n")
+	} else {
+		w("%s\n", strings.Join(plots, " "))
+	}
 	w("\n## Reading these figures\n\n")
 	w("- The machine is shared; absolute microseconds do not carry over to other hosts, ratios measured side by side do.\n")
 	w("- Istio's +0.17 ms p90 / +0.20 ms p99 for two ztunnels was measured on bare metal; compare it with the hbone-x509 − direct deltas only as an order of magnitude, and with the hbone / null ratio for the cost of the protocol itself.\n")
 	w("- Client, server and both proxies share the machine's CPUs, so throughput is bounded by total CPU per byte rather than by the slowest stage.\n")
+	res.renderUpdateReading(w)
 	return b.String()
+}
+
+// timesCell is ratioCell with the × sign, or "–" when the ratio is missing.
+func (res *Results) timesCell(num, den, metric string) string {
+	if c := res.ratioCell(num, den, metric, false); c != "–" {
+		return c + "×"
+	}
+	return "–"
 }
 
 func (res *Results) ratioCell(num, den, metric string, isDelta bool) string {
@@ -287,19 +348,86 @@ func (res *Results) ratioCell(num, den, metric string, isDelta bool) string {
 	return fmtNum(r.Summary.Median)
 }
 
-func listText(xs []string) string {
-	if len(xs) == 0 {
-		return ""
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf("c=%d", x)
 	}
-	return " (" + strings.Join(xs, ", ") + ")"
+	return strings.Join(s, ", ")
+}
+
+// droppedByVariant lists the dropped rounds of each variant, in the order
+// the variants first appear among the blocks. It writes "all rounds" for a
+// variant whose every round was dropped.
+func droppedByVariant(blocks []Block, rounds int) string {
+	var order []string
+	byVariant := map[string][]string{}
+	for _, bl := range blocks {
+		if !bl.Dropped {
+			continue
+		}
+		if _, ok := byVariant[bl.Variant]; !ok {
+			order = append(order, bl.Variant)
+		}
+		byVariant[bl.Variant] = append(byVariant[bl.Variant], fmt.Sprint(bl.Round))
+	}
+	parts := make([]string, len(order))
+	every := true
+	for i, v := range order {
+		switch rs := byVariant[v]; {
+		case len(rs) == rounds:
+			parts[i] = v + " all rounds"
+		case len(rs) == 1:
+			parts[i] = v + " round " + rs[0]
+			every = false
+		default:
+			parts[i] = v + " rounds " + strings.Join(rs, ", ")
+			every = false
+		}
+	}
+	if every && len(order) > 1 {
+		return fmt.Sprintf("all rounds of all %d variants", len(order))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// plotIDs are the variants the latency plots draw.
+var plotIDs = []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "direct-same", "hbone-x509-same"}
+
+// latencySeries returns, for each of plotIDs, its kept jitter-free HTTP
+// medians of percentile pct by connection count, or nil when no variant
+// has one.
+func (res *Results) latencySeries(pct string) []plotter.XYs {
+	out := make([]plotter.XYs, len(plotIDs))
+	found := false
+	for i, id := range plotIDs {
+		for _, c := range res.Config.HTTPConns {
+			if s, ok := res.variant(id).metric(httpKey(c, false) + "_" + pct + "_us"); ok {
+				out[i] = append(out[i], plotter.XY{X: float64(c), Y: s.Median})
+				found = true
+			}
+		}
+	}
+	if !found {
+		return nil
+	}
+	return out
 }
 
 // WritePlots writes latency-p50/p90/p99.png (jitter-free HTTP latency by
 // connection count, one line per variant) and curator.png when the curator
-// ran.
+// ran. A plot without data is removed, so that no stale plot is left from
+// an earlier run.
 func (res *Results) WritePlots(dir string) error {
-	ids := []string{"direct", "null", "tls", "hbone-x509", "hbone-rbe-warm", "direct-same", "hbone-x509-same"}
 	for _, pct := range []string{"p50", "p90", "p99"} {
+		path := filepath.Join(dir, "latency-"+pct+".png")
+		series := res.latencySeries(pct)
+		if series == nil {
+			if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("remove stale plot: %w", err)
+			}
+			continue
+		}
 		p := plot.New()
 		p.Title.Text = fmt.Sprintf("HTTP 1 KB at %g rps: %s", res.Config.QPS, pct)
 		p.X.Label.Text = "connections"
@@ -308,14 +436,8 @@ func (res *Results) WritePlots(dir string) error {
 		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 		p.Legend.Top = true
 		p.Legend.Left = true
-		n := 0
-		for i, id := range ids {
-			var xys plotter.XYs
-			for _, c := range res.Config.HTTPConns {
-				if s, ok := res.variant(id).metric(httpKey(c, false) + "_" + pct + "_us"); ok {
-					xys = append(xys, plotter.XY{X: float64(c), Y: s.Median})
-				}
-			}
+		for i, id := range plotIDs {
+			xys := series[i]
 			if len(xys) == 0 {
 				continue
 			}
@@ -331,36 +453,88 @@ func (res *Results) WritePlots(dir string) error {
 			}
 			p.Add(l, pts)
 			p.Legend.Add(id, l, pts)
-			n++
 		}
-		if n == 0 {
-			continue
-		}
-		if err := p.Save(5*vg.Inch, 3.5*vg.Inch, filepath.Join(dir, "latency-"+pct+".png")); err != nil {
+		if err := p.Save(5*vg.Inch, 3.5*vg.Inch, path); err != nil {
 			return fmt.Errorf("save plot: %w", err)
 		}
 	}
 	if res.Curator.Status == "run" && len(res.Curator.Points) > 0 {
-		p := plot.New()
-		p.Title.Text = "curator update-query latency"
-		p.X.Label.Text = "registered services"
-		p.Y.Label.Text = "µs"
-		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-		var xys plotter.XYs
-		for _, pt := range res.Curator.Points {
-			xys = append(xys, plotter.XY{X: float64(pt.N), Y: pt.LatencyUS.Median})
-		}
-		l, pts, err := plotter.NewLinePoints(xys)
-		if err != nil {
-			return fmt.Errorf("plot curator: %w", err)
-		}
-		p.Add(l, pts)
-		if err := p.Save(5*vg.Inch, 3.5*vg.Inch, filepath.Join(dir, "curator.png")); err != nil {
-			return fmt.Errorf("save plot: %w", err)
+		if err := res.plotCurator(filepath.Join(dir, "curator.png")); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// plotCurator draws the curator's update-query medians with their 95%
+// intervals, and the logarithmic and linear fits over the measured range.
+func (res *Results) plotCurator(path string) error {
+	p := plot.New()
+	p.Title.Text = "curator update-query latency (p50)"
+	p.X.Label.Text = "registered services"
+	p.Y.Label.Text = "µs"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.Top = true
+	p.Legend.Left = true
+
+	pts := curatorPoints(res.Curator.Points)
+	sc, err := plotter.NewScatter(pts)
+	if err != nil {
+		return fmt.Errorf("plot curator: %w", err)
+	}
+	sc.Shape = draw.CircleGlyph{}
+	bars, err := plotter.NewYErrorBars(pts)
+	if err != nil {
+		return fmt.Errorf("plot curator: %w", err)
+	}
+	p.Add(bars, sc)
+	p.Legend.Add("median, 95% interval", sc)
+
+	if f := res.Curator.Fit; f != nil {
+		lo, hi := float64(pts[0].N), float64(pts[len(pts)-1].N)
+		curve := func(y func(float64) float64) plotter.XYs {
+			var xys plotter.XYs
+			const steps = 60
+			for i := range steps + 1 {
+				x := lo * math.Pow(hi/lo, float64(i)/steps)
+				xys = append(xys, plotter.XY{X: x, Y: y(x)})
+			}
+			return xys
+		}
+		logLine, err := plotter.NewLine(curve(func(x float64) float64 { return f.LogA + f.LogB*math.Log(x) }))
+		if err != nil {
+			return fmt.Errorf("plot curator fit: %w", err)
+		}
+		logLine.Color = plotColor(3)
+
+		linLine, err := plotter.NewLine(curve(func(x float64) float64 { return f.LinA + f.LinB*x }))
+		if err != nil {
+			return fmt.Errorf("plot curator fit: %w", err)
+		}
+		linLine.Color = plotColor(2)
+		linLine.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		p.Add(logLine, linLine)
+		p.Legend.Add(fmt.Sprintf("a + b·ln n, R² %.3f", f.LogR2), logLine)
+		p.Legend.Add(fmt.Sprintf("a + b·n, R² %.3f", f.LinR2), linLine)
+	}
+
+	if err := p.Save(5*vg.Inch, 3.5*vg.Inch, path); err != nil {
+		return fmt.Errorf("save plot: %w", err)
+	}
+	return nil
+}
+
+// curatorPoints adapts the curator's points to gonum's XYer and YErrorer.
+type curatorPoints []CuratorPoint
+
+func (c curatorPoints) Len() int { return len(c) }
+
+func (c curatorPoints) XY(i int) (float64, float64) { return float64(c[i].N), c[i].LatencyUS.Median }
+
+func (c curatorPoints) YError(i int) (float64, float64) {
+	s := c[i].LatencyUS
+	return s.Median - s.Lo, s.Hi - s.Median
 }
 
 func plotColor(i int) color.Color {
@@ -404,20 +578,119 @@ func (res *Results) renderRBE(w func(string, ...any)) {
 	for _, id := range []string{"hbone-rbe-warm", "hbone-rbe-update"} {
 		for _, n := range c.HTTPConns {
 			k := httpKey(n, false)
-			w("| %s / hbone-x509, HTTP 1 KB c=%d (pooled) | %s× | %s× | %s× |\n", id, n,
-				res.ratioCell(id, "hbone-x509", k+"_p50_us", false), res.ratioCell(id, "hbone-x509", k+"_p90_us", false), res.ratioCell(id, "hbone-x509", k+"_p99_us", false))
+			w("| %s / hbone-x509, HTTP 1 KB c=%d (pooled) | %s | %s | %s |\n", id, n,
+				res.timesCell(id, "hbone-x509", k+"_p50_us"), res.timesCell(id, "hbone-x509", k+"_p90_us"), res.timesCell(id, "hbone-x509", k+"_p99_us"))
 		}
 	}
 	for _, id := range []string{"hbone-rbe-warm-newtunnel", "hbone-rbe-cold"} {
-		w("| %s / hbone-x509-newtunnel, sequential new tunnels | %s× | %s× | %s× |\n", id,
-			res.ratioCell(id, "hbone-x509-newtunnel", "crr_p50_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p90_us", false), res.ratioCell(id, "hbone-x509-newtunnel", "crr_p99_us", false))
+		w("| %s / hbone-x509-newtunnel, sequential new tunnels | %s | %s | %s |\n", id,
+			res.timesCell(id, "hbone-x509-newtunnel", "crr_p50_us"), res.timesCell(id, "hbone-x509-newtunnel", "crr_p90_us"), res.timesCell(id, "hbone-x509-newtunnel", "crr_p99_us"))
 	}
 	if s, ok := res.variant("hbone-rbe-update").metric("curator_registrations"); ok {
-		w("\nIdentities registered during an update block: median %.0f.\n", s.Median)
+		w("\nIdentities registered during an update block: median %.0f", s.Median)
+		if t, ok := res.variant("hbone-rbe-update").metric("curator_update_s"); ok {
+			w(", the last of them %.1f s after the block started (median)", t.Median)
+		}
+		w(".\n")
 	}
+	w("\n")
 	for _, g := range res.Goals {
 		if strings.HasPrefix(g.Name, "RBE-HBONE") {
-			w("\nGoal \"%s\": **%s** (%s).\n", g.Name, g.Status, g.Value)
+			val := g.Value
+			if g.Detail != "" {
+				val += "; " + g.Detail
+			}
+			w("- Goal \"%s\": **%s** (%s).\n", g.Name, g.Status, val)
 		}
 	}
+}
+
+// updateAbove lists the points where the hbone-rbe-update row's p90 or
+// p99 is above hbone-x509 with the whole 95% interval, leaving out the
+// rounds in dropped. measured is false when no point could be compared.
+func (res *Results) updateAbove(dropped map[blockKey]bool) (above []string, measured bool) {
+	for _, n := range res.Config.HTTPConns {
+		for _, p := range []string{"p90", "p99"} {
+			r := res.pair(ratio("hbone-rbe-update", "hbone-x509", httpKey(n, false)+"_"+p+"_us"), dropped)
+			if r.Summary == nil {
+				continue
+			}
+			measured = true
+			if r.Summary.CI95 && r.Summary.Lo > 1 {
+				above = append(above, fmt.Sprintf("%s at c=%d %s× (%s)", p, n, fmtNum(r.Summary.Median), ciText(*r.Summary)))
+			}
+		}
+	}
+	return above, measured
+}
+
+// renderUpdateReading explains the hbone-rbe-update row: the points where
+// its p90 or p99 is above hbone-x509 with the whole 95% interval, and what
+// the row does while it is measured. When the noise gate left no round to
+// compare, it reports the comparison over every round, marked as such.
+func (res *Results) renderUpdateReading(w func(string, ...any)) {
+	c := res.Config
+	if v := res.variant("hbone-rbe-update"); v == nil || v.Status != "run" {
+		return
+	}
+	above, measured := res.updateAbove(res.droppedBlocks())
+	scope := ""
+	if !measured {
+		above, measured = res.updateAbove(nil)
+		scope = "the noise gate dropped every round of this comparison. Counted over all rounds, dropped ones included, and so only as a pointer, "
+	}
+
+	mechanism := fmt.Sprintf("During each hbone-rbe-update block the suite registers up to %d more identities, one after another, while the block's HTTP points run in the order %s. ", c.UpdateRegs, joinInts(c.HTTPConns))
+	mechanism += "Each registration creates a Pod object and sets its address on the API server, requests a token, makes a TLS key and an RBE key with its helpers, and submits them to the curator, which checks the key with a batched pairing check, appends it, and has both witnesses replay the check and cosign; the suite then fetches the new identity's proofs for its staple. "
+	mechanism += "All of that runs on the same CPUs as the client, the server and both proxies. The proxies themselves do little RBE work on this row: the pooled tunnel is already open when the measured part starts (one tunnel takes 200 streams and idles for 5 minutes before it closes), so no handshake is verified then, and what remains is the checkpoint each proxy reads and verifies once a second."
+
+	switch {
+	case !measured:
+		w("- hbone-rbe-update: no round compares it with hbone-x509 in this run. %s\n", mechanism)
+		return
+	case len(above) == 0 && scope == "":
+		w("- hbone-rbe-update: no p90 or p99 ratio to hbone-x509 has its whole 95%% interval above 1 in this run. %s\n", mechanism)
+		return
+	case len(above) == 0:
+		w("- hbone-rbe-update: %sno p90 or p99 ratio to hbone-x509 has its whole 95%% interval above 1. %s\n", scope, mechanism)
+		return
+	case scope == "":
+		w("- hbone-rbe-update is above hbone-x509 with the whole 95%% interval at %s. %s", strings.Join(above, "; "), mechanism)
+	default:
+		w("- hbone-rbe-update: %sit is above hbone-x509 with the whole 95%% interval at %s. %s", scope, strings.Join(above, "; "), mechanism)
+	}
+
+	w(" The registrations start with the block, so they overlap its first points; ")
+	upd := res.variant("hbone-rbe-update")
+	t, ok := upd.metric("curator_update_s")
+	if !ok {
+		t, ok = allRounds(upd, "curator_update_s")
+	}
+	if ok {
+		per := (c.HTTPWarmup + c.HTTPDuration).Seconds()
+		points := min(len(c.HTTPConns), int(math.Ceil(t.Median/per)))
+		w("in this run the last one completed %.1f s into the block (median), and each HTTP point takes about %.2f s with its warm-up, ", t.Median, per)
+		if points == len(c.HTTPConns) {
+			w("so they overlapped all %d points. ", points)
+		} else {
+			w("so they overlapped about the first %d of the %d points. ", points, len(c.HTTPConns))
+		}
+	}
+	w("Competing for the CPUs delays the proxies' wake-ups now and then, which shows most in the tail (p90, p99), and points that run after the last registration no longer compete. It is the cost of registering while serving on %d CPUs, not of RBE verification on the data path.\n", max(res.Machine.NProc, 1))
+}
+
+// allRounds summarizes metric m of v over every round, dropped ones
+// included.
+func allRounds(v *VariantResult, m string) (Summary, bool) {
+	if v == nil {
+		return Summary{}, false
+	}
+	var xs []float64
+	for _, p := range v.Rounds[m] {
+		if p != nil {
+			xs = append(xs, *p)
+		}
+	}
+	s, err := Summarize(xs)
+	return s, err == nil
 }

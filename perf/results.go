@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"regexp"
 	"slices"
@@ -35,6 +36,8 @@ type Block struct {
 	StealAfter  int64      `json:"steal_ticks_after"`
 	Errors      []string   `json:"errors,omitempty"`
 	Dropped     bool       `json:"dropped"`
+	// DropReason names the noise gate's limit that dropped the block.
+	DropReason string `json:"drop_reason,omitempty"`
 }
 
 // VariantResult holds one variant's figures.
@@ -59,12 +62,14 @@ type Ratio struct {
 	Den     string   `json:"den"`
 	Metric  string   `json:"metric"`
 	Delta   bool     `json:"delta,omitempty"` // num − den instead of num / den
-	Status  string   `json:"status"`          // "run" or "not run"
+	Status  string   `json:"status"`          // "run", "not run" or "dropped" (by the noise gate)
 	Reason  string   `json:"reason,omitempty"`
 	Summary *Summary `json:"summary,omitempty"`
 }
 
-// Goal is one target with its verdict: "met", "not met" or "not run".
+// Goal is one target with its verdict: "met", "not met", "inconclusive"
+// (the 95% interval includes the limit, or there are too few rounds for
+// one) or "not run".
 type Goal struct {
 	Name   string `json:"name"`
 	Status string `json:"status"`
@@ -115,13 +120,16 @@ const curatorReason = "no curator benchmark output was given (make perf runs the
 // finish turns raw per-round samples into summaries, ratios and goals.
 func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {
 	rounds := res.Config.Rounds
-	if limit := res.loadLimit(); limit > 0 {
+	if perCPU, median := res.loadLimits(); perCPU > 0 {
 		for i := range res.Blocks {
 			b := &res.Blocks[i]
-			b.Dropped = max(b.LoadBefore[0], b.LoadAfter[0]) > limit
-		}
-		if limit > res.Config.MaxLoad {
-			res.Notes = append(res.Notes, fmt.Sprintf("the median block ran above a 1-minute load average of %.1f, so blocks were dropped only above %.1f (1.5× the median); treat every figure as noisy", res.Config.MaxLoad, limit))
+			l := blockLoad(*b)
+			switch {
+			case l > perCPU:
+				b.Dropped, b.DropReason = true, "load per CPU"
+			case l > median:
+				b.Dropped, b.DropReason = true, "load above 1.5× the median"
+			}
 		}
 	}
 	for _, v := range vs {
@@ -187,20 +195,26 @@ func (res *Results) variant(id string) *VariantResult {
 	return nil
 }
 
-// loadLimit returns the 1-minute load average above which a block is
-// dropped: MaxLoad, or 1.5× the median block's load when the whole run was
-// busier than that, so that a machine that stays loaded still yields
-// figures and only the blocks that stand out are dropped. Zero means off.
-func (res *Results) loadLimit() float64 {
-	if res.Config.MaxLoad <= 0 || len(res.Blocks) == 0 {
-		return 0
+// blockLoad is the higher of the 1-minute load averages read before and
+// after a block.
+func blockLoad(b Block) float64 {
+	return max(b.LoadBefore[0], b.LoadAfter[0])
+}
+
+// loadLimits returns the noise gate's two limits on a block's 1-minute load
+// average: MaxLoadPerCPU times the machine's CPUs, and 1.5 times the median
+// block's load, so that on a machine that stays loaded the blocks that
+// stand out are dropped too. Zeros mean the gate is off.
+func (res *Results) loadLimits() (perCPU, median float64) {
+	if res.Config.MaxLoadPerCPU <= 0 || len(res.Blocks) == 0 {
+		return 0, 0
 	}
 	loads := make([]float64, len(res.Blocks))
 	for i, b := range res.Blocks {
-		loads[i] = max(b.LoadBefore[0], b.LoadAfter[0])
+		loads[i] = blockLoad(b)
 	}
 	slices.Sort(loads)
-	return max(res.Config.MaxLoad, 1.5*quantileSorted(loads, 0.5))
+	return res.Config.MaxLoadPerCPU * float64(max(res.Machine.NProc, 1)), 1.5 * quantileSorted(loads, 0.5)
 }
 
 type blockKey struct {
@@ -235,8 +249,13 @@ func (res *Results) pair(d Ratio, dropped map[blockKey]bool) Ratio {
 	}
 	a, b := nv.Rounds[d.Metric], dv.Rounds[d.Metric]
 	var xs []float64
+	gated := 0
 	for r := range min(len(a), len(b)) {
-		if a[r] == nil || b[r] == nil || dropped[blockKey{d.Num, r}] || dropped[blockKey{d.Den, r}] {
+		if a[r] == nil || b[r] == nil {
+			continue
+		}
+		if dropped[blockKey{d.Num, r}] || dropped[blockKey{d.Den, r}] {
+			gated++
 			continue
 		}
 		if d.Delta {
@@ -246,13 +265,21 @@ func (res *Results) pair(d Ratio, dropped map[blockKey]bool) Ratio {
 		}
 	}
 	s, err := Summarize(xs)
-	if err != nil {
+	switch {
+	case err != nil && gated > 0:
+		d.Status, d.Reason = "dropped", gateReason
+		return d
+	case err != nil:
 		d.Status, d.Reason = "not run", "no round has both values"
 		return d
 	}
 	d.Status, d.Summary = "run", &s
 	return d
 }
+
+// gateReason explains a figure that was measured but whose every round the
+// noise gate dropped.
+const gateReason = "the noise gate dropped every round that has both values"
 
 func ratio(num, den, metric string) Ratio {
 	return Ratio{Name: num + " / " + den + " " + metric, Num: num, Den: den, Metric: metric}
@@ -302,6 +329,8 @@ func (res *Results) ratioDefs() []Ratio {
 		out = append(out, ratio("hbone-x509", "tls", t), ratio("hbone-x509", "direct", t), ratio("tls", "direct", t), ratio("null", "direct", t))
 	}
 	out = append(out,
+		ratio("hbone-rbe-warm", "tls", "tput_1_gbps"), ratio("hbone-rbe-warm", "hbone-x509", "tput_1_gbps"),
+		ratio("hbone-rbe-warm", "hbone-x509", "cpu_vcpu_per_krps_max"),
 		ratio("hbone-x509", "tls", "tput_1_gbit_per_proxy_cpu_s"),
 		ratio("hbone-x509", "null", "cpu_vcpu_per_krps_max"), ratio("tls", "null", "cpu_vcpu_per_krps_max"),
 		ratio("null", "direct", "crr_p50_us"), ratio("hbone-x509", "direct", "crr_p50_us"),
@@ -314,6 +343,42 @@ func (res *Results) ratioDefs() []Ratio {
 	return out
 }
 
+// workloadOf names the workload that produces metric m: an HTTP point
+// such as "http_c16_nj", "rr_1b", "tput_4", "httpnc" or "crr". CPU and
+// memory come from the jitter-free HTTP point at cpuConns.
+func workloadOf(m string, cpuConns int) string {
+	f := strings.Split(m, "_")
+	switch {
+	case f[0] == "cpu" || f[0] == "rss":
+		return httpKey(cpuConns, false)
+	case f[0] == "http" && len(f) >= 3:
+		return strings.Join(f[:3], "_")
+	case (f[0] == "rr" || f[0] == "tput") && len(f) >= 2:
+		return f[0] + "_" + f[1]
+	}
+	return f[0]
+}
+
+// neededWorkloads maps each variant to the workloads whose figures feed a
+// ratio or a goal; quick mode runs only those.
+func (res *Results) neededWorkloads() map[string]map[string]bool {
+	need := map[string]map[string]bool{}
+	add := func(id, metric string) {
+		if need[id] == nil {
+			need[id] = map[string]bool{}
+		}
+		need[id][workloadOf(metric, res.Config.CPUConns)] = true
+	}
+	for _, r := range res.ratioDefs() {
+		add(r.Num, r.Metric)
+		add(r.Den, r.Metric)
+	}
+	for _, id := range []string{"hbone-x509", "hbone-rbe-warm"} {
+		add(id, "cpu_vcpu_per_krps_max")
+	}
+	return need
+}
+
 func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
 	for i := range res.Ratios {
 		r := &res.Ratios[i]
@@ -324,29 +389,40 @@ func (res *Results) findRatio(num, den, metric string, isDelta bool) *Ratio {
 	return nil
 }
 
-// verdict compares a median with a limit. The detail notes when the 95%
-// interval crosses the limit, so a verdict on noisy data is visible.
+// verdict compares a median's 95% interval with a limit. The goal is met
+// when the whole interval is within the limit, and not met when the whole
+// interval is beyond it. It is inconclusive when the interval includes the
+// limit or there are too few rounds for a 95% interval.
 func verdict(s *Summary, limit float64, atMost bool) (status, detail string) {
-	ok := s.Median <= limit
-	if !atMost {
-		ok = s.Median >= limit
-	}
-	status = "not met"
-	if ok {
-		status = "met"
-	}
-	if s.Lo <= limit && limit <= s.Hi {
-		kind := "95% interval"
-		if !s.CI95 {
-			kind = "range of the rounds (too few for a 95% interval)"
+	within := func(x float64) bool {
+		if atMost {
+			return x <= limit
 		}
-		detail = fmt.Sprintf("the %s [%s, %s] includes the limit", kind, fmtNum(s.Lo), fmtNum(s.Hi))
+		return x >= limit
 	}
-	return status, detail
+	// For an upper limit the interval's top is the worst case, for a lower
+	// limit its bottom.
+	best, worst := s.Lo, s.Hi
+	if !atMost {
+		best, worst = s.Hi, s.Lo
+	}
+	switch {
+	case !s.CI95:
+		return "inconclusive", fmt.Sprintf("%d kept rounds are too few for a 95%% interval", s.N)
+	case within(worst):
+		return "met", ""
+	case !within(best):
+		return "not met", ""
+	}
+	return "inconclusive", fmt.Sprintf("the 95%% interval [%s, %s] includes the limit %s", fmtNum(s.Lo), fmtNum(s.Hi), fmtNum(limit))
 }
 
 func (res *Results) ratioGoal(name string, r *Ratio, limit float64, atMost bool, what string) Goal {
 	g := Goal{Name: name}
+	if r != nil && r.Status == "dropped" {
+		g.Status, g.Value, g.Detail = "inconclusive", "–", r.Reason
+		return g
+	}
 	if r == nil || r.Status != "run" {
 		g.Status, g.Value = "not run", "–"
 		if r != nil {
@@ -355,45 +431,84 @@ func (res *Results) ratioGoal(name string, r *Ratio, limit float64, atMost bool,
 		return g
 	}
 	g.Status, g.Detail = verdict(r.Summary, limit, atMost)
-	g.Value = fmt.Sprintf("%s %s (%s)", fmtNum(r.Summary.Median), what, ciText(*r.Summary))
+	g.Value = fmt.Sprintf("%s× %s(%s)", fmtNum(r.Summary.Median), what, ciText(*r.Summary))
 	return g
 }
 
+// cpuGoal checks the busier proxy's CPU per 1000 rps of variant id.
+func (res *Results) cpuGoal(name, id string) Goal {
+	g := Goal{Name: name}
+	s, ok := res.variant(id).metric("cpu_vcpu_per_krps_max")
+	if !ok {
+		g.Status, g.Value, g.Detail = "not run", "–", "no CPU sample for "+id
+		if v := res.variant(id); v != nil && v.Reason != "" {
+			g.Detail = id + ": " + v.Reason
+		} else if v != nil && slices.ContainsFunc(v.Rounds["cpu_vcpu_per_krps_max"], func(p *float64) bool { return p != nil }) {
+			g.Status, g.Detail = "inconclusive", "the noise gate dropped every round of "+id
+		}
+		return g
+	}
+	g.Status, g.Detail = verdict(&s, 0.06, true)
+	g.Value = fmt.Sprintf("%s vCPU for the busier proxy of %s (%s)", fmtNum(s.Median), id, ciText(s))
+	return g
+}
+
+// goals checks the latency goals at every connection count measured
+// without jitter, one goal per count, and the throughput and CPU goals for
+// both the mTLS-HBONE and the RBE-HBONE path.
 func (res *Results) goals() []Goal {
 	c := res.Config
-	cpu := httpKey(c.CPUConns, false)
 	var gs []Goal
-	gs = append(gs, res.ratioGoal("RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled)",
-		res.findRatio("hbone-rbe-warm", "hbone-x509", cpu+"_p90_us", false), 1.02, true,
-		fmt.Sprintf("× at c=%d", c.CPUConns)))
-	gs = append(gs, res.ratioGoal("HBONE 1 KB p90 ≤ 1.3× null proxy pair",
-		res.findRatio("hbone-x509", "null", cpu+"_p90_us", false), 1.3, true,
-		fmt.Sprintf("× (HTTP 1 KB, c=%d, 1000 rps, no jitter)", c.CPUConns)))
-	gs = append(gs, res.ratioGoal("HBONE throughput ≥ 0.9× plain TLS pair",
-		res.findRatio("hbone-x509", "tls", "tput_1_gbps", false), 0.9, false, "× (one stream)"))
-	g := Goal{Name: "≤ 0.06 vCPU per 1000 rps per proxy"}
-	v := res.variant("hbone-x509")
-	if s, ok := v.metric("cpu_vcpu_per_krps_max"); ok {
-		g.Status, g.Detail = verdict(&s, 0.06, true)
-		g.Value = fmt.Sprintf("%s vCPU for the busier HBONE proxy (%s)", fmtNum(s.Median), ciText(s))
-	} else {
-		g.Status, g.Value, g.Detail = "not run", "–", "no CPU sample for hbone-x509"
+	for _, n := range c.HTTPConns {
+		gs = append(gs, res.ratioGoal(fmt.Sprintf("RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=%d)", n),
+			res.findRatio("hbone-rbe-warm", "hbone-x509", httpKey(n, false)+"_p90_us", false), 1.02, true, ""))
 	}
-	gs = append(gs, g)
-	g = Goal{Name: "curator latency growth no worse than logarithmic"}
-	if res.Curator.Status == "run" && res.Curator.Fit != nil {
-		f := res.Curator.Fit
-		g.Status = "not met"
-		if f.NoWorseThanLog {
-			g.Status = "met"
-		}
-		g.Value = fmt.Sprintf("slope per e-fold of registrations %s µs over the lower half of the range and %s µs over the upper half; power-law exponent %.3f, %.2f× growth over the range",
-			fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd), f.Exponent, f.Growth)
-	} else {
-		g.Status, g.Value, g.Detail = "not run", "–", res.Curator.Reason
+	for _, n := range c.HTTPConns {
+		gs = append(gs, res.ratioGoal(fmt.Sprintf("HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=%d)", n),
+			res.findRatio("hbone-x509", "null", httpKey(n, false)+"_p90_us", false), 1.3, true,
+			fmt.Sprintf("(HTTP 1 KB, %g rps, no jitter) ", c.QPS)))
 	}
-	gs = append(gs, g)
+	for _, p := range []struct{ label, id string }{{"mTLS-HBONE", "hbone-x509"}, {"RBE-HBONE", "hbone-rbe-warm"}} {
+		gs = append(gs, res.ratioGoal(p.label+" throughput ≥ 0.9× plain TLS pair",
+			res.findRatio(p.id, "tls", "tput_1_gbps", false), 0.9, false, "(one stream) "))
+	}
+	for _, p := range []struct{ label, id string }{{"mTLS-HBONE", "hbone-x509"}, {"RBE-HBONE", "hbone-rbe-warm"}} {
+		gs = append(gs, res.cpuGoal(fmt.Sprintf("%s ≤ 0.06 vCPU per 1000 rps per proxy (c=%d)", p.label, c.CPUConns), p.id))
+	}
+	gs = append(gs, res.curatorGoal())
 	return gs
+}
+
+// curatorGoal judges the update-query growth with two checks: the slope
+// per e-fold of registrations must not rise by more than 25% from the lower
+// to the upper half of the range, and y = a + b·ln n must fit the medians at
+// least as well (R²) as y = a + b·n. Both passing is met, both failing not
+// met; a disagreement, or fewer than five sizes, is inconclusive.
+func (res *Results) curatorGoal() Goal {
+	g := Goal{Name: "curator latency growth no worse than logarithmic"}
+	f := res.Curator.Fit
+	if res.Curator.Status != "run" || f == nil {
+		g.Status, g.Value, g.Detail = "not run", "–", res.Curator.Reason
+		return g
+	}
+	logBetter := f.LogR2 >= f.LinR2
+	g.Value = fmt.Sprintf("over %d sizes, R² %.2f for y = a + b·ln n against %.2f for y = a + b·n; slope %s µs per tenfold of registrations; slope per e-fold %s µs over the lower half of the range and %s µs over the upper half",
+		f.Points, f.LogR2, f.LinR2, fmtNum(f.LogB*math.Ln10), fmtNum(f.SlopeStart), fmtNum(f.SlopeEnd))
+	switch {
+	case f.Points < 5:
+		g.Status, g.Detail = "inconclusive", fmt.Sprintf("%d sizes are too few to tell the fits apart; the benchmark runs five, from 10 to 100,000", f.Points)
+	case f.Negligible:
+		g.Status, g.Detail = "met", "the growth over the whole range is under 10% of the mean latency"
+	case f.NoWorseThanLog && logBetter:
+		g.Status = "met"
+	case !f.NoWorseThanLog && !logBetter:
+		g.Status = "not met"
+	case f.NoWorseThanLog:
+		g.Status, g.Detail = "inconclusive", "the slope does not rise, but the linear model fits at least as well"
+	default:
+		g.Status, g.Detail = "inconclusive", "the logarithmic model fits better, but the slope rises by more than 25% over the range"
+	}
+	return g
 }
 
 func (v *VariantResult) metric(m string) (Summary, bool) {

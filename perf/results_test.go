@@ -2,6 +2,9 @@ package perf
 
 import (
 	"math"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -44,38 +47,138 @@ func TestDeriveRatiosSkipDroppedRounds(t *testing.T) {
 
 func TestGoals(t *testing.T) {
 	res := fixed(t)
+	// Every hbone-x509 figure has 5 kept rounds, too few for a 95% interval.
 	want := map[string]string{
-		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled)":        "not run",
-		"HBONE 1 KB p90 ≤ 1.3× null proxy pair":            "met",
-		"HBONE throughput ≥ 0.9× plain TLS pair":           "not met",
-		"≤ 0.06 vCPU per 1000 rps per proxy":               "met",
-		"curator latency growth no worse than logarithmic": "not run",
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=16)":      "not run",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16)":         "inconclusive",
+		"mTLS-HBONE throughput ≥ 0.9× plain TLS pair":          "inconclusive",
+		"RBE-HBONE throughput ≥ 0.9× plain TLS pair":           "not run",
+		"mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)": "inconclusive",
+		"RBE-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)":  "not run",
+		"curator latency growth no worse than logarithmic":     "not run",
 	}
-	if len(res.Goals) != len(want) {
-		t.Fatalf("got %d goals, want %d", len(res.Goals), len(want))
+	checkGoals(t, res.Goals, want)
+	if !strings.Contains(res.Goals[1].Detail, "too few for a 95% interval") {
+		t.Errorf("p90 goal detail %q: want a note that 5 rounds give no 95%% interval", res.Goals[1].Detail)
 	}
-	for _, g := range res.Goals {
-		if want[g.Name] != g.Status {
-			t.Errorf("goal %q: got %q, want %q", g.Name, g.Status, want[g.Name])
+
+	// Six rounds give a 95% interval from the smallest to the largest.
+	six := func(xs ...float64) *Summary {
+		s, err := Summarize(xs)
+		if err != nil || !s.CI95 {
+			t.Fatalf("summary of %v: %+v, %v", xs, s, err)
+		}
+		return &s
+	}
+	for _, tc := range []struct {
+		name   string
+		s      *Summary
+		limit  float64
+		atMost bool
+		want   string
+	}{
+		{"upper limit, interval below", six(0.95, 0.97, 0.99, 1.0, 1.01, 1.02), 1.02, true, "met"},
+		// Median 0.89 with an interval of 0.37–3.29 around a limit of 1.02.
+		{"upper limit, interval straddles", six(0.37, 0.6, 0.85, 0.93, 1.5, 3.29), 1.02, true, "inconclusive"},
+		{"upper limit, interval above", six(1.03, 1.05, 1.08, 1.09, 1.1, 1.2), 1.02, true, "not met"},
+		{"lower limit, interval above", six(1.09, 1.2, 1.3, 1.31, 1.4, 1.55), 0.9, false, "met"},
+		{"lower limit, interval straddles", six(0.8, 0.85, 0.95, 1.0, 1.1, 1.2), 0.9, false, "inconclusive"},
+		{"lower limit, interval below", six(0.5, 0.6, 0.7, 0.8, 0.85, 0.89), 0.9, false, "not met"},
+	} {
+		got, detail := verdict(tc.s, tc.limit, tc.atMost)
+		if got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+		if (got == "inconclusive") != strings.Contains(detail, "includes the limit") {
+			t.Errorf("%s: detail %q does not match the verdict %q", tc.name, detail, got)
 		}
 	}
-	// The p90 ratio's range reaches 1.3, so the verdict must mention it.
-	if !strings.Contains(res.Goals[1].Detail, "includes the limit") {
-		t.Errorf("p90 goal detail %q: want a warning that the range includes the limit", res.Goals[1].Detail)
+}
+
+func checkGoals(t *testing.T, got []Goal, want map[string]string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("got %d goals, want %d", len(got), len(want))
 	}
+	for _, g := range got {
+		w, ok := want[g.Name]
+		if !ok {
+			t.Errorf("unexpected goal %q (%s)", g.Name, g.Status)
+		} else if w != g.Status {
+			t.Errorf("goal %q: got %q (%s; %s), want %q", g.Name, g.Status, g.Value, g.Detail, w)
+		}
+	}
+}
+
+// TestGoalsEveryConnectionCount checks that the latency goals are judged at
+// every connection count and that the throughput and CPU goals cover the
+// RBE path, with each of the three verdicts.
+func TestGoalsEveryConnectionCount(t *testing.T) {
+	rounds := func(xs ...float64) []*float64 {
+		out := make([]*float64, len(xs))
+		for i := range xs {
+			out[i] = &xs[i]
+		}
+		return out
+	}
+	times := func(base []float64, f ...float64) []*float64 {
+		xs := make([]float64, len(base))
+		for i := range base {
+			xs[i] = base[i] * f[i]
+		}
+		return rounds(xs...)
+	}
+	x1 := []float64{110, 115, 120, 125, 120, 118}
+	x16 := []float64{110, 120, 150, 125, 118, 112}
+	x64 := []float64{140, 150, 145, 160, 155, 142}
+	flat := rounds(100, 100, 100, 100, 100, 100)
+	run := func(id string, m map[string][]*float64) VariantResult {
+		return VariantResult{ID: id, Status: "run", Rounds: m}
+	}
+	res := &Results{Config: Config{Rounds: 6, HTTPConns: []int{1, 16, 64}, CPUConns: 16, QPS: 1000}, Variants: []VariantResult{
+		run("null", map[string][]*float64{"http_c1_nj_p90_us": flat, "http_c16_nj_p90_us": flat, "http_c64_nj_p90_us": flat}),
+		run("tls", map[string][]*float64{"tput_1_gbps": rounds(5, 5, 5, 5, 5, 5)}),
+		run("hbone-x509", map[string][]*float64{
+			"http_c1_nj_p90_us": rounds(x1...), "http_c16_nj_p90_us": rounds(x16...), "http_c64_nj_p90_us": rounds(x64...),
+			"tput_1_gbps":           rounds(5, 5.5, 6, 5, 5.2, 5.4),
+			"cpu_vcpu_per_krps_max": rounds(0.04, 0.045, 0.05, 0.04, 0.042, 0.048),
+		}),
+		run("hbone-rbe-warm", map[string][]*float64{
+			"http_c1_nj_p90_us":     times(x1, 1, 0.99, 1.01, 0.98, 0.97, 1),
+			"http_c16_nj_p90_us":    times(x16, 0.37, 0.6, 0.85, 0.93, 1.5, 3.29),
+			"http_c64_nj_p90_us":    times(x64, 1.03, 1.05, 1.08, 1.09, 1.1, 1.2),
+			"tput_1_gbps":           rounds(4, 4.5, 5, 5.5, 6, 4.2),
+			"cpu_vcpu_per_krps_max": rounds(0.07, 0.08, 0.065, 0.09, 0.07, 0.075),
+		}),
+	}}
+	res.Derive()
+	checkGoals(t, res.Goals, map[string]string{
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=1)":       "met",
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=16)":      "inconclusive",
+		"RBE-HBONE p90 ≤ 1.02× mTLS-HBONE (pooled, c=64)":      "not met",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=1)":          "met",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16)":         "inconclusive",
+		"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=64)":         "not met",
+		"mTLS-HBONE throughput ≥ 0.9× plain TLS pair":          "met",
+		"RBE-HBONE throughput ≥ 0.9× plain TLS pair":           "inconclusive",
+		"mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)": "met",
+		"RBE-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)":  "not met",
+		"curator latency growth no worse than logarithmic":     "not run",
+	})
 }
 
 func TestRenderMarkdown(t *testing.T) {
 	md := fixed(t).RenderMarkdown()
 	for _, want := range []string{
 		"# mazu-ztunnel performance results",
-		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair | 1.20 × (HTTP 1 KB, c=16, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
-		"| HBONE throughput ≥ 0.9× plain TLS pair | 0.80 × (one stream)",
-		"**not met**",
-		"| dropped blocks | 1 of 2 (round 5 hbone-x509) |",
+		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16) | 1.20× (HTTP 1 KB, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
+		"| mTLS-HBONE throughput ≥ 0.9× plain TLS pair | 0.80× (one stream) (range",
+		"**inconclusive**",
+		"| dropped blocks | 1 of 2: 1 over the per-CPU limit, 0 over 1.5× the median only; by variant: hbone-x509 round 5 |",
+		"| hbone-x509 | cross-node | hbone-x509 | new stream | 5 of 6 | run |",
 		"| blocks with errors | 1 of 2 |",
 		"| CPU | Test CPU, nproc 2 |",
-		"| hbone-rbe-warm | cross-node | hbone-rbe | warm | not run: the curator is missing |",
+		"| hbone-rbe-warm | cross-node | hbone-rbe | warm | – | not run: the curator is missing |",
 		"| hbone-x509 − direct http_c16_nj_p90_us | 70.0 µs |",
 		"Not run: the curator is missing.",
 		"| hbone-x509 | – / 120 / – |",
@@ -108,15 +211,20 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 		"null":       {"rr_1b_p50_us": {0: 100, 1: 100}},
 		"hbone-x509": {"rr_1b_p50_us": {0: 110, 1: 500}},
 	}
-	res := &Results{Config: Config{Rounds: 2, MaxLoad: 4}, Blocks: []Block{
+	// Two CPUs: the per-CPU limit is 3.0; the median block's load is 2.5,
+	// so 1.5× the median is 3.75.
+	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 2, MaxLoadPerCPU: 1.5}, Blocks: []Block{
 		{Round: 0, Variant: "null", LoadBefore: [3]float64{1}, LoadAfter: [3]float64{2}},
-		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{3}},
-		{Round: 1, Variant: "null", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{3}},
-		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{3}, LoadAfter: [3]float64{6}},
+		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{2.5}},
+		{Round: 1, Variant: "null", LoadBefore: [3]float64{2.5}, LoadAfter: [3]float64{2.5}},
+		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{2.5}, LoadAfter: [3]float64{3.2}},
 	}}
 	res.finish(vs, samples)
-	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[2].Dropped {
-		t.Fatalf("dropped flags %v %v %v %v, want only round 1 hbone-x509", res.Blocks[0].Dropped, res.Blocks[1].Dropped, res.Blocks[2].Dropped, res.Blocks[3].Dropped)
+	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[1].Dropped || res.Blocks[2].Dropped {
+		t.Fatalf("blocks %+v, want only round 1 hbone-x509 dropped", res.Blocks)
+	}
+	if res.Blocks[3].DropReason != "load per CPU" {
+		t.Errorf("drop reason %q, want the per-CPU limit", res.Blocks[3].DropReason)
 	}
 	r := res.findRatio("hbone-x509", "null", "rr_1b_p50_us", false)
 	if r == nil || r.Summary == nil || r.Summary.N != 1 || r.Summary.Median != 1.1 {
@@ -126,21 +234,121 @@ func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 		t.Fatalf("null kept %d rounds, want 2 (its blocks were quiet)", s.N)
 	}
 
-	loud := &Results{Config: Config{Rounds: 1, MaxLoad: 4}, Blocks: []Block{
-		{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}},
-	}}
-	loud.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 100}}})
-	if loud.Blocks[0].Dropped || len(loud.Notes) != 1 {
-		t.Fatalf("all blocks loud: dropped=%v notes=%v, want none dropped and one note", loud.Blocks[0].Dropped, loud.Notes)
-	}
-
-	// A run that stays loaded keeps its blocks and drops only the spikes.
-	busy := &Results{Config: Config{Rounds: 3, MaxLoad: 4}}
-	for r, l := range []float64{10, 11, 20} {
+	// A run that stays loaded loses every block to the per-CPU limit.
+	busy := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 3, MaxLoadPerCPU: 1.5}}
+	for r, l := range []float64{3.2, 3.4, 3.3} {
 		busy.Blocks = append(busy.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
 	}
 	busy.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1}}})
-	if busy.Blocks[0].Dropped || busy.Blocks[1].Dropped || !busy.Blocks[2].Dropped {
-		t.Fatalf("busy run: dropped %v %v %v, want only the load-20 block (limit 16.5)", busy.Blocks[0].Dropped, busy.Blocks[1].Dropped, busy.Blocks[2].Dropped)
+	for i, b := range busy.Blocks {
+		if !b.Dropped || b.DropReason != "load per CPU" {
+			t.Errorf("busy run block %d: %+v, want dropped for the load per CPU", i, b)
+		}
+	}
+	if s, ok := busy.variant("null").Metrics["rr_1b_p50_us"]; ok {
+		t.Errorf("busy run kept %+v, want no figure", s)
+	}
+
+	// On a larger machine a spike well under the per-CPU limit is still
+	// dropped against the run's median.
+	wide := &Results{Machine: Machine{NProc: 8}, Config: Config{Rounds: 4, MaxLoadPerCPU: 1.5}}
+	for r, l := range []float64{1, 1, 1.2, 2} {
+		wide.Blocks = append(wide.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
+	}
+	wide.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1, 3: 1}}})
+	if wide.Blocks[0].Dropped || wide.Blocks[1].Dropped || wide.Blocks[2].Dropped || !wide.Blocks[3].Dropped ||
+		wide.Blocks[3].DropReason != "load above 1.5× the median" {
+		t.Fatalf("wide machine: %+v, want only the load-2 block dropped against the median (limit 1.65)", wide.Blocks)
+	}
+
+	off := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 1}, Blocks: []Block{{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}}}}
+	off.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1}}})
+	if off.Blocks[0].Dropped {
+		t.Errorf("gate off: block dropped")
+	}
+}
+
+func TestNeededWorkloads(t *testing.T) {
+	cfg, err := Preset("quick")
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := (&Results{Config: cfg}).neededWorkloads()
+	for _, v := range variants() {
+		if len(need[v.ID]) == 0 {
+			t.Errorf("%s: no workload in quick mode, want every variant measured", v.ID)
+		}
+	}
+	for id, want := range map[string][]string{
+		"hbone-x509":       {"http_c1_nj", "http_c16_nj", "http_c64_nj", "http_c16_j", "rr_1b", "rr_1k", "tput_1", "tput_4", "httpnc", "crr"},
+		"hbone-rbe-warm":   {"http_c1_nj", "http_c16_nj", "http_c64_nj", "tput_1"},
+		"hbone-rbe-update": {"http_c1_nj", "http_c16_nj", "http_c64_nj"},
+		"hbone-rbe-cold":   {"crr"},
+		"direct-same":      {"http_c16_nj"},
+	} {
+		got := sortedKeys(need[id])
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: quick mode runs %v, want %v", id, got, want)
+		}
+	}
+	// Every metric a ratio compares comes from a workload quick mode runs.
+	res := &Results{Config: cfg}
+	for _, r := range res.ratioDefs() {
+		for _, id := range []string{r.Num, r.Den} {
+			if !need[id][workloadOf(r.Metric, cfg.CPUConns)] {
+				t.Errorf("ratio %s: %s does not run the workload of %s", r.Name, id, r.Metric)
+			}
+		}
+	}
+}
+
+// TestEveryBlockDropped checks what a run that the noise gate emptied
+// reports: inconclusive goals with the reason, the drops by variant, and no
+// stale latency plot.
+func TestEveryBlockDropped(t *testing.T) {
+	vs := []*variant{{ID: "null"}, {ID: "hbone-x509"}}
+	samples := map[string]map[string]map[int]float64{
+		"null":       {"http_c16_nj_p90_us": {0: 100, 1: 100}, "http_c16_nj_p50_us": {0: 80, 1: 80}},
+		"hbone-x509": {"http_c16_nj_p90_us": {0: 110, 1: 120}, "http_c16_nj_p50_us": {0: 90, 1: 90}, "cpu_vcpu_per_krps_max": {0: 0.04, 1: 0.05}},
+	}
+	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Mode: "quick", Rounds: 2, HTTPConns: []int{16}, CPUConns: 16, MaxLoadPerCPU: 1.5}}
+	for r := range 2 {
+		for _, v := range vs {
+			res.Blocks = append(res.Blocks, Block{Round: r, Variant: v.ID, LoadBefore: [3]float64{8}, LoadAfter: [3]float64{8}})
+		}
+	}
+	res.finish(vs, samples)
+
+	for _, g := range res.Goals {
+		switch g.Name {
+		case "HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16)", "mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=16)":
+			if g.Status != "inconclusive" || !strings.Contains(g.Detail, "noise gate dropped every round") {
+				t.Errorf("goal %q: %q (%s), want inconclusive because of the noise gate", g.Name, g.Status, g.Detail)
+			}
+		}
+	}
+
+	md := res.RenderMarkdown()
+	for _, want := range []string{
+		"| dropped blocks | 4 of 4: 4 over the per-CPU limit, 0 over 1.5× the median only; by variant: all rounds of all 2 variants |",
+		"Note: the noise gate dropped 4 of 4 blocks",
+		"No latency plot",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("RESULTS.md lacks %q", want)
+		}
+	}
+
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "latency-p90.png")
+	if err := os.WriteFile(stale, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := res.WritePlots(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale %s left: %v", stale, err)
 	}
 }

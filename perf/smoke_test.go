@@ -77,12 +77,12 @@ func TestSmoke(t *testing.T) {
 		checkSmokeVariant(t, w, v)
 	}
 
-	for _, name := range []string{"HBONE 1 KB p90 ≤ 1.3× null proxy pair", "HBONE throughput ≥ 0.9× plain TLS pair", "≤ 0.06 vCPU per 1000 rps per proxy"} {
+	for _, name := range []string{"HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=4)", "mTLS-HBONE throughput ≥ 0.9× plain TLS pair", "mTLS-HBONE ≤ 0.06 vCPU per 1000 rps per proxy (c=4)"} {
 		found := false
 		for _, g := range back.Goals {
 			if g.Name == name {
 				found = true
-				if g.Status != "met" && g.Status != "not met" {
+				if g.Status != "met" && g.Status != "not met" && g.Status != "inconclusive" {
 					t.Errorf("goal %q: status %q, want a verdict", name, g.Status)
 				}
 			}

@@ -98,15 +98,20 @@ func PairedRatio(num, den []float64) []float64 {
 }
 
 // GrowthFit describes how a cost grows with n: a power law y = c·n^k fitted
-// in log-log space, a logarithmic model y = a + b·ln n, and the mean slope
-// dy/d(ln n) over the lower and upper half of the range from a quadratic in
-// ln n.
+// in log-log space, a logarithmic model y = a + b·ln n, a linear model
+// y = a + b·n, and the mean slope dy/d(ln n) over the lower and upper half
+// of the range from a quadratic in ln n.
 type GrowthFit struct {
-	Exponent float64 `json:"exponent"`  // k
-	PowerR2  float64 `json:"power_r2"`  // R² of the log-log fit
-	LogA     float64 `json:"log_a"`     // a
-	LogB     float64 `json:"log_b"`     // b
-	LogR2    float64 `json:"log_r2"`    // R² of y against ln n
+	Exponent float64 `json:"exponent"` // k
+	PowerR2  float64 `json:"power_r2"` // R² of the log-log fit
+	LogA     float64 `json:"log_a"`    // a
+	LogB     float64 `json:"log_b"`    // b
+	LogR2    float64 `json:"log_r2"`   // R² of y against ln n
+	LinA     float64 `json:"lin_a"`    // a of y = a + b·n
+	LinB     float64 `json:"lin_b"`    // b of y = a + b·n
+	LinR2    float64 `json:"lin_r2"`   // R² of y against n
+	// Points is the number of sizes fitted.
+	Points   int     `json:"points"`
 	Growth   float64 `json:"growth"`    // fitted y(n_max)/y(n_min), power law
 	LogLimit float64 `json:"log_limit"` // ln(n_max)/ln(n_min)
 	// SlopeStart and SlopeEnd are the mean dy/d(ln n) over the lower and the
@@ -115,9 +120,11 @@ type GrowthFit struct {
 	// the increments per decade divided by ln 10.
 	SlopeStart float64 `json:"slope_start"`
 	SlopeEnd   float64 `json:"slope_end"`
+	// Negligible holds when the end slope over the whole range adds less
+	// than 10% of the mean cost: no growth to speak of.
+	Negligible bool `json:"negligible"`
 	// NoWorseThanLog holds when SlopeEnd ≤ 1.25·SlopeStart (25% allowance
-	// for noise), or when the end slope over the whole range adds less than
-	// 10% of the mean cost (no growth to speak of).
+	// for noise), or when the growth is negligible.
 	NoWorseThanLog bool `json:"no_worse_than_log"`
 }
 
@@ -146,8 +153,12 @@ func FitGrowth(ns, ys []float64) (GrowthFit, error) {
 	if err != nil {
 		return GrowthFit{}, err
 	}
+	la, lb, r2n, err := linearFit(ns, ys)
+	if err != nil {
+		return GrowthFit{}, err
+	}
 	nmin, nmax := slices.Min(ns), slices.Max(ns)
-	g := GrowthFit{Exponent: k, PowerR2: r2p, LogA: a, LogB: b, LogR2: r2l,
+	g := GrowthFit{Exponent: k, PowerR2: r2p, LogA: a, LogB: b, LogR2: r2l, LinA: la, LinB: lb, LinR2: r2n, Points: len(ns),
 		Growth: math.Pow(nmax/nmin, k), LogLimit: math.Log(nmax) / math.Log(nmin)}
 	q, err := quadraticFit(lx, ys)
 	if err != nil {
@@ -160,8 +171,8 @@ func FitGrowth(ns, ys []float64) (GrowthFit, error) {
 	for _, y := range ys {
 		mean += y / float64(len(ys))
 	}
-	negligible := g.SlopeEnd*(l1-l0) < 0.1*mean
-	g.NoWorseThanLog = negligible || g.SlopeEnd <= 1.25*g.SlopeStart
+	g.Negligible = g.SlopeEnd*(l1-l0) < 0.1*mean
+	g.NoWorseThanLog = g.Negligible || g.SlopeEnd <= 1.25*g.SlopeStart
 	return g, nil
 }
 

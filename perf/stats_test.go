@@ -3,6 +3,8 @@ package perf
 import (
 	"bufio"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -68,15 +70,15 @@ func TestFitGrowth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !f.NoWorseThanLog || math.Abs(f.LogB-20) > 1e-6 || f.LogR2 < 0.999 {
-		t.Errorf("logarithmic data: got %+v, want no worse than log with b=20", f)
+	if !f.NoWorseThanLog || math.Abs(f.LogB-20) > 1e-6 || f.LogR2 < 0.999 || f.LinR2 > 0.8 || f.Points != 5 {
+		t.Errorf("logarithmic data: got %+v, want no worse than log with b=20, and a poor linear fit", f)
 	}
 	f, err = FitGrowth(ns, linY)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.NoWorseThanLog || f.Exponent < 0.5 {
-		t.Errorf("linear data: got %+v, want worse than log with exponent above 0.5", f)
+	if f.NoWorseThanLog || f.Exponent < 0.5 || f.LinR2 < 0.999 || f.LogR2 >= f.LinR2 || math.Abs(f.LinB-0.5) > 1e-9 {
+		t.Errorf("linear data: got %+v, want worse than log with exponent above 0.5, and the linear fit best", f)
 	}
 	f, err = FitGrowth(ns, flatY)
 	if err != nil {
@@ -122,24 +124,61 @@ PASS
 }
 
 func TestParseCuratorBench(t *testing.T) {
-	in := `BenchmarkAgentUpdates/indexed/N=1000-2    300   400000 ns/op   331 p50-µs   2200 p99-µs   24628 response-bytes
-BenchmarkAgentUpdates/indexed/N=10000-2   300   600000 ns/op   519 p50-µs   5500 p99-µs   30251 response-bytes
-BenchmarkAgentUpdates/indexed/N=100000-2  300   800000 ns/op   664 p50-µs   8800 p99-µs   34944 response-bytes
-BenchmarkAgentUpdates/scan/N=100000-2     300   900000 ns/op   115000 p50-µs
+	in := `BenchmarkAgentUpdates/indexed/N=10-2        300   200000 ns/op   150 p50-µs   900 p99-µs   16308 response-bytes
+BenchmarkAgentUpdates/indexed/N=100-2       300   300000 ns/op   250 p50-µs   1500 p99-µs   20772 response-bytes
+BenchmarkAgentUpdates/indexed/N=1000-2      300   400000 ns/op   350 p50-µs   2200 p99-µs   24628 response-bytes
+BenchmarkAgentUpdates/indexed/N=10000-2     300   600000 ns/op   455 p50-µs   5500 p99-µs   30251 response-bytes
+BenchmarkAgentUpdates/indexed/N=100000-2    300   800000 ns/op   550 p50-µs   8800 p99-µs   34944 response-bytes
+BenchmarkAgentUpdates/scan/N=100000-2       300   900000 ns/op   115000 p50-µs
 `
 	res, err := parseCuratorBench(bufio.NewScanner(strings.NewReader(in)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Status != "run" || len(res.Points) != 3 || res.Points[2].N != 100000 || res.Points[2].LatencyUS.Median != 664 {
-		t.Fatalf("got %+v, want 3 indexed points ending at N=100000 with 664 µs", res)
+	if res.Status != "run" || len(res.Points) != 5 || res.Points[4].N != 100000 || res.Points[4].LatencyUS.Median != 550 {
+		t.Fatalf("got %+v, want 5 indexed points ending at N=100000 with 550 µs", res)
 	}
-	if res.Fit == nil || !res.Fit.NoWorseThanLog {
-		t.Fatalf("fit %+v: 331 → 664 µs over 10^3 → 10^5 is within ln growth", res.Fit)
+	if res.Fit == nil || !res.Fit.NoWorseThanLog || res.Fit.LogR2 <= res.Fit.LinR2 {
+		t.Fatalf("fit %+v: 150 → 550 µs over 10 → 10^5, about 100 µs per tenfold, is within ln growth and fits ln n better than n", res.Fit)
 	}
 	scanOnly := "BenchmarkAgentUpdates/scan/N=1000-2 300 1 ns/op 610 p50-µs\n"
 	if _, err := parseCuratorBench(bufio.NewScanner(strings.NewReader(scanOnly))); err == nil {
 		t.Fatal("no indexed lines: want an error")
+	}
+}
+
+func TestCuratorGoal(t *testing.T) {
+	ns := []float64{10, 100, 1000, 10000, 100000}
+	goal := func(y func(n float64) float64, sizes []float64) Goal {
+		t.Helper()
+		res := &Results{Curator: CuratorResult{Status: "run"}}
+		var ys []float64
+		for _, n := range sizes {
+			ys = append(ys, y(n))
+			res.Curator.Points = append(res.Curator.Points, CuratorPoint{N: int(n), LatencyUS: Summary{Median: y(n)}})
+		}
+		f, err := FitGrowth(sizes, ys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Curator.Fit = &f
+		return res.curatorGoal()
+	}
+	for _, tc := range []struct {
+		name  string
+		y     func(float64) float64
+		sizes []float64
+		want  string
+	}{
+		{"logarithmic", func(n float64) float64 { return 100 + 25*math.Log(n) }, ns, "met"},
+		{"linear", func(n float64) float64 { return 100 + 0.01*n }, ns, "not met"},
+		// A slope that rises per decade while ln n still fits better than n.
+		{"square of ln n", func(n float64) float64 { return 100 + 4*math.Log(n)*math.Log(n) }, ns, "inconclusive"},
+		{"three sizes", func(n float64) float64 { return 100 + 25*math.Log(n) }, ns[2:], "inconclusive"},
+	} {
+		if g := goal(tc.y, tc.sizes); g.Status != tc.want {
+			t.Errorf("%s: got %q (%s; %s), want %q", tc.name, g.Status, g.Value, g.Detail, tc.want)
+		}
 	}
 }
 
@@ -172,5 +211,20 @@ func TestFitGrowthDecadeIncrements(t *testing.T) {
 	}
 	if f.NoWorseThanLog {
 		t.Errorf("doubling increments per decade: got no worse than log, want worse")
+	}
+}
+
+func TestPlotCurator(t *testing.T) {
+	in := "BenchmarkAgentUpdates/indexed/N=10-2 300 1 ns/op 150 p50-µs\nBenchmarkAgentUpdates/indexed/N=100-2 300 1 ns/op 250 p50-µs\nBenchmarkAgentUpdates/indexed/N=1000-2 300 1 ns/op 350 p50-µs\n"
+	cur, err := parseCuratorBench(bufio.NewScanner(strings.NewReader(in)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "curator.png")
+	if err := (&Results{Curator: cur}).plotCurator(path); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		t.Fatalf("curator.png not written: %v", err)
 	}
 }

@@ -41,30 +41,36 @@ type Config struct {
 	// CPUConns is the connection count whose jitter-free HTTP point gives
 	// CPU and memory per 1000 rps.
 	CPUConns int `json:"cpu_conns"`
-	// MaxLoad drops a round when any of its blocks starts or ends with a
-	// 1-minute load average above it; zero turns the gate off.
-	MaxLoad float64 `json:"max_load"`
+	// MaxLoadPerCPU is the noise gate: a block is dropped when it starts or
+	// ends with a 1-minute load average above MaxLoadPerCPU times the
+	// machine's CPUs, or above 1.5 times the median block's. Zero turns
+	// the gate off.
+	MaxLoadPerCPU float64 `json:"max_load_per_cpu"`
 	// ProxyProcs is GOMAXPROCS for each proxy, like ztunnel's 2 workers.
 	ProxyProcs int `json:"proxy_gomaxprocs"`
 	// UpdateRegs bounds the identities registered in the background during
 	// one hbone-rbe-update block.
-	UpdateRegs int    `json:"update_registrations"`
-	Seed       uint64 `json:"seed"`
+	UpdateRegs int `json:"update_registrations"`
+	// Trim runs, for each variant, only the workloads whose figures feed a
+	// ratio or a goal (quick mode); the others show as missing.
+	Trim bool   `json:"trim,omitempty"`
+	Seed uint64 `json:"seed"`
 }
 
 // Preset returns the configuration for mode "quick", "full" or "smoke".
 func Preset(mode string) (Config, error) {
-	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoad: 4 * float64(runtime.NumCPU()),
+	c := Config{Mode: mode, QPS: 1000, Payload: 1024, CPUConns: 16, ProxyProcs: 2, MaxLoadPerCPU: 1.5,
 		NewConnQPS: 200, NewConnConns: 4}
 	switch mode {
 	case "quick":
 		// Six rounds is the fewest that gives a 95% interval for a median.
-		c.Rounds, c.HTTPConns, c.JitterConns = 6, []int{1, 16, 64}, []int{16}
-		c.HTTPDuration, c.HTTPWarmup = 1500*time.Millisecond, 500*time.Millisecond
-		c.RRCount, c.TputDuration, c.CRRCount = 1000, time.Second, 150
+		// Each block runs only the workloads its ratios and goals use.
+		c.Rounds, c.HTTPConns, c.JitterConns, c.Trim = 6, []int{1, 16, 64}, []int{16}, true
+		c.HTTPDuration, c.HTTPWarmup = 750*time.Millisecond, 250*time.Millisecond
+		c.RRCount, c.TputDuration, c.CRRCount = 1000, 500*time.Millisecond, 100
 		c.UpdateRegs = 40
 	case "full":
-		c.Rounds, c.HTTPConns, c.JitterConns = 8, []int{1, 4, 16, 64}, []int{1, 4, 16, 64}
+		c.Rounds, c.HTTPConns, c.JitterConns = 10, []int{1, 4, 16, 64}, []int{1, 4, 16, 64}
 		c.HTTPDuration, c.HTTPWarmup = 5*time.Second, time.Second
 		c.RRCount, c.TputDuration, c.CRRCount = 5000, 4*time.Second, 1000
 		c.UpdateRegs = 150
@@ -73,7 +79,7 @@ func Preset(mode string) (Config, error) {
 		c.HTTPExactly, c.HTTPWarmup, c.CPUConns = 300, 0, 4
 		c.RRCount, c.TputDuration, c.CRRCount = 200, 200*time.Millisecond, 30
 		c.UpdateRegs = 5
-		c.MaxLoad = 0
+		c.MaxLoadPerCPU = 0
 	default:
 		return c, fmt.Errorf("mode %q: want quick, full or smoke", mode)
 	}
@@ -360,6 +366,10 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 		}
 		samples[v][m][round] = x
 	}
+	var need map[string]map[string]bool
+	if cfg.Trim {
+		need = (&Results{Config: cfg}).neededWorkloads()
+	}
 	var runnable []*variant
 	for _, v := range vs {
 		if v.Reason == "" {
@@ -374,13 +384,15 @@ func (r *Runner) Run(ctx context.Context) (*Results, error) {
 				return nil, err
 			}
 			b := Block{Round: round, Variant: v.ID, LoadBefore: loadAvg(), StealBefore: stealTicks(), Start: time.Now().UTC()}
-			var stopUpdates func() int64
+			var stopUpdates func() (int64, time.Duration)
 			if v.ID == "hbone-rbe-update" && rbeEnv != nil {
 				stopUpdates = rbeEnv.background(ctx, cfg.UpdateRegs)
 			}
-			errs := r.runBlock(v, round, runLoadChild, put)
+			errs := r.runBlock(v, round, runLoadChild, put, need)
 			if stopUpdates != nil {
-				put(v.ID, "curator_registrations", round, float64(stopUpdates()))
+				n, last := stopUpdates()
+				put(v.ID, "curator_registrations", round, float64(n))
+				put(v.ID, "curator_update_s", round, last.Seconds())
 			}
 			b.LoadAfter, b.StealAfter = loadAvg(), stealTicks()
 			b.Seconds = time.Since(b.Start).Seconds()
@@ -421,9 +433,11 @@ func httpKey(c int, jitter bool) string {
 	return fmt.Sprintf("http_c%d_%s", c, j)
 }
 
-// runBlock runs every workload of v once.
-func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadResult, error), put func(string, string, int, float64)) []error {
+// runBlock runs the workloads of v once: all of them, or with need set
+// (quick mode), only those need lists for v.
+func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadResult, error), put func(string, string, int, float64), need map[string]map[string]bool) []error {
 	cfg := r.Config
+	selected := func(workload string) bool { return need == nil || need[v.ID][workload] }
 	var errs []error
 	if v.Warm {
 		type point struct {
@@ -438,6 +452,9 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			points = append(points, point{c, true})
 		}
 		for _, p := range points {
+			if !selected(httpKey(p.c, p.jitter)) {
+				continue
+			}
 			lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: p.c, QPS: cfg.QPS, Duration: cfg.HTTPDuration,
 				Exactly: cfg.HTTPExactly, Warmup: cfg.HTTPWarmup, Jitter: p.jitter, Payload: cfg.Payload, PIDs: v.pids})
 			if err != nil {
@@ -470,6 +487,9 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			name string
 			size int
 		}{{"rr_1b", 1}, {"rr_1k", 1024}} {
+			if !selected(rr.name) {
+				continue
+			}
 			lr, err := load(LoadConfig{Workload: "rr", Target: v.entry[1], Exactly: cfg.RRCount, Payload: rr.size})
 			if err != nil {
 				errs = append(errs, err)
@@ -481,6 +501,9 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			put(v.ID, rr.name+"_errors", round, float64(lr.Errors))
 		}
 		for _, streams := range []int{1, 4} {
+			if !selected(fmt.Sprintf("tput_%d", streams)) {
+				continue
+			}
 			lr, err := load(LoadConfig{Workload: "tput", Target: v.entry[2], Streams: streams, Duration: cfg.TputDuration, PIDs: v.pids})
 			if err != nil {
 				errs = append(errs, err)
@@ -497,7 +520,7 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			}
 		}
 	}
-	if v.CRR {
+	if v.CRR && selected("httpnc") {
 		lr, err := load(LoadConfig{Workload: "http", Target: v.entry[0], Conns: cfg.NewConnConns, QPS: cfg.NewConnQPS, Duration: cfg.HTTPDuration,
 			Exactly: cfg.HTTPExactly / 4, NewConn: true, Payload: cfg.Payload})
 		if err != nil {
@@ -509,7 +532,9 @@ func (r *Runner) runBlock(v *variant, round int, load func(LoadConfig) (*LoadRes
 			put(v.ID, "httpnc_qps", round, lr.ActualQPS)
 			put(v.ID, "httpnc_errors", round, float64(lr.Errors))
 		}
-		lr, err = load(LoadConfig{Workload: "crr", Target: v.entry[1], Exactly: cfg.CRRCount})
+	}
+	if v.CRR && selected("crr") {
+		lr, err := load(LoadConfig{Workload: "crr", Target: v.entry[1], Exactly: cfg.CRRCount})
 		if err != nil {
 			errs = append(errs, err)
 		} else {

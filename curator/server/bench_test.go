@@ -407,13 +407,20 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[int(math.Ceil(p*float64(len(d))))-1]
 }
 
-var sizes = []int{1_000, 10_000, 100_000}
+var sizes = []int{10, 100, 1_000, 10_000, 100_000}
+
+// since is the size of a node agent's last checkpoint for a log of size
+// entries: 1,000 entries back, or the log's first entry when the log is
+// shorter, so that every size has a consistency proof to send.
+func since(size int64) int64 {
+	return max(size-1001, 1)
+}
 
 // BenchmarkAgentUpdates measures one node agent's update query (10 local
-// IDs, last checkpoint 1,000 entries back) as the log grows, served from
-// the ID map and the per-ID chains ("indexed"), next to a naive query that
-// scans every entry from the start of the log ("scan"), which grows
-// linearly. "verify" is the agent's VerifyUpdates on one response, and
+// IDs, last checkpoint 1,000 entries back or at the first entry) as the log
+// grows from 10 to 100,000 registrations. "indexed" serves it from the ID
+// map and the per-ID chains. "scan" is a naive query that reads every entry
+// from the start of the log, which grows linearly. "verify" is the agent's VerifyUpdates on one response, and
 // "bundle" fetches and verifies proof bundles.
 func BenchmarkAgentUpdates(b *testing.B) {
 	for _, n := range sizes {
@@ -446,7 +453,7 @@ func BenchmarkAgentUpdates(b *testing.B) {
 			var bytes int
 			for i := 0; b.Loop(); i++ {
 				t0 := time.Now()
-				resp, err := e.log.Updates(&curator.UpdatesRequest{Since: size - 1001, IDs: pick(i)})
+				resp, err := e.log.Updates(&curator.UpdatesRequest{Since: since(size), IDs: pick(i)})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -461,7 +468,7 @@ func BenchmarkAgentUpdates(b *testing.B) {
 		b.Run(fmt.Sprintf("verify/N=%d", n), func(b *testing.B) {
 			setup(b)
 			size, _ := e.st.Size()
-			resp, err := e.log.Updates(&curator.UpdatesRequest{Since: size - 1001, IDs: pick(1)})
+			resp, err := e.log.Updates(&curator.UpdatesRequest{Since: since(size), IDs: pick(1)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -19,7 +19,13 @@ DURATION=${DURATION:-60s}
 CONNS=${CONNS:-"1 4 16 64"}
 QPS=${QPS:-1000}
 ZTUNNEL_NS=${ZTUNNEL_NS:-istio-system}
-ZTUNNEL_SELECTOR=${ZTUNNEL_SELECTOR:-app=ztunnel}
+# The chart labels the node-agent pods app=<resourceName>, mazu-ztunnel by
+# default; Istio's own ztunnel pods carry app=ztunnel.
+ZTUNNEL_SELECTOR=${ZTUNNEL_SELECTOR:-app=mazu-ztunnel}
+# CPU samples: one every SAMPLE_EVERY seconds while a load runs, at most
+# SAMPLE_MAX per run.
+SAMPLE_EVERY=${SAMPLE_EVERY:-15}
+SAMPLE_MAX=${SAMPLE_MAX:-40}
 OUT=${OUT:-cluster-results-$(date -u +%Y%m%dT%H%M%SZ)}
 PLAIN_NS=${PLAIN_NS:-mazu-perf-plain}
 MESH_NS=${MESH_NS:-mazu-perf-mesh}
@@ -51,8 +57,60 @@ load() {
 
 ztunnel_cpu() {
   # Sum of the ztunnel pods' CPU in millicores, as metrics-server reports it.
-  kubectl top pod -n "$ZTUNNEL_NS" -l "$ZTUNNEL_SELECTOR" --no-headers 2>/dev/null |
+  kubectl top pod -n "$ZTUNNEL_NS" -l "$ZTUNNEL_SELECTOR" --no-headers --request-timeout=10s 2>/dev/null |
     awk '{gsub("m","",$2); s+=$2} END {print s+0}'
+}
+
+seconds() {
+  # seconds 90s|2m|1h prints the duration in whole seconds.
+  local d=$1
+  case $d in
+  *h) echo $((${d%h} * 3600)) ;;
+  *m) echo $((${d%m} * 60)) ;;
+  *s) echo "${d%s}" ;;
+  *) echo "$d" ;;
+  esac
+}
+
+sample_cpu() {
+  # sample_cpu FILE COUNT appends one ztunnel CPU sum per line to FILE,
+  # every SAMPLE_EVERY seconds, COUNT times at most. The first sample is
+  # taken one interval into the run, so that it covers load.
+  local file=$1 count=$2 i
+  for ((i = 0; i < count; i++)); do
+    sleep "$SAMPLE_EVERY"
+    ztunnel_cpu >>"$file"
+  done
+}
+
+SAMPLER=
+stop_sampler() {
+  if [[ -n $SAMPLER ]]; then
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    SAMPLER=
+  fi
+}
+trap stop_sampler EXIT
+
+load_sampled() {
+  # load_sampled NS NAME ARGS... runs load with the CPU sampler in the
+  # background, bounded by the run's duration and SAMPLE_MAX, and stops it
+  # when the load ends.
+  local ns=$1 name=$2 n
+  n=$(($(seconds "$DURATION") / SAMPLE_EVERY))
+  if ((n > SAMPLE_MAX)); then n=$SAMPLE_MAX; fi
+  : >"$OUT/$name.ztunnel-mcpu"
+  if ((n > 0)); then
+    sample_cpu "$OUT/$name.ztunnel-mcpu" "$n" &
+    SAMPLER=$!
+  fi
+  load "$@"
+  stop_sampler
+}
+
+median() {
+  sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'
 }
 
 setup "$PLAIN_NS" no
@@ -64,9 +122,8 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in $CONNS; do
       for jitter in false true; do
         name="r${round}-${ns}-http-c${c}-jitter-${jitter}"
-        load "$ns" "$name" -qps "$QPS" -c "$c" -t "$DURATION" -r 0.00001 -p 50,90,99,99.9 \
+        load_sampled "$ns" "$name" -qps "$QPS" -c "$c" -t "$DURATION" -r 0.00001 -p 50,90,99,99.9 \
           -payload-size 1024 -jitter="$jitter" "$url"
-        echo "$(ztunnel_cpu)" >"$OUT/$name.ztunnel-mcpu"
       done
     done
     load "$ns" "r${round}-${ns}-tcp-1b" -qps -1 -n 20000 -r 0.00001 -p 50,90,99 -payload-size 1 "tcp://fortio-server.$ns:8078"
@@ -85,8 +142,8 @@ summary() {
       ratios+=("$(echo "$a $b" | awk '{printf "%.4f", $1/$2}')")
       deltas+=("$(echo "$a $b" | awk '{printf "%.1f", ($1-$2)*1e6}')")
     done
-    med=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
-    dmed=$(printf '%s\n' "${deltas[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
+    med=$(printf '%s\n' "${ratios[@]}" | median)
+    dmed=$(printf '%s\n' "${deltas[@]}" | median)
     echo "$kind p$p: mesh/plain median ${med}x, mesh-plain median ${dmed} us (rounds: ${ratios[*]})"
     deltas=()
   done
@@ -100,5 +157,12 @@ deltas=()
   done
   summary tcp-1b
   summary tcp-1k
-  echo "ztunnel CPU (millicores, all pods) during each HTTP run is in $OUT/*.ztunnel-mcpu; divide by the achieved QPS/1000 for vCPU per 1000 rps."
+  for ns in "$PLAIN_NS" "$MESH_NS"; do
+    for c in $CONNS; do
+      # The median of all samples taken during this namespace's c runs.
+      m=$(cat "$OUT"/r*-"$ns"-http-c"$c"-jitter-*.ztunnel-mcpu 2>/dev/null | median)
+      echo "$ns c=$c: ztunnel CPU (millicores, all pods) median $m over the samples taken during its HTTP runs"
+    done
+  done
+  echo "Samples are in $OUT/*.ztunnel-mcpu, one per line; divide by the achieved QPS/1000 for vCPU per 1000 rps."
 } | tee "$OUT/summary.txt"

@@ -5,7 +5,7 @@
 // namespaces.
 //
 //	mazu-perf run -mode quick -out perf/results -md perf/RESULTS.md [-micro bench.txt] [-curator bench.txt]
-//	mazu-perf render -in perf/results/quick.json -md perf/RESULTS.md
+//	mazu-perf render -in perf/results/quick.json -md perf/RESULTS.md [-plots perf/results]
 package main
 
 import (
@@ -74,12 +74,18 @@ func render(args []string) error {
 	fs := flag.NewFlagSet("render", flag.ExitOnError)
 	in := fs.String("in", "perf/results/quick.json", "results JSON")
 	md := fs.String("md", "perf/RESULTS.md", "Markdown report to write")
+	plots := fs.String("plots", "", "folder to redraw the plots in; empty leaves them")
 	_ = fs.Parse(args)
 	res, err := perf.ReadJSON(*in)
 	if err != nil {
 		return err
 	}
 	res.Derive()
+	if *plots != "" {
+		if err := res.WritePlots(*plots); err != nil {
+			return err
+		}
+	}
 	if err := os.WriteFile(*md, []byte(res.RenderMarkdown()), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", *md, err)
 	}
