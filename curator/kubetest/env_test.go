@@ -17,8 +17,9 @@ import (
 
 // TestCommandsFromEnvironment starts the curator and three witnesses the
 // way the Helm chart does: configuration from environment variables, keys
-// generated in MAZU_DATA_DIR on first start, the JWKS fetched once into an
-// empty MAZU_JWKS_FILE, and the witnesses named in a C2SP tlog-policy file.
+// generated in MAZU_DATA_DIR on first start, a pinned JWKS in MAZU_JWKS_FILE,
+// and the witnesses named in a C2SP tlog-policy file. One witness instead
+// fetches the JWKS once through -kubeconfig into a missing MAZU_JWKS_FILE.
 func TestCommandsFromEnvironment(t *testing.T) {
 	tb := getTestbed(t)
 	f := setupFiles(t)
@@ -34,17 +35,21 @@ func TestCommandsFromEnvironment(t *testing.T) {
 	curatorAddr := freeAddr(t)
 	policy := "log " + mustRead(t, filepath.Join(curDir, "log.vkey")) + "\n"
 	var members []string
+	issuerKeys := issuerJWKS(t, tb)
 	for i := range 3 {
 		dir := t.TempDir()
 		jwks := filepath.Join(dir, "jwks.json")
-		if err := os.WriteFile(jwks, nil, 0o644); err != nil {
+		args := []string{"witness", "-audience", curator.DefaultAudience}
+		if i == 0 {
+			args = append(args, "-kubeconfig", tb.Kubeconfig())
+		} else if err := os.WriteFile(jwks, issuerKeys, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		name := fmt.Sprintf("witness-%d.env.test", i)
 		w := startProcEnv(t, []string{"MAZU_DATA_DIR=" + dir, "MAZU_WITNESS_NAME=" + name, "MAZU_LOG_ORIGIN=" + curatortest.Origin,
 			"MAZU_CURATOR_URL=http://" + curatorAddr, "MAZU_HTTP_ADDRESS=127.0.0.1:0", "MAZU_JWKS_FILE=" + jwks,
 			"MAZU_LOG_KEY_FILE=" + filepath.Join(curDir, "log.vkey"), "MAZU_CRS_FILE=" + f.crs},
-			"witness", "-kubeconfig", tb.Kubeconfig(), "-audience", curator.DefaultAudience)
+			args...)
 		if b, _ := os.ReadFile(jwks); len(b) == 0 {
 			t.Errorf("witness %d did not keep the fetched JWKS in %s", i, jwks)
 		}
