@@ -1,12 +1,51 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// TestAgentServiceAccountFromEnv checks that serve reads
+// MAZU_AGENT_SERVICE_ACCOUNT, which the chart sets, and rejects a value
+// that is not namespace/name before it starts anything.
+func TestAgentServiceAccountFromEnv(t *testing.T) {
+	for _, value := range []string{"mazu-ztunnel", "/mazu-ztunnel", "istio-system/", "istio-system/mazu/ztunnel"} {
+		t.Run(value, func(t *testing.T) {
+			t.Setenv("MAZU_AGENT_SERVICE_ACCOUNT", value)
+			var out, errOut bytes.Buffer
+			err := run(context.Background(), []string{"serve", "-db", "", "-key", "", "-crs", ""}, &out, &errOut)
+			if err == nil || !strings.Contains(err.Error(), "invalid -agent-service-account") || !strings.Contains(err.Error(), value) {
+				t.Errorf("serve with MAZU_AGENT_SERVICE_ACCOUNT=%q = %v, want an error naming the invalid value", value, err)
+			}
+		})
+	}
+
+	t.Run("valid", func(t *testing.T) {
+		// A valid name passes the check, so serve stops at the next one.
+		t.Setenv("MAZU_AGENT_SERVICE_ACCOUNT", "istio-system/mazu-ztunnel")
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), []string{"serve", "-db", "", "-key", "", "-crs", ""}, &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), "serve needs") {
+			t.Errorf("serve with a valid MAZU_AGENT_SERVICE_ACCOUNT = %v, want the missing-flags error", err)
+		}
+		if strings.Contains(errOut.String(), "no -agent-service-account") {
+			t.Errorf("serve warned about a missing agent service account although MAZU_AGENT_SERVICE_ACCOUNT is set:\n%s", errOut.String())
+		}
+	})
+
+	t.Run("unset", func(t *testing.T) {
+		t.Setenv("MAZU_AGENT_SERVICE_ACCOUNT", "")
+		var out, errOut bytes.Buffer
+		_ = run(context.Background(), []string{"serve", "-db", "", "-key", "", "-crs", ""}, &out, &errOut)
+		if !strings.Contains(errOut.String(), "no -agent-service-account") {
+			t.Errorf("serve without an agent service account logged no warning:\n%s", errOut.String())
+		}
+	})
+}
 
 // TestLoadJWKSWithoutFetch checks that a witness without a usable JWKS file
 // and without -kubeconfig stops with an error that explains how to get the

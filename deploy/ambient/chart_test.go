@@ -430,6 +430,36 @@ func TestCuratorRollsOnWitnessPolicy(t *testing.T) {
 	}
 }
 
+// TestCuratorAgentServiceAccount checks that the curator is told the agent's
+// ServiceAccount, so that its node check accepts no other pod's token as
+// the agent's.
+func TestCuratorAgentServiceAccount(t *testing.T) {
+	for _, tc := range []struct {
+		name, resourceName, want string
+	}{
+		{"default", "mazu-ztunnel", "istio-system/mazu-ztunnel"},
+		{"resourceName", "mesh-agent", "istio-system/mesh-agent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objects := render(t, map[string]any{"resourceName": tc.resourceName})
+			var sts appsv1.StatefulSet
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(find(t, objects, "StatefulSet", "mazu-curator").Object, &sts); err != nil {
+				t.Fatalf("decode curator StatefulSet: %v", err)
+			}
+			curator := sts.Spec.Template.Spec.Containers[0]
+			if got, _ := envValue(curator, "MAZU_AGENT_SERVICE_ACCOUNT"); got != tc.want {
+				t.Errorf("MAZU_AGENT_SERVICE_ACCOUNT = %q, want %q", got, tc.want)
+			}
+
+			ds := find(t, objects, "DaemonSet", tc.resourceName)
+			account, _, _ := unstructured.NestedString(ds.Object, "spec", "template", "spec", "serviceAccountName")
+			if got := ds.GetNamespace() + "/" + account; got != tc.want {
+				t.Errorf("agent pods run as %q, but the curator is told %q", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestValuesDocumented checks that every key in values.yaml has a comment
 // on the line above it, except keys inside a block of Kubernetes fields
 // (resources, annotations, tolerations, update strategy), which the
