@@ -7,12 +7,38 @@ export MAZU_K8S_CACHE ?= $(HOME)/.cache/mazu-k8s
 TEST_TIMEOUT ?= 40m
 FUZZTIME ?= 5s
 
-.PHONY: all build test unit-test testbed-bins system-deps fuzz fuzz-long vet clean demo perf-quick perf perf-run
+.PHONY: all build images test unit-test testbed-bins system-deps fuzz fuzz-long vet clean demo perf-quick perf perf-run
 
 all: build
 
 build:
 	$(GO) build -o bin/ ./cmd/...
+
+# Registry and tag of the images; the tag defaults to the chart's appVersion, as the chart does.
+IMAGE_HUB ?= ghcr.io/mazu-mesh
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' deploy/ambient/chart/Chart.yaml)
+# The Dockerfile targets, one per image.
+IMAGES := mazu-ztunnel mazu-cni mazu-curator
+# Container tool for `make images`. Empty means the first of docker and podman that reaches its
+# engine.
+CONTAINER_TOOL ?=
+
+## images: build the mazu-ztunnel, mazu-cni and mazu-curator images with docker or podman
+images:
+	@tool="$(CONTAINER_TOOL)"; \
+	if [ -z "$$tool" ]; then \
+	  for candidate in docker podman; do \
+	    if command -v $$candidate >/dev/null && $$candidate info >/dev/null 2>&1; then tool=$$candidate; break; fi; \
+	  done; \
+	fi; \
+	if [ -z "$$tool" ]; then \
+	  echo "images: no working docker or podman: install one and start its engine, or set CONTAINER_TOOL" >&2; \
+	  exit 1; \
+	fi; \
+	for image in $(IMAGES); do \
+	  echo "images: building $(IMAGE_HUB)/$$image:$(IMAGE_TAG) with $$tool"; \
+	  $$tool build --target $$image -t $(IMAGE_HUB)/$$image:$(IMAGE_TAG) . || exit 1; \
+	done
 
 ## system-deps: install the Debian packages the tests call (iproute2, util-linux, clang 14 and libbpf-dev for bpf/)
 system-deps:

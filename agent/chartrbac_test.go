@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -162,12 +164,77 @@ func agentPodREST(t *testing.T, tb *testbed.Testbed, install chartInstall, node 
 	}, pod
 }
 
+// Parts of the chart's admission policy messages, for rejections this
+// file expects.
+const (
+	otherNodeTokenMessage = "may request tokens only for pods on its own node"
+	audienceMessage       = "are not allowed"
+	otherNodePodMessage   = "may change only pods on its own node"
+)
+
+// curatorTokenRequest builds a request for a token bound to pod for
+// audience, as the agent makes it for a key registration.
+func curatorTokenRequest(pod *testbed.Pod, audience string) *authenticationv1.TokenRequest {
+	seconds := int64(3600)
+	return &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:         []string{audience},
+		ExpirationSeconds: &seconds,
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+}
+
+// waitPoliciesEnforced waits until the API server enforces the chart's
+// token and pod policies for agent, whose node is not otherNodePod's. The
+// API server loads a new policy, its binding and the node policy's Pod
+// parameters from informers after they are created, and until then admits
+// what RBAC allows. Both probes change nothing if they are admitted (the
+// token is dropped, and the patch removes an annotation the pod lacks).
+// A probe that relabels the agent's own pod does not work: once one
+// attempt is admitted before the policy loads, every later attempt is a
+// no-op that the policy allows, so the wait never gets a rejection.
+func waitPoliciesEnforced(t *testing.T, agent kubernetes.Interface, otherNodePod *testbed.Pod, audience string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	noOpPatch := []byte(`{"metadata":{"annotations":{"mazu-mesh.io/policy-probe":null}}}`)
+	probes := []struct {
+		name, message string
+		call          func() error
+	}{
+		{"token for another node's pod", otherNodeTokenMessage, func() error {
+			_, err := agent.CoreV1().ServiceAccounts(otherNodePod.Namespace).CreateToken(ctx, otherNodePod.ServiceAccount, curatorTokenRequest(otherNodePod, audience), metav1.CreateOptions{})
+			return err
+		}},
+		{"patch of another node's pod", otherNodePodMessage, func() error {
+			_, err := agent.CoreV1().Pods(otherNodePod.Namespace).Patch(ctx, otherNodePod.Name, types.MergePatchType, noOpPatch, metav1.PatchOptions{})
+			return err
+		}},
+	}
+	for _, probe := range probes {
+		var last error
+		for {
+			last = probe.call()
+			if apierrors.IsForbidden(last) && strings.Contains(last.Error(), probe.message) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("the chart's policies still admitted the %s after 60 s, last result: %v", probe.name, last)
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	t.Logf("the chart's admission policies were enforced %v after the probes started", time.Since(start).Round(time.Millisecond))
+}
+
 // TestAgentRunsWithChartAccess runs two node agents with only what the
 // chart grants them: each authenticates with a token bound to its own
 // agent pod, and the chart's RBAC and admission policies decide what it
 // may do. Enrollment, registration through pod-bound tokens, the peer
 // verifier's liveness checks and HBONE traffic then all have to work, so
-// a permission the chart lacks fails this test.
+// a permission the chart lacks fails this test. Requests that break the
+// admission policies must be Forbidden.
 func TestAgentRunsWithChartAccess(t *testing.T) {
 	tb := testbed.Get(t)
 	ctx := context.Background()
@@ -183,11 +250,14 @@ func TestAgentRunsWithChartAccess(t *testing.T) {
 	nodeA := testbed.NewNode(t, tb, "rbac-a")
 	nodeB := testbed.NewNode(t, tb, "rbac-b")
 	restA, _ := agentPodREST(t, tb, install, nodeA)
-	restB, _ := agentPodREST(t, tb, install, nodeB)
-	// NOTE: in this package's testbed the chart's pod-annotation admission
-	// policy was seen not to take effect within 60 s, while deploy/ambient's
-	// token-scope test shows it enforced. This test therefore checks RBAC
-	// alone; the admission policy's checks live in deploy/ambient.
+	restB, agentPodB := agentPodREST(t, tb, install, nodeB)
+	clientA, err := kubernetes.NewForConfig(restA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agents must not start before the policies bind them, or this
+	// test would pass with RBAC alone.
+	waitPoliciesEnforced(t, clientA, agentPodB, install.Audience)
 	agentA := startAgentWith(t, tb, mesh, nodeA, agentOptions{REST: restA, Audience: install.Audience})
 	agentB := startAgentWith(t, tb, mesh, nodeB, agentOptions{REST: restB, Audience: install.Audience})
 	ambientNamespace(t, tb, "rbac")
@@ -223,13 +293,42 @@ func TestAgentRunsWithChartAccess(t *testing.T) {
 		t.Errorf("server agent counted %v inbound connections, want at least %d", n, requests)
 	}
 
+	// The agent that registered its pods through the policies is still
+	// held to them. These requests pass RBAC but break a policy.
+	t.Run("policies forbid", func(t *testing.T) {
+		forbidden := []struct {
+			name, message string
+			call          func() error
+		}{
+			{"token for another node's pod", otherNodeTokenMessage, func() error {
+				_, err := clientA.CoreV1().ServiceAccounts(server.Namespace).CreateToken(ctx, server.ServiceAccount, curatorTokenRequest(server, install.Audience), metav1.CreateOptions{})
+				return err
+			}},
+			{"token with another audience", audienceMessage, func() error {
+				_, err := clientA.CoreV1().ServiceAccounts(client.Namespace).CreateToken(ctx, client.ServiceAccount, curatorTokenRequest(client, tb.APIServerURL()), metav1.CreateOptions{})
+				return err
+			}},
+			{"annotation on another node's pod", otherNodePodMessage, func() error {
+				patch := []byte(`{"metadata":{"annotations":{"mazu-mesh.io/enrolled":"false"}}}`)
+				_, err := clientA.CoreV1().Pods(server.Namespace).Patch(ctx, server.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+				return err
+			}},
+		}
+		for _, tc := range forbidden {
+			err := tc.call()
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("agent %s: got %v, want Forbidden", tc.name, err)
+				continue
+			}
+			if !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("agent %s: error %q does not contain the policy message %q", tc.name, err, tc.message)
+			}
+		}
+	})
+
 	// Audit alerts become Events; no alert fires in this test, so record
 	// one the way the agent does, with the agent's own credentials.
 	t.Run("record alert event", func(t *testing.T) {
-		kc, err := kubernetes.NewForConfig(restA)
-		if err != nil {
-			t.Fatal(err)
-		}
 		event := &corev1.Event{
 			ObjectMeta:     metav1.ObjectMeta{GenerateName: "mazu-curator-alert-", Namespace: client.Namespace},
 			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: client.Namespace, Name: client.Name, UID: client.UID, APIVersion: "v1"},
@@ -237,7 +336,7 @@ func TestAgentRunsWithChartAccess(t *testing.T) {
 			Source:         corev1.EventSource{Component: "mazu-ztunnel", Host: nodeA.Name},
 			FirstTimestamp: metav1.Now(), LastTimestamp: metav1.Now(), Count: 1,
 		}
-		got, err := kc.CoreV1().Events(client.Namespace).Create(ctx, event, metav1.CreateOptions{})
+		got, err := clientA.CoreV1().Events(client.Namespace).Create(ctx, event, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatalf("agent could not record an alert event: %v", err)
 		}
@@ -247,11 +346,7 @@ func TestAgentRunsWithChartAccess(t *testing.T) {
 	// The agent's credentials are really the pod token's: it cannot read
 	// Secrets, which the chart does not grant.
 	t.Run("no more than granted", func(t *testing.T) {
-		kc, err := kubernetes.NewForConfig(restA)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = kc.CoreV1().Secrets(install.Namespace).List(ctx, metav1.ListOptions{})
+		_, err := clientA.CoreV1().Secrets(install.Namespace).List(ctx, metav1.ListOptions{})
 		if !apierrors.IsForbidden(err) {
 			t.Fatalf("agent listing Secrets: got %v, want Forbidden", err)
 		}

@@ -70,6 +70,22 @@ func serveHTTP(ctx context.Context, log *slog.Logger, what, addr string, h http.
 	return ln.Addr().String(), wait, nil
 }
 
+// checkServiceAccountName returns an error unless name is empty or a
+// service account as namespace/name, the form the node check compares
+// agent tokens against.
+func checkServiceAccountName(name string) error {
+	if name == "" {
+		return nil
+	}
+
+	namespace, account, ok := strings.Cut(name, "/")
+	if !ok || namespace == "" || account == "" || strings.Contains(account, "/") {
+		return fmt.Errorf("%q is not namespace/name, such as istio-system/mazu-ztunnel", name)
+	}
+
+	return nil
+}
+
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "key" {
 		return runServeKey(args[1:], stdout, stderr)
@@ -90,7 +106,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (env MAZU_LOG_ORIGIN)")
 	policyPath := fs.String("witness-policy", envOr("MAZU_WITNESS_POLICY_FILE", ""), "C2SP tlog-policy file naming the witnesses (with URLs) and the quorum (env MAZU_WITNESS_POLICY_FILE)")
 	nodeCheck := fs.Bool("node-check", true, "require the sending agent's own token and the registration token's node to be the agent's node")
-	agentSA := fs.String("agent-service-account", "", "namespace/name of the node agents' service account; empty accepts any agent token")
+	agentSA := fs.String("agent-service-account", envOr("MAZU_AGENT_SERVICE_ACCOUNT", ""), "namespace/name of the node agents' service account, the only one whose tokens the node check accepts as an agent's own; empty accepts any service account (env MAZU_AGENT_SERVICE_ACCOUNT)")
 	var witnesses multiFlag
 	fs.Var(&witnesses, "witness", "witness as URL=VKEY (repeat); the log publishes a checkpoint once a quorum cosigns")
 	quorum := fs.Int("quorum", 0, "cosignatures required; 0 means ⌊2n/3⌋+1 of the n witnesses")
@@ -116,6 +132,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
+	}
+
+	if err := checkServiceAccountName(*agentSA); err != nil {
+		return fmt.Errorf("invalid -agent-service-account (env MAZU_AGENT_SERVICE_ACCOUNT): %w", err)
+	}
+
+	if *nodeCheck && *agentSA == "" {
+		log.Warn("no -agent-service-account: the node check accepts any pod's token as the sending agent's own")
 	}
 
 	if *keyPath == "" || (*crsPath == "" && !*ceremony) || *dbPath == "" {

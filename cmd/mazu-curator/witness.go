@@ -38,8 +38,8 @@ func runWitness(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	logKeyPath := fs.String("log-key", envOr("MAZU_LOG_KEY_FILE", ""), "the curator's verifier key file (.vkey) (env MAZU_LOG_KEY_FILE)")
 	crsPath := fs.String("crs", envOr("MAZU_CRS_FILE", ""), "RBE CRS file; empty takes the CRS from the log's ceremony entries (env MAZU_CRS_FILE)")
 	curatorURL := fs.String("curator", envOr("MAZU_CURATOR_URL", ""), "curator base URL, for tiles and token signatures (env MAZU_CURATOR_URL)")
-	jwksPath := fs.String("jwks", envOr("MAZU_JWKS_FILE", ""), "service-account issuer JWKS file; if it is missing or empty, /openid/v1/jwks is fetched once and written there (env MAZU_JWKS_FILE)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig to fetch the issuer JWKS; empty means in-cluster")
+	jwksPath := fs.String("jwks", envOr("MAZU_JWKS_FILE", ""), "the mesh cluster's service-account issuer JWKS file (kubectl get --raw /openid/v1/jwks); if it is missing and -kubeconfig is set, it is fetched once and written there (env MAZU_JWKS_FILE)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the mesh cluster, to fetch a missing -jwks file; empty never fetches")
 	evidence := fs.String("evidence", dataPath(dataDir, "evidence"), "folder for rejected requests; empty keeps none (under $MAZU_DATA_DIR when it is set)")
 	audience := fs.String("audience", envOr("MAZU_LOG_ORIGIN", curator.DefaultAudience), "token audience reserved for the curator (env MAZU_LOG_ORIGIN)")
 	if err := fs.Parse(args); err != nil {
@@ -133,23 +133,34 @@ func fetchJWKS(ctx context.Context, kubeconfig string) ([]byte, error) {
 	return kc.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 }
 
-// loadJWKS reads the issuer JWKS from path. When path is empty, missing or
-// an empty file, it fetches /openid/v1/jwks from the API server and, with a
-// path, keeps the result there for later starts.
+// loadJWKS returns the issuer JWKS from path. When path is empty or
+// missing, it fetches /openid/v1/jwks through an explicit kubeconfig, which
+// names the mesh cluster, and keeps the result at path. It never uses the
+// in-cluster configuration, because a witness may run in another cluster
+// than the mesh, whose keys would be the wrong ones.
 func loadJWKS(ctx context.Context, path, kubeconfig string) ([]byte, error) {
+	const getJWKS = "kubectl get --raw /openid/v1/jwks against the mesh cluster"
+	if path == "" && kubeconfig == "" {
+		return nil, fmt.Errorf("no issuer JWKS: pass -jwks FILE with the output of %s, or -kubeconfig for the mesh cluster to fetch it", getJWKS)
+	}
+
 	if path != "" {
 		b, err := os.ReadFile(path)
-		if err == nil && len(bytes.TrimSpace(b)) > 0 {
+		switch {
+		case err == nil && len(bytes.TrimSpace(b)) == 0:
+			return nil, fmt.Errorf("JWKS file %s is empty: write the output of %s into it", path, getJWKS)
+		case err == nil:
 			return b, nil
-		}
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
+		case !errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("read JWKS file: %w", err)
+		case kubeconfig == "":
+			return nil, fmt.Errorf("JWKS file %s not found: write the output of %s into it, or pass -kubeconfig for the mesh cluster to fetch it once", path, getJWKS)
 		}
 	}
 
 	b, err := fetchJWKS(ctx, kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("fetch /openid/v1/jwks: %w", err)
 	}
 
 	if path != "" {

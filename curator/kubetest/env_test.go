@@ -1,6 +1,7 @@
 package kubetest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -17,8 +18,10 @@ import (
 
 // TestCommandsFromEnvironment starts the curator and three witnesses the
 // way the Helm chart does: configuration from environment variables, keys
-// generated in MAZU_DATA_DIR on first start, the JWKS fetched once into an
-// empty MAZU_JWKS_FILE, and the witnesses named in a C2SP tlog-policy file.
+// generated in MAZU_DATA_DIR on first start, a pinned JWKS in MAZU_JWKS_FILE,
+// the agents' service account in MAZU_AGENT_SERVICE_ACCOUNT, and the
+// witnesses named in a C2SP tlog-policy file. One witness instead fetches
+// the JWKS once through -kubeconfig into a missing MAZU_JWKS_FILE.
 func TestCommandsFromEnvironment(t *testing.T) {
 	tb := getTestbed(t)
 	f := setupFiles(t)
@@ -34,17 +37,21 @@ func TestCommandsFromEnvironment(t *testing.T) {
 	curatorAddr := freeAddr(t)
 	policy := "log " + mustRead(t, filepath.Join(curDir, "log.vkey")) + "\n"
 	var members []string
+	issuerKeys := issuerJWKS(t, tb)
 	for i := range 3 {
 		dir := t.TempDir()
 		jwks := filepath.Join(dir, "jwks.json")
-		if err := os.WriteFile(jwks, nil, 0o644); err != nil {
+		args := []string{"witness", "-audience", curator.DefaultAudience}
+		if i == 0 {
+			args = append(args, "-kubeconfig", tb.Kubeconfig())
+		} else if err := os.WriteFile(jwks, issuerKeys, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		name := fmt.Sprintf("witness-%d.env.test", i)
 		w := startProcEnv(t, []string{"MAZU_DATA_DIR=" + dir, "MAZU_WITNESS_NAME=" + name, "MAZU_LOG_ORIGIN=" + curatortest.Origin,
 			"MAZU_CURATOR_URL=http://" + curatorAddr, "MAZU_HTTP_ADDRESS=127.0.0.1:0", "MAZU_JWKS_FILE=" + jwks,
 			"MAZU_LOG_KEY_FILE=" + filepath.Join(curDir, "log.vkey"), "MAZU_CRS_FILE=" + f.crs},
-			"witness", "-kubeconfig", tb.Kubeconfig(), "-audience", curator.DefaultAudience)
+			args...)
 		if b, _ := os.ReadFile(jwks); len(b) == 0 {
 			t.Errorf("witness %d did not keep the fetched JWKS in %s", i, jwks)
 		}
@@ -56,8 +63,10 @@ func TestCommandsFromEnvironment(t *testing.T) {
 	if err := os.WriteFile(policyFile, []byte(policy), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	agent := agentPod(t, tb, node)
 	p := startProcEnv(t, []string{"MAZU_DATA_DIR=" + curDir, "MAZU_LOG_ORIGIN=" + curatortest.Origin, "MAZU_HTTP_ADDRESS=" + curatorAddr,
-		"MAZU_WITNESS_POLICY_FILE=" + policyFile, "MAZU_CRS_FILE=" + f.crs, "MAZU_BATCH_INTERVAL=5ms"},
+		"MAZU_WITNESS_POLICY_FILE=" + policyFile, "MAZU_CRS_FILE=" + f.crs, "MAZU_BATCH_INTERVAL=5ms",
+		"MAZU_AGENT_SERVICE_ACCOUNT=" + agent.Namespace + "/" + agent.ServiceAccount},
 		"serve", "-kubeconfig", tb.Kubeconfig(), "-audience", curator.DefaultAudience)
 
 	resp, err := http.Get(p.url() + "/healthz/ready")
@@ -73,7 +82,17 @@ func TestCommandsFromEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &registrar{tb: tb, pod: pod, agent: agentPod(t, tb, node), files: f, acked: map[curator.ID]uint64{}}
+	// A pod of another service account on the same node is not the agent,
+	// although its token names the node.
+	impostor := testbed.NewPod(t, tb, node, testbed.PodSpec{Namespace: agent.Namespace, Name: "impostor", ServiceAccount: "not-the-agent"})
+	rejected := &registrar{tb: tb, pod: pod, agent: impostor, files: f, acked: map[curator.ID]uint64{}}
+	_, err = rejected.register(t.Context(), p.url())
+	var he *curator.HTTPError
+	if !errors.As(err, &he) || he.Code != http.StatusForbidden || !strings.Contains(he.Body, "want the agent service account "+agent.Namespace+"/"+agent.ServiceAccount) {
+		t.Errorf("register with a token of service account %s/%s as the agent's = %v, want HTTP 403 naming the agent service account", impostor.Namespace, impostor.ServiceAccount, err)
+	}
+
+	r := &registrar{tb: tb, pod: pod, agent: agent, files: f, acked: map[curator.ID]uint64{}}
 	kr, err := r.register(t.Context(), p.url())
 	if err != nil {
 		t.Fatalf("register: %v", err)

@@ -3,6 +3,7 @@ package ambient_test
 import (
 	"bufio"
 	"flag"
+	"crypto/rand"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/mazu-mesh/mazu-ztunnel/agent"
 	"github.com/mazu-mesh/mazu-ztunnel/deploy/ambient"
+	"golang.org/x/mod/sumdb/note"
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/v2/lint"
 	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
@@ -229,6 +231,24 @@ func TestAgentReadsEveryVariable(t *testing.T) {
 	}
 }
 
+// withWitnesses returns values that turn the witnesses on with the
+// required witness values, then applies overrides to the witness section.
+func withWitnesses(overrides map[string]any) map[string]any {
+	witness := map[string]any{"jwks": testJWKS, "logKey": testLogKey}
+	for key, value := range overrides {
+		witness[key] = value
+	}
+	return map[string]any{"components": map[string]any{"witnesses": true}, "witness": witness}
+}
+
+// witnessOnly returns the values of a witness operator's release, with
+// overrides applied to the witness section.
+func witnessOnly(overrides map[string]any) map[string]any {
+	values := withWitnesses(overrides)
+	values["components"] = map[string]any{"ztunnel": false, "curator": false, "witnesses": true}
+	return values
+}
+
 // TestInvalidValuesRejected checks that values the chart cannot honour stop
 // the render with a message that names the value.
 func TestInvalidValuesRejected(t *testing.T) {
@@ -239,7 +259,15 @@ func TestInvalidValuesRejected(t *testing.T) {
 	}{
 		{"even raft membership", map[string]any{"curator": map[string]any{"replicas": 2}}, "curator.replicas=2 is invalid"},
 		{"no curator members", map[string]any{"curator": map[string]any{"replicas": 0}}, "curator.replicas=0 is invalid"},
-		{"two witnesses", map[string]any{"witness": map[string]any{"replicas": 2}}, "witness.replicas=2 is too few"},
+		{"two witnesses beside the curator", withWitnesses(map[string]any{"replicas": 2}), "witness.replicas=2 is too few"},
+		{"witness release without witnesses", witnessOnly(map[string]any{"replicas": 0}), "witness.replicas=0 is invalid"},
+		{"witnesses without JWKS", withWitnesses(map[string]any{"jwks": ""}), "witness.jwks is empty"},
+		{"witnesses with blank JWKS", withWitnesses(map[string]any{"jwks": " \n"}), "kubectl get --raw /openid/v1/jwks"},
+		{"JWKS not a key set", withWitnesses(map[string]any{"jwks": `{"issuer":"https://kubernetes.default.svc"}`}), "witness.jwks is not a JSON Web Key Set"},
+		{"JWKS not JSON", withWitnesses(map[string]any{"jwks": "-----BEGIN PUBLIC KEY-----"}), "witness.jwks is not a JSON Web Key Set"},
+		{"witnesses without log key", withWitnesses(map[string]any{"logKey": ""}), "witness.logKey is empty"},
+		{"witness key as log key", withWitnesses(map[string]any{"logKey": "w1.example.com+1234abcd+AQID EXTRA"}), "is not a log verifier key"},
+		{"log key without hash", withWitnesses(map[string]any{"logKey": "mazu-curator.istio-system.svc/Kubernetes+AQID"}), "is not a log verifier key"},
 		{"unchained CNI", map[string]any{"cni": map[string]any{"chained": false}}, "cni.chained=false is not supported"},
 		{"DNS capture", map[string]any{"cni": map[string]any{"dnsCapture": true}}, "cni.dnsCapture=true is not supported"},
 		{"IPv6 capture off", map[string]any{"cni": map[string]any{"ipv6": false}}, "cni.ipv6=false is not supported"},
@@ -342,6 +370,12 @@ func checkContainerPrivilege(t *testing.T, obj *unstructured.Unstructured, c cor
 // a witness operator needs no cluster-wide rights.
 func TestWitnessPlacement(t *testing.T) {
 	for _, obj := range render(t, nil) {
+		if obj.GetKind() == "StatefulSet" && obj.GetName() == "mazu-witness" {
+			t.Errorf("the default values render the witnesses, which need witness.jwks and witness.logKey")
+		}
+	}
+
+	for _, obj := range render(t, withWitnesses(nil)) {
 		if strings.HasPrefix(obj.GetName(), "mazu-witness") && obj.GetKind() != "ConfigMap" && obj.GetKind() != "Namespace" {
 			if obj.GetNamespace() != "mazu-witness" {
 				t.Errorf("%s %s is in namespace %q, want mazu-witness", obj.GetKind(), obj.GetName(), obj.GetNamespace())
@@ -349,8 +383,15 @@ func TestWitnessPlacement(t *testing.T) {
 		}
 	}
 
-	witnessOnly := goldenCases[1]
-	manifest, err := ambient.Render(witnessOnly.opts)
+	// A witness operator may run a single witness: the policy counts the
+	// witnesses of every release.
+	single := render(t, witnessOnly(map[string]any{"replicas": 1}))
+	if replicas, _, _ := unstructured.NestedInt64(find(t, single, "StatefulSet", "mazu-witness").Object, "spec", "replicas"); replicas != 1 {
+		t.Errorf("witness-only release with witness.replicas=1 renders %d witnesses, want 1", replicas)
+	}
+
+	witnessRelease := goldenCases[1]
+	manifest, err := ambient.Render(witnessRelease.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,13 +400,121 @@ func TestWitnessPlacement(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, obj := range objects {
-		if obj.GetNamespace() != witnessOnly.opts.Namespace {
-			t.Errorf("witness-only release renders %s %s outside its namespace %s", obj.GetKind(), obj.GetName(), witnessOnly.opts.Namespace)
+		if obj.GetNamespace() != witnessRelease.opts.Namespace {
+			t.Errorf("witness-only release renders %s %s outside its namespace %s", obj.GetKind(), obj.GetName(), witnessRelease.opts.Namespace)
 		}
 	}
 	sts := find(t, objects, "StatefulSet", "mazu-witness")
 	if replicas, _, _ := unstructured.NestedInt64(sts.Object, "spec", "replicas"); replicas != 3 {
 		t.Errorf("witness replicas = %d, want 3", replicas)
+	}
+}
+
+// TestWitnessTrust checks that each witness reads the pinned JWKS and the
+// curator's log key from the files the chart writes them to.
+func TestWitnessTrust(t *testing.T) {
+	objects := render(t, withWitnesses(map[string]any{"logKey": testLogKey + "\n"}))
+	cm := find(t, objects, "ConfigMap", "mazu-witness-trust")
+	if jwks, _, _ := unstructured.NestedString(cm.Object, "data", "jwks.json"); jwks != testJWKS {
+		t.Errorf("jwks.json = %q, want witness.jwks %q", jwks, testJWKS)
+	}
+	if logKey, _, _ := unstructured.NestedString(cm.Object, "data", "log.vkey"); logKey != testLogKey {
+		t.Errorf("log.vkey = %q, want witness.logKey without surrounding space %q", logKey, testLogKey)
+	}
+
+	var sts appsv1.StatefulSet
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(find(t, objects, "StatefulSet", "mazu-witness").Object, &sts); err != nil {
+		t.Fatalf("decode witness StatefulSet: %v", err)
+	}
+	spec := sts.Spec.Template.Spec
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Errorf("witness pods mount a service-account token, but they must have no API access")
+	}
+	if len(spec.Containers) != 1 {
+		t.Fatalf("witness pod has %d containers, want 1", len(spec.Containers))
+	}
+	witness := spec.Containers[0]
+	mountPath := ""
+	for _, mount := range witness.VolumeMounts {
+		for _, volume := range spec.Volumes {
+			if volume.Name == mount.Name && volume.ConfigMap != nil && volume.ConfigMap.Name == cm.GetName() {
+				mountPath = mount.MountPath
+			}
+		}
+	}
+	if mountPath == "" {
+		t.Fatalf("witness container does not mount ConfigMap %s", cm.GetName())
+	}
+	for env, file := range map[string]string{"MAZU_JWKS_FILE": "jwks.json", "MAZU_LOG_KEY_FILE": "log.vkey"} {
+		if got, _ := envValue(witness, env); got != mountPath+"/"+file {
+			t.Errorf("%s = %q, want %s/%s", env, got, mountPath, file)
+		}
+	}
+
+	// The witness checks tokens for the curator's audience, the log origin,
+	// which the log key names, whatever namespace the witness release is in.
+	origin, _, _ := strings.Cut(testLogKey, "+")
+	if got, _ := envValue(witness, "MAZU_LOG_ORIGIN"); got != origin {
+		t.Errorf("MAZU_LOG_ORIGIN = %q, want the log key's name %q", got, origin)
+	}
+
+	// The chart's check of witness.logKey accepts a real log verifier key.
+	_, vkey, err := note.GenerateKey(rand.Reader, "mazu-curator.istio-system.svc/Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ambient.Render(ambient.RenderOptions{Values: withWitnesses(map[string]any{"logKey": vkey})}); err != nil {
+		t.Errorf("render with the log key %q: %v", vkey, err)
+	}
+}
+
+// TestCuratorRollsOnWitnessPolicy checks that a new witness policy changes
+// the curator's pod template, so that `helm upgrade` restarts the members,
+// which read the policy only at start.
+func TestCuratorRollsOnWitnessPolicy(t *testing.T) {
+	podAnnotations := func(values map[string]any) map[string]string {
+		t.Helper()
+		sts := find(t, render(t, values), "StatefulSet", "mazu-curator")
+		annotations, _, _ := unstructured.NestedStringMap(sts.Object, "spec", "template", "metadata", "annotations")
+		return annotations
+	}
+	empty := podAnnotations(nil)["checksum/witness-policy"]
+	set := podAnnotations(map[string]any{"curator": map[string]any{"witnessPolicy": "log " + testLogKey + "\n"}})["checksum/witness-policy"]
+	if empty == "" || set == "" {
+		t.Fatalf("curator pod template has no checksum/witness-policy annotation (%q, %q)", empty, set)
+	}
+	if empty == set {
+		t.Errorf("checksum/witness-policy = %q with and without a policy, so a new policy would not restart the curator", empty)
+	}
+}
+
+// TestCuratorAgentServiceAccount checks that the curator is told the agent's
+// ServiceAccount, so that its node check accepts no other pod's token as
+// the agent's.
+func TestCuratorAgentServiceAccount(t *testing.T) {
+	for _, tc := range []struct {
+		name, resourceName, want string
+	}{
+		{"default", "mazu-ztunnel", "istio-system/mazu-ztunnel"},
+		{"resourceName", "mesh-agent", "istio-system/mesh-agent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objects := render(t, map[string]any{"resourceName": tc.resourceName})
+			var sts appsv1.StatefulSet
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(find(t, objects, "StatefulSet", "mazu-curator").Object, &sts); err != nil {
+				t.Fatalf("decode curator StatefulSet: %v", err)
+			}
+			curator := sts.Spec.Template.Spec.Containers[0]
+			if got, _ := envValue(curator, "MAZU_AGENT_SERVICE_ACCOUNT"); got != tc.want {
+				t.Errorf("MAZU_AGENT_SERVICE_ACCOUNT = %q, want %q", got, tc.want)
+			}
+
+			ds := find(t, objects, "DaemonSet", tc.resourceName)
+			account, _, _ := unstructured.NestedString(ds.Object, "spec", "template", "spec", "serviceAccountName")
+			if got := ds.GetNamespace() + "/" + account; got != tc.want {
+				t.Errorf("agent pods run as %q, but the curator is told %q", got, tc.want)
+			}
+		})
 	}
 }
 

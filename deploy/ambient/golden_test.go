@@ -16,6 +16,13 @@ var update = flag.Bool("update", false, "rewrite the golden files and manifests/
 // goldenHeader starts every golden file, so a reader knows where it comes from.
 const goldenHeader = "# Generated from deploy/ambient/chart by `go test ./deploy/ambient -run TestGolden -update`.\n# Do not edit: change the chart and regenerate.\n"
 
+// testJWKS and testLogKey stand in for the mesh cluster's issuer key set
+// and the curator's log verifier key, which a witness release requires.
+const (
+	testJWKS   = `{"keys":[{"use":"sig","kty":"EC","kid":"test","crv":"P-256","alg":"ES256","x":"AQ","y":"Ag"}]}`
+	testLogKey = "mazu-curator.istio-system.svc/Kubernetes+1234abcd+AQID"
+)
+
 // goldenCases are the value sets the golden files cover. The default case is
 // also the plain manifest set for users without Helm, so it lives in
 // manifests/ rather than testdata/.
@@ -42,7 +49,8 @@ var goldenCases = []struct {
 					"namespace":  "",
 					"replicas":   3,
 					"curatorURL": "https://curator.mesh.example.com",
-					"jwks":       `{"keys":[]}`,
+					"jwks":       testJWKS,
+					"logKey":     testLogKey,
 				},
 			},
 		},

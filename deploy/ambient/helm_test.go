@@ -43,7 +43,7 @@ func TestHelmInstallUpgradeRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	values := map[string]any{"witness": map[string]any{"namespace": witnessNamespace}}
+	values := withWitnesses(map[string]any{"namespace": witnessNamespace})
 	agentImage := func() string {
 		t.Helper()
 		ds, err := tb.Client().AppsV1().DaemonSets(namespace).Get(ctx, "mazu-ztunnel", metav1.GetOptions{})
@@ -76,7 +76,7 @@ func TestHelmInstallUpgradeRollback(t *testing.T) {
 	upgrade.Namespace = namespace
 	upgrade.WaitStrategy = kube.HookOnlyStrategy
 	upgrade.Timeout = time.Minute
-	upgraded := map[string]any{"witness": values["witness"], "tag": "0.2.0"}
+	upgraded := map[string]any{"components": values["components"], "witness": values["witness"], "tag": "0.2.0"}
 	if _, err := upgrade.RunWithContext(ctx, release, chrt, upgraded); err != nil {
 		t.Fatalf("helm upgrade: %v", err)
 	}

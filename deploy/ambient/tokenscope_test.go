@@ -262,9 +262,13 @@ func TestAgentTokenScope(t *testing.T) {
 	t.Run("pod annotations", func(t *testing.T) {
 		// The agent may set and clear its two annotations on its own
 		// node's pods, and nothing else. The policy loads asynchronously,
-		// so wait until it rejects a label change first.
-		relabel := []byte(`{"metadata":{"labels":{"app":"other"}}}`)
-		waitPatchRejected(t, clientA, appA, relabel, "may change only the annotations")
+		// so wait until it rejects a patch of another node's pod first.
+		// The probe removes an annotation the pod lacks, so it changes
+		// nothing if it is admitted. A probe that relabels appA fails
+		// as a wait: once one attempt is admitted before the policy
+		// loads, every later attempt is a no-op that the policy allows.
+		noOp := []byte(`{"metadata":{"annotations":{"mazu-mesh.io/policy-probe":null}}}`)
+		waitPatchRejected(t, clientA, appB, noOp, "may change only pods on its own node")
 		enroll := []byte(`{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled","mazu-mesh.io/enrolled":"true"}}}`)
 		if _, err := clientA.CoreV1().Pods(appA.Namespace).Patch(ctx, appA.Name, types.MergePatchType, enroll, metav1.PatchOptions{}); err != nil {
 			t.Errorf("agent could not annotate pod %s on its node: %v", appA.Name, err)
