@@ -395,7 +395,11 @@ func TestMesh_MetricsAndAccessLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	waitFor(t, func() bool { return sumVec(metrics.closed) == 2 })
+	// Each side counts the close before it writes its access log line, so
+	// wait for both lines as well as both counts.
+	waitFor(t, func() bool {
+		return sumVec(metrics.closed) == 2 && strings.Count(logBuf.String(), `"msg":"connection complete"`) == 2
+	})
 	for _, tc := range []struct {
 		name string
 		vec  *prometheus.CounterVec
