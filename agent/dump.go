@@ -95,7 +95,7 @@ func (a *Agent) ConfigDump() any {
 		return d.Services[i].Namespace+"/"+d.Services[i].Name < d.Services[j].Namespace+"/"+d.Services[j].Name
 	})
 	for _, p := range a.view.Policies() {
-		d.Policies = append(d.Policies, p.Namespace+"/"+p.Name+" "+p.Spec.GetAction().String())
+		d.Policies = append(d.Policies, policyDump(p))
 	}
 	for _, p := range a.view.PeerAuths() {
 		d.PeerAuths = append(d.PeerAuths, p.Namespace+"/"+p.Name+" "+p.Spec.GetMtls().GetMode().String())
@@ -103,6 +103,16 @@ func (a *Agent) ConfigDump() any {
 	sort.Strings(d.Policies)
 	sort.Strings(d.PeerAuths)
 	return d
+}
+
+// policyDump renders an AuthorizationPolicy as "namespace/name ACTION",
+// followed by the reason when this agent does not enforce it.
+func policyDump(p Policy) string {
+	s := p.Namespace + "/" + p.Name + " " + p.Spec.GetAction().String()
+	if reason := policyNotEnforced(p); reason != "" {
+		s += " (not enforced: " + reason + ")"
+	}
+	return s
 }
 
 func serviceDump(v *View, svc *corev1.Service) ServiceDump {

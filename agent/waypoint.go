@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/cache"
 )
 
 // Labels Istio uses to bind Services and pods to a waypoint. Their meaning
@@ -203,4 +206,53 @@ func (r *waypointRejections) pruneLocked(now time.Time) {
 	if len(r.destinations) >= maxRejectionLogs {
 		clear(r.destinations)
 	}
+}
+
+// warnTargetRefPolicy logs, once per policy, an AuthorizationPolicy that
+// selects a waypoint or gateway through targetRefs. Such a policy is
+// enforced by the waypoint, and this agent runs none. A policy that loses
+// its targetRefs and gains them again is logged again.
+func (v *View) warnTargetRefPolicy(obj any) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	spec := &securityv1beta1.AuthorizationPolicy{}
+	if err := decodeSpec(u, spec); err != nil {
+		// Policies logs invalid policies and denies in their namespace.
+		return
+	}
+	key := u.GetNamespace() + "/" + u.GetName()
+	v.unenforcedMu.Lock()
+	defer v.unenforcedMu.Unlock()
+	if !hasTargetRefs(spec) {
+		delete(v.unenforced, key)
+		return
+	}
+	if v.unenforced[key] {
+		return
+	}
+	v.unenforced[key] = true
+	var targets []string
+	for _, ref := range spec.GetTargetRefs() {
+		targets = append(targets, ref.GetKind()+"/"+ref.GetName())
+	}
+	if ref := spec.GetTargetRef(); ref != nil {
+		targets = append(targets, ref.GetKind()+"/"+ref.GetName())
+	}
+	v.log.Warn("AuthorizationPolicy not enforced: its targetRefs select a waypoint or gateway, which mazu-ztunnel does not run",
+		"namespace", u.GetNamespace(), "name", u.GetName(), "action", spec.GetAction().String(), "targets", targets)
+}
+
+func (v *View) forgetTargetRefPolicy(obj any) {
+	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tombstone.Obj
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	v.unenforcedMu.Lock()
+	delete(v.unenforced, u.GetNamespace()+"/"+u.GetName())
+	v.unenforcedMu.Unlock()
 }

@@ -13,13 +13,17 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 )
 
 func TestServiceWaypointPrecedence(t *testing.T) {
@@ -246,5 +250,72 @@ func TestWaypointRejectionsStayBounded(t *testing.T) {
 	}
 	if n := len(r.destinations); n > maxRejectionLogs {
 		t.Errorf("log state has %d destinations, want at most %d", n, maxRejectionLogs)
+	}
+}
+
+func targetRefPolicy(name string, targetRefs bool) *unstructured.Unstructured {
+	spec := map[string]any{"action": "ALLOW", "rules": []any{map[string]any{}}}
+	if targetRefs {
+		spec["targetRefs"] = []any{map[string]any{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}}
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+		"metadata": map[string]any{"namespace": "shop", "name": name},
+		"spec":     spec,
+	}}
+}
+
+func TestTargetRefPolicyWarnedOnce(t *testing.T) {
+	var buf bytes.Buffer
+	v := &View{log: slog.New(slog.NewJSONHandler(&buf, nil)), unenforced: map[string]bool{}}
+	warnings := func() int { return len(logLines(t, &buf)) }
+
+	v.warnTargetRefPolicy(targetRefPolicy("l7", true))
+	v.warnTargetRefPolicy(targetRefPolicy("l7", true))
+	if got := warnings(); got != 1 {
+		t.Fatalf("%d warnings for one policy seen twice, want 1", got)
+	}
+	line := logLines(t, &buf)[0]
+	if line["namespace"] != "shop" || line["name"] != "l7" || line["level"] != "WARN" {
+		t.Errorf("warning = %v, want a WARN for shop/l7", line)
+	}
+
+	v.warnTargetRefPolicy(targetRefPolicy("l4", false))
+	if got := warnings(); got != 1 {
+		t.Errorf("%d warnings after a policy without targetRefs, want still 1", got)
+	}
+
+	v.warnTargetRefPolicy(targetRefPolicy("l7", false))
+	v.warnTargetRefPolicy(targetRefPolicy("l7", true))
+	if got := warnings(); got != 2 {
+		t.Errorf("%d warnings after the policy regained targetRefs, want 2", got)
+	}
+
+	v.forgetTargetRefPolicy(cache.DeletedFinalStateUnknown{Key: "shop/l7", Obj: targetRefPolicy("l7", true)})
+	v.warnTargetRefPolicy(targetRefPolicy("l7", true))
+	if got := warnings(); got != 3 {
+		t.Errorf("%d warnings after the policy was deleted and created again, want 3", got)
+	}
+}
+
+func TestPolicyDumpMarksUnenforced(t *testing.T) {
+	allow := securityv1beta1.AuthorizationPolicy_ALLOW
+	tests := []struct {
+		name string
+		spec *securityv1beta1.AuthorizationPolicy
+		want string
+	}{
+		{"selector policy", &securityv1beta1.AuthorizationPolicy{Action: allow}, "shop/p ALLOW"},
+		{"targetRefs", &securityv1beta1.AuthorizationPolicy{Action: allow, TargetRefs: []*typev1beta1.PolicyTargetReference{{Kind: "Gateway", Name: "waypoint"}}},
+			"shop/p ALLOW (not enforced: targetRefs select a waypoint or gateway, which mazu-ztunnel does not run)"},
+		{"CUSTOM", &securityv1beta1.AuthorizationPolicy{Action: securityv1beta1.AuthorizationPolicy_CUSTOM},
+			"shop/p CUSTOM (not enforced: CUSTOM policies are not enforced at L4)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := policyDump(Policy{Namespace: "shop", Name: "p", Spec: tt.spec}); got != tt.want {
+				t.Errorf("policyDump = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
