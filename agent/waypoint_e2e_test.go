@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -131,6 +132,25 @@ func TestWaypointBoundTrafficRejected(t *testing.T) {
 			t.Errorf("config_dump lists no workload for pod %s/web", ns)
 		case workload.Waypoint == nil || *workload.Waypoint != want:
 			t.Errorf("config_dump workload %s/web waypoint = %+v, want %+v", ns, workload.Waypoint, want)
+		}
+	})
+
+	// A policy for the waypoint is enforced there, so the agent lists it as
+	// not enforced.
+	t.Run("targetRefs policy not enforced", func(t *testing.T) {
+		applySecurity(t, dynamicClient(t, tb), na, "AuthorizationPolicy", ns, "waypoint-l7", map[string]any{
+			"targetRefs": []any{map[string]any{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}},
+			"action":     "ALLOW",
+			"rules":      []any{map[string]any{"to": []any{map[string]any{"operation": map[string]any{"methods": []any{"GET"}}}}}},
+		})
+		_, body := endpointGet(t, na, 2, "/config_dump")
+		var dump ConfigDump
+		if err := json.Unmarshal(body, &dump); err != nil {
+			t.Fatalf("/config_dump is not JSON: %v", err)
+		}
+		want := ns + "/waypoint-l7 ALLOW (not enforced: targetRefs select a waypoint or gateway, which mazu-ztunnel does not run)"
+		if !slices.Contains(dump.Policies, want) {
+			t.Errorf("config_dump policies = %q, want %q among them", dump.Policies, want)
 		}
 	})
 
