@@ -61,6 +61,9 @@ func (v *View) Resolve(dst netip.AddrPort, trustDomain string) (Destination, err
 		}
 		return podDestination(pod, dst, trustDomain), nil
 	}
+	// NOTE: the view has no ServiceEntries, so traffic to their addresses
+	// passes through here even when istio.io/use-waypoint binds them to an
+	// egress waypoint.
 	return Destination{Addr: dst}, nil
 }
 
