@@ -94,7 +94,9 @@ type Agent struct {
 	log     *slog.Logger
 	view    *View
 	metrics *tunnel.Metrics
-	cni     *cni.Server
+	// waypoints counts and logs connections rejected for a waypoint.
+	waypoints *waypointRejections
+	cni       *cni.Server
 	// compat is nil in strict mode.
 	compat *rbeauth.Compat
 	// podLocks serializes Enroll and Unenroll per pod.
@@ -146,11 +148,15 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
 	}
+	waypoints, err := newWaypointRejections(cfg.Registry, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("new agent: %w", err)
+	}
 	state, err := openState(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, view: view, metrics: metrics, pods: map[types.UID]*podProxy{}, tornDown: map[types.UID]bool{}, state: state, reasons: "starting"}
+	a := &Agent{cfg: cfg, log: cfg.Logger, view: view, metrics: metrics, waypoints: waypoints, pods: map[types.UID]*podProxy{}, tornDown: map[types.UID]bool{}, state: state, reasons: "starting"}
 	if err := view.OnPodEvent(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { a.onPod(obj) },
 		UpdateFunc: func(_, obj any) { a.onPod(obj) },

@@ -85,13 +85,30 @@ func Authorize(policies []Policy, rootNamespace string, dst Workload, req Reques
 // workloads with matching labels. Policies that target a waypoint or
 // gateway through targetRefs are not for the node proxy.
 func policyApplies(p Policy, rootNamespace string, dst Workload) bool {
-	if len(p.Spec.GetTargetRefs()) > 0 || p.Spec.GetTargetRef() != nil {
+	if hasTargetRefs(p.Spec) {
 		return false
 	}
 	if p.Namespace != rootNamespace && p.Namespace != dst.Namespace {
 		return false
 	}
 	return selectorMatches(p.Spec.GetSelector(), dst.Labels)
+}
+
+func hasTargetRefs(spec *securityv1beta1.AuthorizationPolicy) bool {
+	return len(spec.GetTargetRefs()) > 0 || spec.GetTargetRef() != nil
+}
+
+// policyNotEnforced returns why Authorize never enforces a policy, or ""
+// when it may.
+func policyNotEnforced(p Policy) string {
+	if hasTargetRefs(p.Spec) {
+		return "targetRefs select a waypoint or gateway, which mazu-ztunnel does not run"
+	}
+	switch p.Spec.GetAction() {
+	case securityv1beta1.AuthorizationPolicy_CUSTOM, securityv1beta1.AuthorizationPolicy_AUDIT:
+		return p.Spec.GetAction().String() + " policies are not enforced at L4"
+	}
+	return ""
 }
 
 func selectorMatches(sel *typev1beta1.WorkloadSelector, labels map[string]string) bool {

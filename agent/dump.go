@@ -27,6 +27,8 @@ type WorkloadDump struct {
 	IP        string `json:"ip"`
 	Identity  string `json:"identity"`
 	Netns     string `json:"netns"`
+	// Waypoint is the binding of traffic addressed to the pod's IP, or nil.
+	Waypoint *WaypointDump `json:"waypoint,omitempty"`
 }
 
 // ServiceDump describes one Service as the agent resolves it.
@@ -35,6 +37,29 @@ type ServiceDump struct {
 	Name       string   `json:"name"`
 	ClusterIPs []string `json:"clusterIPs"`
 	Endpoints  []string `json:"endpoints"`
+	// Waypoint is the binding of traffic addressed to the ClusterIPs, or
+	// nil.
+	Waypoint *WaypointDump `json:"waypoint,omitempty"`
+}
+
+// WaypointDump is a destination's waypoint binding. The agent does not
+// route through waypoints, so it rejects every connection to the
+// destination.
+type WaypointDump struct {
+	// Waypoint is the waypoint Gateway as namespace/name.
+	Waypoint string `json:"waypoint"`
+	// BoundBy is the kind of object whose istio.io/use-waypoint label set
+	// the binding: Service, Pod or Namespace.
+	BoundBy string `json:"boundBy"`
+	// Connections is always "rejected".
+	Connections string `json:"connections"`
+}
+
+func waypointDump(b WaypointBinding) *WaypointDump {
+	if !b.Bound() {
+		return nil
+	}
+	return &WaypointDump{Waypoint: b.Waypoint, BoundBy: b.BoundBy, Connections: "rejected"}
 }
 
 // CertificateDump is one workload's identity state from Identities.Describe.
@@ -55,6 +80,11 @@ func (a *Agent) ConfigDump() any {
 	}
 	a.mu.Unlock()
 	sort.Slice(d.Workloads, func(i, j int) bool { return d.Workloads[i].UID < d.Workloads[j].UID })
+	for i, w := range d.Workloads {
+		if pod := a.view.Pod(w.Namespace, w.Name); pod != nil && string(pod.UID) == w.UID {
+			d.Workloads[i].Waypoint = waypointDump(PodWaypoint(pod, a.view.NamespaceLabels(pod.Namespace)))
+		}
+	}
 	for _, w := range d.Workloads {
 		d.Certificates = append(d.Certificates, CertificateDump{UID: w.UID, State: a.cfg.Identities.Describe(types.UID(w.UID))})
 	}
@@ -65,7 +95,7 @@ func (a *Agent) ConfigDump() any {
 		return d.Services[i].Namespace+"/"+d.Services[i].Name < d.Services[j].Namespace+"/"+d.Services[j].Name
 	})
 	for _, p := range a.view.Policies() {
-		d.Policies = append(d.Policies, p.Namespace+"/"+p.Name+" "+p.Spec.GetAction().String())
+		d.Policies = append(d.Policies, policyDump(p))
 	}
 	for _, p := range a.view.PeerAuths() {
 		d.PeerAuths = append(d.PeerAuths, p.Namespace+"/"+p.Name+" "+p.Spec.GetMtls().GetMode().String())
@@ -75,8 +105,21 @@ func (a *Agent) ConfigDump() any {
 	return d
 }
 
+// policyDump renders an AuthorizationPolicy as "namespace/name ACTION",
+// followed by the reason when this agent does not enforce it.
+func policyDump(p Policy) string {
+	s := p.Namespace + "/" + p.Name + " " + p.Spec.GetAction().String()
+	if reason := policyNotEnforced(p); reason != "" {
+		s += " (not enforced: " + reason + ")"
+	}
+	return s
+}
+
 func serviceDump(v *View, svc *corev1.Service) ServiceDump {
-	s := ServiceDump{Namespace: svc.Namespace, Name: svc.Name, ClusterIPs: svc.Spec.ClusterIPs}
+	s := ServiceDump{
+		Namespace: svc.Namespace, Name: svc.Name, ClusterIPs: svc.Spec.ClusterIPs,
+		Waypoint: waypointDump(ServiceWaypoint(svc, v.NamespaceLabels(svc.Namespace))),
+	}
 	for _, slice := range v.EndpointSlices(svc) {
 		for _, ep := range slice.Endpoints {
 			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -47,9 +48,15 @@ func (a *Agent) authorizer(p *podProxy) tunnel.Authorizer {
 }
 
 // resolver routes the pod's captured connections with the Kubernetes view.
+// It rejects connections to destinations bound to a waypoint, because
+// sending them directly would skip the waypoint's policies.
 func (a *Agent) resolver(p *podProxy) tunnel.Resolver {
 	return func(_ context.Context, _, origDst netip.AddrPort) (tunnel.Route, error) {
 		d, err := a.view.Resolve(origDst, a.cfg.TrustDomain)
+		if werr, ok := errors.AsType[*WaypointError](err); ok {
+			a.waypoints.record(p, origDst, werr)
+			return tunnel.Route{}, fmt.Errorf("route %s: %w: %w", origDst, werr, tunnel.ErrRouteRejected)
+		}
 		if err != nil {
 			return tunnel.Route{}, err
 		}

@@ -46,14 +46,24 @@ var ErrNoEndpoints = errors.New("service has no ready endpoint")
 // destination, using only the Kubernetes view: a ClusterIP goes to one of
 // its Service's ready endpoints, a pod IP to that pod. Anything else passes
 // through unchanged. The expected identity is the destination pod's
-// service account as the pod object states it.
+// service account as the pod object states it. A Service or pod bound to a
+// waypoint (see ServiceWaypoint and PodWaypoint) returns a *WaypointError.
 func (v *View) Resolve(dst netip.AddrPort, trustDomain string) (Destination, error) {
 	if svc := v.ServiceByClusterIP(dst.Addr()); svc != nil {
+		if b := ServiceWaypoint(svc, v.NamespaceLabels(svc.Namespace)); b.Bound() {
+			return Destination{}, &WaypointError{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Binding: b}
+		}
 		return v.resolveService(svc, dst, trustDomain)
 	}
 	if pod := v.PodByIP(dst.Addr()); pod != nil {
+		if b := PodWaypoint(pod, v.NamespaceLabels(pod.Namespace)); b.Bound() {
+			return Destination{}, &WaypointError{Kind: "Pod", Namespace: pod.Namespace, Name: pod.Name, Binding: b}
+		}
 		return podDestination(pod, dst, trustDomain), nil
 	}
+	// NOTE: the view has no ServiceEntries, so traffic to their addresses
+	// passes through here even when istio.io/use-waypoint binds them to an
+	// egress waypoint.
 	return Destination{Addr: dst}, nil
 }
 

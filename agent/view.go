@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
+	"sync"
 	"time"
 
 	securityv1beta1 "istio.io/api/security/v1beta1"
@@ -51,13 +52,18 @@ type View struct {
 	policies   cache.GenericLister
 	peerAuths  cache.GenericLister
 	synced     []cache.InformerSynced
+
+	// unenforced contains the namespace/name of each AuthorizationPolicy
+	// with targetRefs that was already logged as not enforced.
+	unenforcedMu sync.Mutex
+	unenforced   map[string]bool
 }
 
 // NewView creates the informers. Start runs them.
 func NewView(client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logger) (*View, error) {
 	factory := informers.NewSharedInformerFactory(client, 10*time.Minute)
 	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
-	v := &View{log: log, factory: factory, dynFactory: dynFactory}
+	v := &View{log: log, factory: factory, dynFactory: dynFactory, unenforced: map[string]bool{}}
 
 	v.pods = factory.Core().V1().Pods().Informer()
 	if err := v.pods.AddIndexers(cache.Indexers{podIPIndex: indexPodIPs}); err != nil {
@@ -73,6 +79,13 @@ func NewView(client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logge
 	policyInformer := dynFactory.ForResource(authorizationPolicies)
 	peerAuthInformer := dynFactory.ForResource(peerAuthentications)
 	v.policies, v.peerAuths = policyInformer.Lister(), peerAuthInformer.Lister()
+	if _, err := policyInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    v.warnTargetRefPolicy,
+		UpdateFunc: func(_, obj any) { v.warnTargetRefPolicy(obj) },
+		DeleteFunc: v.forgetTargetRefPolicy,
+	}); err != nil {
+		return nil, fmt.Errorf("watch AuthorizationPolicies: %w", err)
+	}
 	v.synced = []cache.InformerSynced{
 		v.pods.HasSynced, v.services.HasSynced,
 		factory.Discovery().V1().EndpointSlices().Informer().HasSynced,

@@ -10,7 +10,8 @@
 //     SETTINGS_MAX_CONCURRENT_STREAMS) streams, is never reused after a
 //     GOAWAY, and is closed after ClientConfig.IdleTimeout without streams.
 //   - Outbound proxies connections captured from local workloads. Its
-//     Resolver chooses HBONE to a mesh peer or plain TCP passthrough.
+//     Resolver chooses HBONE to a mesh peer or plain TCP passthrough, or
+//     rejects the connection with ErrRouteRejected, which resets it.
 //   - Server terminates HBONE (port 15008). It responds with 200 only after the
 //     Authorizer allowed the request and the connection to the application
 //     succeeded; otherwise 400 (not CONNECT, invalid :authority, target IP

@@ -32,6 +32,12 @@ type Route struct {
 // Resolver decides where a captured outbound connection goes.
 type Resolver func(ctx context.Context, src, origDst netip.AddrPort) (Route, error)
 
+// ErrRouteRejected is wrapped by a Resolver's error when policy forbids the
+// connection, as opposed to a failed lookup. Outbound then resets the client
+// connection and logs it only at debug level, because the Resolver is
+// expected to log and count such rejections itself.
+var ErrRouteRejected = errors.New("outbound connection rejected by policy")
+
 // OutboundConfig configures an Outbound proxy.
 type OutboundConfig struct {
 	// Pool carries HBONE streams. Required.
@@ -99,6 +105,12 @@ func (o *Outbound) Handle(ctx context.Context, conn net.Conn, origDst netip.Addr
 		return
 	}
 	route, err := o.cfg.Resolve(ctx, src, origDst)
+	if errors.Is(err, ErrRouteRejected) {
+		o.log.LogAttrs(ctx, slog.LevelDebug, "outbound connection rejected", slog.String("src.addr", src.String()),
+			slog.String("dst.addr", origDst.String()), slog.String("error", err.Error()))
+		abort(conn)
+		return
+	}
 	if err != nil {
 		o.log.LogAttrs(ctx, slog.LevelWarn, "outbound route failed", slog.String("src.addr", src.String()),
 			slog.String("dst.addr", origDst.String()), slog.String("error", err.Error()))
