@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -432,8 +431,8 @@ func (l *Log) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
 func (l *Log) handleTokenSigs(w http.ResponseWriter, r *http.Request) {
 	start, err1 := strconv.ParseInt(r.URL.Query().Get("start"), 10, 64)
 	end, err2 := strconv.ParseInt(r.URL.Query().Get("end"), 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start || end-start > 1<<16 {
-		httpError(w, fmt.Errorf("want start and end with 0 ≤ start ≤ end ≤ start+65536: %w", errBadRequest))
+	if err1 != nil || err2 != nil || start < 0 || end < start || end-start > curator.MaxTokenSigRange {
+		httpError(w, fmt.Errorf("want start and end with 0 ≤ start ≤ end ≤ start+%d: %w", curator.MaxTokenSigRange, errBadRequest))
 		return
 	}
 	if !l.witnessAuthorized(r.Header.Get("Mazu-Witness-Auth"), start, end) {
@@ -445,14 +444,8 @@ func (l *Log) handleTokenSigs(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	// Body: per entry, a uint16 length and the signature (0 for none).
-	var out []byte
-	for _, s := range sigs {
-		out = binary.BigEndian.AppendUint16(out, uint16(len(s)))
-		out = append(out, s...)
-	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Write(out)
+	w.Write(curator.AppendTokenSigs(nil, sigs))
 }
 
 func (l *Log) witnessAuthorized(header string, start, end int64) bool {

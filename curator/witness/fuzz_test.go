@@ -2,10 +2,11 @@ package witness
 
 import (
 	"bytes"
-	"encoding/binary"
 	"testing"
 
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/mazu-mesh/mazu-ztunnel/curator"
 )
 
 func FuzzParseAddCheckpoint(f *testing.F) {
@@ -35,18 +36,18 @@ func FuzzParseTokenSigs(f *testing.F) {
 		const start = 1000
 		end := int64(start) + int64(count)
 		sigs := map[uint64][]byte{}
-		if err := parseTokenSigs(body, start, end, sigs); err != nil {
+		if err := curator.ParseTokenSigs(body, start, end, sigs); err != nil {
 			return
 		}
-		var again []byte
+		var list [][]byte
 		for i := int64(start); i < end; i++ {
 			s, ok := sigs[uint64(i)]
 			if ok && len(s) == 0 {
 				t.Fatalf("entry %d has an empty signature in the map", i)
 			}
-			again = binary.BigEndian.AppendUint16(again, uint16(len(s)))
-			again = append(again, s...)
+			list = append(list, s)
 		}
+		again := curator.AppendTokenSigs(nil, list)
 		if len(sigs) > int(count) {
 			t.Fatalf("parseTokenSigs returned %d signatures for %d entries", len(sigs), count)
 		}

@@ -19,7 +19,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -414,36 +413,11 @@ func (w *Witness) fetchTokenSigs(ctx context.Context, start, end int64) (map[uin
 		if err != nil {
 			return nil, err
 		}
-		if err := parseTokenSigs(b, from, to, out); err != nil {
+		if err := curator.ParseTokenSigs(b, from, to, out); err != nil {
 			return nil, fmt.Errorf("token signatures [%d, %d): %w", from, to, err)
 		}
 	}
 	return out, nil
-}
-
-var errMalformedTokenSigs = errors.New("malformed token signature list")
-
-// parseTokenSigs parses the /v1/token-signatures body of entries
-// [start, end): per entry a big-endian uint16 length and the signature,
-// with length 0 for an entry without one. It adds the signatures to out.
-func parseTokenSigs(b []byte, start, end int64, out map[uint64][]byte) error {
-	for i := start; i < end; i++ {
-		if len(b) < 2 {
-			return errMalformedTokenSigs
-		}
-		n := int(binary.BigEndian.Uint16(b))
-		if len(b) < 2+n {
-			return errMalformedTokenSigs
-		}
-		if n > 0 {
-			out[uint64(i)] = b[2 : 2+n]
-		}
-		b = b[2+n:]
-	}
-	if len(b) != 0 {
-		return fmt.Errorf("%w: %d bytes after the last entry", errMalformedTokenSigs, len(b))
-	}
-	return nil
 }
 
 // keepEvidence stores a rejected request, which the C2SP witness spec

@@ -16,7 +16,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -676,12 +675,7 @@ func rawLog(st *store.Store, n int64) http.Handler {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		var out []byte
-		for _, s := range sigs {
-			out = binary.BigEndian.AppendUint16(out, uint16(len(s)))
-			out = append(out, s...)
-		}
-		w.Write(out)
+		w.Write(curator.AppendTokenSigs(nil, sigs))
 	})
 	return mux
 }

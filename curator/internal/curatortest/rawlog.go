@@ -1,7 +1,6 @@
 package curatortest
 
 import (
-	"encoding/binary"
 	"net/http"
 	"strconv"
 	"strings"
@@ -80,7 +79,7 @@ func (r *RawLog) handleTile(w http.ResponseWriter, req *http.Request) {
 func (r *RawLog) handleTokenSigs(w http.ResponseWriter, req *http.Request) {
 	start, err1 := strconv.ParseInt(req.URL.Query().Get("start"), 10, 64)
 	end, err2 := strconv.ParseInt(req.URL.Query().Get("end"), 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start || end-start > 1<<16 {
+	if err1 != nil || err2 != nil || start < 0 || end < start || end-start > curator.MaxTokenSigRange {
 		http.Error(w, "invalid range", http.StatusBadRequest)
 		return
 	}
@@ -89,12 +88,7 @@ func (r *RawLog) handleTokenSigs(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	var out []byte
-	for _, s := range sigs {
-		out = binary.BigEndian.AppendUint16(out, uint16(len(s)))
-		out = append(out, s...)
-	}
-	w.Write(out)
+	w.Write(curator.AppendTokenSigs(nil, sigs))
 }
 
 // CopyStore copies the entries and token signatures of src into a new store
