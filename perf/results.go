@@ -24,7 +24,7 @@ type Machine struct {
 }
 
 // Block is one variant's workloads in one round, with the machine's load
-// around it.
+// and CPU use around it.
 type Block struct {
 	Round       int        `json:"round"`
 	Variant     string     `json:"variant"`
@@ -34,9 +34,15 @@ type Block struct {
 	LoadAfter   [3]float64 `json:"load_after"`
 	StealBefore int64      `json:"steal_ticks_before"`
 	StealAfter  int64      `json:"steal_ticks_after"`
-	Errors      []string   `json:"errors,omitempty"`
-	Dropped     bool       `json:"dropped"`
-	// DropReason names the noise gate's limit that dropped the block.
+	// CPU is the CPU use during the block, which the noise gate judges. It
+	// is nil when the samples could not be read, and CPUError contains the
+	// error.
+	CPU      *BlockCPU `json:"cpu,omitempty"`
+	CPUError string    `json:"cpu_error,omitempty"`
+	Errors   []string  `json:"errors,omitempty"`
+	Dropped  bool      `json:"dropped"`
+	// DropReason names the noise gate's limit that dropped the block:
+	// "outside CPU", "steal" or "CPU not measured".
 	DropReason string `json:"drop_reason,omitempty"`
 }
 
@@ -120,16 +126,10 @@ const curatorReason = "no curator benchmark output was given (make perf runs the
 // finish turns raw per-round samples into summaries, ratios and goals.
 func (res *Results) finish(vs []*variant, samples map[string]map[string]map[int]float64) {
 	rounds := res.Config.Rounds
-	if perCPU, median := res.loadLimits(); perCPU > 0 {
-		for i := range res.Blocks {
-			b := &res.Blocks[i]
-			l := blockLoad(*b)
-			switch {
-			case l > perCPU:
-				b.Dropped, b.DropReason = true, "load per CPU"
-			case l > median:
-				b.Dropped, b.DropReason = true, "load above 1.5× the median"
-			}
+	for i := range res.Blocks {
+		b := &res.Blocks[i]
+		if reason := res.gateReason(*b); reason != "" {
+			b.Dropped, b.DropReason = true, reason
 		}
 	}
 	for _, v := range vs {
@@ -193,28 +193,6 @@ func (res *Results) variant(id string) *VariantResult {
 		}
 	}
 	return nil
-}
-
-// blockLoad is the higher of the 1-minute load averages read before and
-// after a block.
-func blockLoad(b Block) float64 {
-	return max(b.LoadBefore[0], b.LoadAfter[0])
-}
-
-// loadLimits returns the noise gate's two limits on a block's 1-minute load
-// average: MaxLoadPerCPU times the machine's CPUs, and 1.5 times the median
-// block's load, so that on a machine that stays loaded the blocks that
-// stand out are dropped too. Zeros mean the gate is off.
-func (res *Results) loadLimits() (perCPU, median float64) {
-	if res.Config.MaxLoadPerCPU <= 0 || len(res.Blocks) == 0 {
-		return 0, 0
-	}
-	loads := make([]float64, len(res.Blocks))
-	for i, b := range res.Blocks {
-		loads[i] = blockLoad(b)
-	}
-	slices.Sort(loads)
-	return res.Config.MaxLoadPerCPU * float64(max(res.Machine.NProc, 1)), 1.5 * quantileSorted(loads, 0.5)
 }
 
 type blockKey struct {

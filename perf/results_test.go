@@ -174,7 +174,9 @@ func TestRenderMarkdown(t *testing.T) {
 		"| HBONE 1 KB p90 ≤ 1.3× null proxy pair (c=16) | 1.20× (HTTP 1 KB, 1000 rps, no jitter) (range 1.10–1.30, n=5, too few rounds for a 95% CI)",
 		"| mTLS-HBONE throughput ≥ 0.9× plain TLS pair | 0.80× (one stream) (range",
 		"**inconclusive**",
-		"| dropped blocks | 1 of 2: 1 over the per-CPU limit, 0 over 1.5× the median only; by variant: hbone-x509 round 5 |",
+		"| dropped blocks | 1 of 2: 1 for outside CPU, 0 for steal, 0 with CPU not measured; by variant: hbone-x509 round 5 |",
+		"| CPU outside the suite | median 0.45 vCPU per block, max 0.80; steal max 0.01 vCPU",
+		"| busiest outside processes | cc1 2.80 CPU-s in 1 block; sshd 0.20 CPU-s in 1 block, over all blocks |",
 		"| hbone-x509 | cross-node | hbone-x509 | new stream | 5 of 6 | run |",
 		"| blocks with errors | 1 of 2 |",
 		"| CPU | Test CPU, nproc 2 |",
@@ -208,63 +210,63 @@ func TestBenchLinesSkipDroppedRounds(t *testing.T) {
 func TestNoiseGateDropsLoadedBlocks(t *testing.T) {
 	vs := []*variant{{ID: "null"}, {ID: "hbone-x509"}}
 	samples := map[string]map[string]map[int]float64{
-		"null":       {"rr_1b_p50_us": {0: 100, 1: 100}},
-		"hbone-x509": {"rr_1b_p50_us": {0: 110, 1: 500}},
+		"null":       {"rr_1b_p50_us": {0: 100, 1: 100, 2: 100, 3: 100}},
+		"hbone-x509": {"rr_1b_p50_us": {0: 110, 1: 500, 2: 400, 3: 300}},
 	}
-	// Two CPUs: the per-CPU limit is 3.0; the median block's load is 2.5,
-	// so 1.5× the median is 3.75.
-	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 2, MaxLoadPerCPU: 1.5}, Blocks: []Block{
-		{Round: 0, Variant: "null", LoadBefore: [3]float64{1}, LoadAfter: [3]float64{2}},
-		{Round: 0, Variant: "hbone-x509", LoadBefore: [3]float64{2}, LoadAfter: [3]float64{2.5}},
-		{Round: 1, Variant: "null", LoadBefore: [3]float64{2.5}, LoadAfter: [3]float64{2.5}},
-		{Round: 1, Variant: "hbone-x509", LoadBefore: [3]float64{2.5}, LoadAfter: [3]float64{3.2}},
+	cpu := func(suite, outside, steal float64) *BlockCPU {
+		return &BlockCPU{Seconds: 5, BusyVCPU: suite + outside, SuiteVCPU: suite, OutsideVCPU: outside, StealVCPU: steal}
+	}
+	// Two CPUs: the outside limit is 0.25 vCPU and the steal limit 5% of
+	// the machine, 0.1 vCPU.
+	high := [3]float64{3.9}
+	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 4, MaxOutsideVCPU: 0.25, MaxStealShare: 0.05}, Blocks: []Block{
+		// Busy only from the suite itself, under a load average of 3.9.
+		{Round: 0, Variant: "null", LoadBefore: high, LoadAfter: high, CPU: cpu(1.9, 0.05, 0)},
+		{Round: 0, Variant: "hbone-x509", LoadBefore: high, LoadAfter: high, CPU: cpu(1.95, 0.2, 0.02)},
+		{Round: 1, Variant: "null", CPU: cpu(1.2, 0, 0)},
+		{Round: 1, Variant: "hbone-x509", CPU: cpu(1.2, 0.6, 0)},
+		{Round: 2, Variant: "null", CPU: cpu(1.2, 0.1, 0)},
+		{Round: 2, Variant: "hbone-x509", CPU: cpu(1.2, 0.2, 0.15)},
+		{Round: 3, Variant: "null", CPU: cpu(1.2, 0.1, 0)},
+		{Round: 3, Variant: "hbone-x509", CPUError: "read /proc/stat: permission denied"},
 	}}
 	res.finish(vs, samples)
-	if !res.Blocks[3].Dropped || res.Blocks[0].Dropped || res.Blocks[1].Dropped || res.Blocks[2].Dropped {
-		t.Fatalf("blocks %+v, want only round 1 hbone-x509 dropped", res.Blocks)
-	}
-	if res.Blocks[3].DropReason != "load per CPU" {
-		t.Errorf("drop reason %q, want the per-CPU limit", res.Blocks[3].DropReason)
+	want := []string{"", "", "", dropOutside, "", dropSteal, "", dropUnmeasured}
+	for i, b := range res.Blocks {
+		if b.Dropped != (want[i] != "") {
+			t.Errorf("block %d (round %d %s): dropped %v, want %v", i, b.Round, b.Variant, b.Dropped, want[i] != "")
+		}
+		if b.DropReason != want[i] {
+			t.Errorf("block %d (round %d %s): drop reason %q, want %q", i, b.Round, b.Variant, b.DropReason, want[i])
+		}
 	}
 	r := res.findRatio("hbone-x509", "null", "rr_1b_p50_us", false)
 	if r == nil || r.Summary == nil || r.Summary.N != 1 || r.Summary.Median != 1.1 {
 		t.Fatalf("ratio %+v, want 1.1 from round 0 only", r)
 	}
-	if s := res.variant("null").Metrics["rr_1b_p50_us"]; s.N != 2 {
-		t.Fatalf("null kept %d rounds, want 2 (its blocks were quiet)", s.N)
+	if s := res.variant("null").Metrics["rr_1b_p50_us"]; s.N != 4 {
+		t.Fatalf("null kept %d rounds, want 4 (its blocks were quiet)", s.N)
 	}
 
-	// A run that stays loaded loses every block to the per-CPU limit.
-	busy := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 3, MaxLoadPerCPU: 1.5}}
-	for r, l := range []float64{3.2, 3.4, 3.3} {
-		busy.Blocks = append(busy.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
-	}
-	busy.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1}}})
-	for i, b := range busy.Blocks {
-		if !b.Dropped || b.DropReason != "load per CPU" {
-			t.Errorf("busy run block %d: %+v, want dropped for the load per CPU", i, b)
+	md := res.RenderMarkdown()
+	for _, line := range []string{
+		"| dropped blocks | 3 of 8: 1 for outside CPU, 1 for steal, 1 with CPU not measured; by variant: hbone-x509 rounds 1, 2, 3 |",
+		"averages more than 0.25 vCPU (12.5% of these 2 CPUs), or steal alone more than 5% of the machine (0.10 vCPU)",
+		"| 1 | 0.00–0.60 | 0.00 | 0.00–0.00 | 0 | 1 |",
+		"| 3 | 0.10–0.10 | 0.00 | 0.00–0.00 | 0 | 1 |",
+	} {
+		if !strings.Contains(md, line) {
+			t.Errorf("RESULTS.md lacks %q", line)
 		}
 	}
-	if s, ok := busy.variant("null").Metrics["rr_1b_p50_us"]; ok {
-		t.Errorf("busy run kept %+v, want no figure", s)
-	}
 
-	// On a larger machine a spike well under the per-CPU limit is still
-	// dropped against the run's median.
-	wide := &Results{Machine: Machine{NProc: 8}, Config: Config{Rounds: 4, MaxLoadPerCPU: 1.5}}
-	for r, l := range []float64{1, 1, 1.2, 2} {
-		wide.Blocks = append(wide.Blocks, Block{Round: r, Variant: "null", LoadBefore: [3]float64{l}, LoadAfter: [3]float64{l}})
-	}
-	wide.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1, 1: 1, 2: 1, 3: 1}}})
-	if wide.Blocks[0].Dropped || wide.Blocks[1].Dropped || wide.Blocks[2].Dropped || !wide.Blocks[3].Dropped ||
-		wide.Blocks[3].DropReason != "load above 1.5× the median" {
-		t.Fatalf("wide machine: %+v, want only the load-2 block dropped against the median (limit 1.65)", wide.Blocks)
-	}
-
-	off := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 1}, Blocks: []Block{{Round: 0, Variant: "null", LoadBefore: [3]float64{9}, LoadAfter: [3]float64{9}}}}
+	off := &Results{Machine: Machine{NProc: 2}, Config: Config{Rounds: 1}, Blocks: []Block{{Round: 0, Variant: "null", CPU: cpu(0.5, 1.5, 1)}}}
 	off.finish([]*variant{{ID: "null"}}, map[string]map[string]map[int]float64{"null": {"rr_1b_p50_us": {0: 1}}})
 	if off.Blocks[0].Dropped {
-		t.Errorf("gate off: block dropped")
+		t.Errorf("gate off: block dropped for %q", off.Blocks[0].DropReason)
+	}
+	if md := off.RenderMarkdown(); !strings.Contains(md, "| noise gate | off |") {
+		t.Errorf("gate off: RESULTS.md does not say so")
 	}
 }
 
@@ -312,10 +314,10 @@ func TestEveryBlockDropped(t *testing.T) {
 		"null":       {"http_c16_nj_p90_us": {0: 100, 1: 100}, "http_c16_nj_p50_us": {0: 80, 1: 80}},
 		"hbone-x509": {"http_c16_nj_p90_us": {0: 110, 1: 120}, "http_c16_nj_p50_us": {0: 90, 1: 90}, "cpu_vcpu_per_krps_max": {0: 0.04, 1: 0.05}},
 	}
-	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Mode: "quick", Rounds: 2, HTTPConns: []int{16}, CPUConns: 16, MaxLoadPerCPU: 1.5}}
+	res := &Results{Machine: Machine{NProc: 2}, Config: Config{Mode: "quick", Rounds: 2, HTTPConns: []int{16}, CPUConns: 16, MaxOutsideVCPU: 0.25, MaxStealShare: 0.05}}
 	for r := range 2 {
 		for _, v := range vs {
-			res.Blocks = append(res.Blocks, Block{Round: r, Variant: v.ID, LoadBefore: [3]float64{8}, LoadAfter: [3]float64{8}})
+			res.Blocks = append(res.Blocks, Block{Round: r, Variant: v.ID, CPU: &BlockCPU{Seconds: 2, OutsideVCPU: 0.5 + 0.25*float64(r)}})
 		}
 	}
 	res.finish(vs, samples)
@@ -331,8 +333,8 @@ func TestEveryBlockDropped(t *testing.T) {
 
 	md := res.RenderMarkdown()
 	for _, want := range []string{
-		"| dropped blocks | 4 of 4: 4 over the per-CPU limit, 0 over 1.5× the median only; by variant: all rounds of all 2 variants |",
-		"Note: the noise gate dropped 4 of 4 blocks",
+		"| dropped blocks | 4 of 4: 4 for outside CPU, 0 for steal, 0 with CPU not measured; by variant: all rounds of all 2 variants |",
+		"Note: the noise gate dropped 4 of 4 blocks, in which CPU use outside the suite was 0.50–0.75 vCPU.",
 		"No latency plot",
 	} {
 		if !strings.Contains(md, want) {
