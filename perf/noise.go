@@ -195,11 +195,12 @@ func blockCPU(before, after cpuSample, root int) (BlockCPU, error) {
 		OutsideVCPU: (busy - suite) / secs,
 		StealVCPU:   (after.steal - before.steal) / secs,
 	}
+	exited := exitedBefore(before, after)
 	for pid, p := range after.procs {
 		if ownAfter[pid] {
 			continue
 		}
-		used := p.total()
+		used := p.total() - exited[pid]
 		if q, ok := before.procs[pid]; ok && q.start == p.start {
 			used -= q.total()
 		}
@@ -220,6 +221,38 @@ func blockCPU(before, after cpuSample, root int) (BlockCPU, error) {
 		b.TopOutside = b.TopOutside[:topOutsideCount]
 	}
 	return b, nil
+}
+
+// exitedBefore maps each process in after to the CPU time, as of before,
+// of its descendants that exited between the samples. A parent's cutime
+// and cstime gain a waited-for child's whole CPU time, so this part, used
+// before the block, is taken off the parent's use during the block.
+func exitedBefore(before, after cpuSample) map[int]float64 {
+	alive := func(pid int) bool {
+		p, ok := after.procs[pid]
+		return ok && p.start == before.procs[pid].start
+	}
+	out := map[int]float64{}
+	for pid, p := range before.procs {
+		if alive(pid) {
+			continue
+		}
+		// Charge the nearest ancestor that is still alive, which waited for
+		// this process or for the exited process in between. The bound
+		// stops a loop of reused PIDs.
+		for ancestor, hops := p.ppid, 0; hops < 64; hops++ {
+			a, ok := before.procs[ancestor]
+			if !ok {
+				break
+			}
+			if alive(ancestor) {
+				out[ancestor] += p.total()
+				break
+			}
+			ancestor = a.ppid
+		}
+	}
+	return out
 }
 
 // Drop reasons of the noise gate.

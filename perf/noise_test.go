@@ -122,8 +122,13 @@ func TestBlockCPUSeparatesSuite(t *testing.T) {
 		600:   {ppid: 1, comm: "old", start: 100, self: 90},            // exits; its PID is reused
 		700:   {ppid: 2, comm: "kworker/0:1", start: 2, self: 3},       // kernel thread
 		800:   {ppid: 1, comm: "sshd", start: 3, self: 4, children: 1}, // idle
+		// A test script whose test binary and its helper exit during the
+		// block: the script's cutime gains all of their CPU time.
+		900: {ppid: 1, comm: "run.sh", start: 800, self: 1},
+		901: {ppid: 900, comm: "x.test", start: 810, self: 50},
+		902: {ppid: 901, comm: "helper", start: 820, self: 5},
 	}}
-	after := cpuSample{at: t0.Add(4 * time.Second), busy: 1008, steal: 10.2, procs: map[int]procCPU{
+	after := cpuSample{at: t0.Add(4 * time.Second), busy: 1009.6, steal: 10.2, procs: map[int]procCPU{
 		1: {ppid: 0, comm: "init", start: 1, self: 50},
 		// The load generator used 2.5 s and was waited for: 1 s before the
 		// block, 1.5 s during it.
@@ -134,6 +139,8 @@ func TestBlockCPUSeparatesSuite(t *testing.T) {
 		600:   {ppid: 1, comm: "new", start: 1100, self: 0.4},
 		700:   {ppid: 2, comm: "kworker/0:1", start: 2, self: 3.2},
 		800:   {ppid: 1, comm: "sshd", start: 3, self: 4, children: 1},
+		// x.test used 1.2 s and its helper 0.4 s during the block.
+		900: {ppid: 1, comm: "run.sh", start: 800, self: 1, children: 51.2 + 5.4},
 	}}
 	got, err := blockCPU(before, after, suite)
 	if err != nil {
@@ -146,18 +153,19 @@ func TestBlockCPUSeparatesSuite(t *testing.T) {
 		got, want float64
 	}{
 		{"seconds", got.Seconds, 4},
-		{"busy vCPU", got.BusyVCPU, 2},
+		{"busy vCPU", got.BusyVCPU, 2.4},
 		{"suite vCPU", got.SuiteVCPU, 1.5},
-		{"outside vCPU", got.OutsideVCPU, 0.5},
+		{"outside vCPU", got.OutsideVCPU, 0.9},
 		{"steal vCPU", got.StealVCPU, 0.05},
 	} {
 		if math.Abs(c.got-c.want) > 1e-9 {
 			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	// sshd and init used nothing; PID 600 counts whole, because its start
-	// time shows a new process.
-	want := []OutsideProc{{500, "cc1", 0.3}, {600, "new", 0.1}, {700, "kworker/0:1", 0.05}}
+	// run.sh is charged 1.6 s, not the 56.6 s its cutime gained. PID 600
+	// counts whole, because its start time shows a new process. The
+	// kworker's 0.05 vCPU is fourth, and sshd and init used nothing.
+	want := []OutsideProc{{900, "run.sh", 0.4}, {500, "cc1", 0.3}, {600, "new", 0.1}}
 	if len(got.TopOutside) != len(want) {
 		t.Fatalf("busiest outside processes %+v, want %+v", got.TopOutside, want)
 	}
