@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -25,10 +26,27 @@ var (
 	keyCheckpoint = []byte("checkpoint")
 )
 
-// A Store is a log in a bbolt file. It is safe for concurrent use; writes
-// are serialized by bbolt.
+// memLevel is the lowest tlog level whose stored hashes a Store also keeps
+// in memory. Level ℓ has one hash per 2^ℓ records, so the levels from
+// memLevel up take about 2/2^memLevel hashes per record, which is 1 byte
+// per record at level 6. A record proof then reads from bbolt only its
+// hashes below memLevel, which belong to the 2^memLevel records around the
+// record and so lie on one or two pages. The others would each be a B+tree
+// lookup on a page of their own, and in a large log these pages are spread
+// over a hash bucket far larger than the CPU caches.
+const memLevel = 6
+
+// A Store is a log in a bbolt file. It is safe for concurrent use. Appends
+// are serialized, and bbolt serializes the other writes.
 type Store struct {
 	db *bolt.DB
+
+	appendMu sync.Mutex // held for a whole Append, so upper grows in log order
+	mu       sync.RWMutex
+	// upper[k][n] is the stored hash at level memLevel+k for the n-th
+	// subtree of 2^(memLevel+k) records. Stored hashes never change once
+	// committed, so the copy stays valid.
+	upper [][]tlog.Hash
 }
 
 // Open opens or creates the store at path. Only one process may open it.
@@ -49,7 +67,69 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("create buckets in %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	if err := s.loadUpper(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("load stored hashes of %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// loadUpper reads the stored hashes at levels memLevel and up into memory,
+// which takes one bbolt lookup per 32 records.
+func (s *Store) loadUpper() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		n := sizeTx(tx)
+		hb := tx.Bucket(bucketHashes)
+		for level := memLevel; n>>level > 0; level++ {
+			hashes := make([]tlog.Hash, n>>level)
+			for i := range hashes {
+				x := tlog.StoredHashIndex(level, int64(i))
+				v := hb.Get(key(uint64(x)))
+				if len(v) != tlog.HashSize {
+					return fmt.Errorf("stored hash %d not found", x)
+				}
+				copy(hashes[i][:], v)
+			}
+			s.upper = append(s.upper, hashes)
+		}
+		return nil
+	})
+}
+
+// upperHashLocked returns stored hash x if it is in memory. The caller
+// holds s.mu.
+func (s *Store) upperHashLocked(x int64) (tlog.Hash, bool) {
+	if x < 0 {
+		return tlog.Hash{}, false
+	}
+	level, n := tlog.SplitStoredHashIndex(x)
+	k := level - memLevel
+	if k < 0 || k >= len(s.upper) || n >= int64(len(s.upper[k])) {
+		return tlog.Hash{}, false
+	}
+	return s.upper[k][n], true
+}
+
+// addUpper appends the hashes of a committed batch to the copy in memory.
+// Each hashes[i] is the stored hash at levels[i] for record n>>levels[i]
+// of the batch's records in order. The caller holds s.appendMu, so no
+// other batch comes between.
+func (s *Store) addUpper(levels []int, ns []int64, hashes []tlog.Hash) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, level := range levels {
+		k := level - memLevel
+		for len(s.upper) <= k {
+			s.upper = append(s.upper, nil)
+		}
+		// Appends are serialized, so ns[i] is the next index of its
+		// level. Any other hash stays out of memory, and ReadHashes
+		// reads it from bbolt.
+		if ns[i] == int64(len(s.upper[k])) {
+			s.upper[k] = append(s.upper[k], hashes[i])
+		}
+	}
 }
 
 // Close closes the file.
@@ -93,8 +173,14 @@ type Batch struct {
 // Append writes a batch and its stored hashes in one fsynced transaction
 // and returns the new tree.
 func (s *Store) Append(b *Batch) (tlog.Tree, error) {
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
 	var tree tlog.Tree
+	var upperLevels []int
+	var upperNs []int64
+	var upperHashes []tlog.Hash
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		upperLevels, upperNs, upperHashes = upperLevels[:0], upperNs[:0], upperHashes[:0]
 		n := sizeTx(tx)
 		if n != b.Start {
 			return fmt.Errorf("append at size %d, log has %d: %w", b.Start, n, ErrSizeMismatch)
@@ -113,6 +199,11 @@ func (s *Store) Append(b *Batch) (tlog.Tree, error) {
 			}
 			base := tlog.StoredHashIndex(0, index)
 			for j, h := range hs {
+				// hs[j] is the hash at level j of the subtree that
+				// entry index completes.
+				if j >= memLevel {
+					upperLevels, upperNs, upperHashes = append(upperLevels, j), append(upperNs, index>>j), append(upperHashes, h)
+				}
 				pending[base+int64(j)] = h
 				if err := hb.Put(key(uint64(base+int64(j))), h[:]); err != nil {
 					return err
@@ -143,6 +234,7 @@ func (s *Store) Append(b *Batch) (tlog.Tree, error) {
 	if err != nil {
 		return tlog.Tree{}, fmt.Errorf("append %d entries: %w", len(b.Entries), err)
 	}
+	s.addUpper(upperLevels, upperNs, upperHashes)
 	return tree, nil
 }
 
@@ -163,15 +255,39 @@ func readHashesTx(tx *bolt.Tx, idx []int64, pending map[int64]tlog.Hash) ([]tlog
 	return out, nil
 }
 
-// ReadHashes implements tlog.HashReader.
+// ReadHashes implements tlog.HashReader. It reads the hashes at levels
+// memLevel and up from memory and the others from bbolt.
 func (s *Store) ReadHashes(idx []int64) ([]tlog.Hash, error) {
-	var out []tlog.Hash
+	out := make([]tlog.Hash, len(idx))
+	var missing []int
+	s.mu.RLock()
+	for i, x := range idx {
+		h, ok := s.upperHashLocked(x)
+		if !ok {
+			missing = append(missing, i)
+			continue
+		}
+		out[i] = h
+	}
+	s.mu.RUnlock()
+	if len(missing) == 0 {
+		return out, nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		out, err = readHashesTx(tx, idx, nil)
-		return err
+		hb := tx.Bucket(bucketHashes)
+		for _, i := range missing {
+			v := hb.Get(key(uint64(idx[i])))
+			if len(v) != tlog.HashSize {
+				return fmt.Errorf("stored hash %d not found", idx[i])
+			}
+			copy(out[i][:], v)
+		}
+		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // Entries returns entries [start, end).

@@ -50,12 +50,20 @@ func (s Scheme) CheckKey(slot int, pk, helpers []byte) error {
 	return nil
 }
 
-func (s Scheme) NewBlock() curator.Block { return &block{n: s.N, keys: map[int][]byte{}} }
+func (s Scheme) NewBlock() curator.Block {
+	b := &block{n: s.N, keys: map[int][]byte{}}
+	b.digest = b.computeDigest()
+	return b
+}
 
 type block struct {
 	n       int
 	keys    map[int][]byte
 	version uint64
+	// digest is the digest at the current version. Like rbe.Block, which
+	// stores its digest and openings, the block computes it on each
+	// change, so Digest and Opening do not read the keys.
+	digest []byte
 }
 
 func (b *block) Register(slot int, pk, _ []byte) error {
@@ -64,6 +72,7 @@ func (b *block) Register(slot int, pk, _ []byte) error {
 	}
 	b.keys[slot] = bytes.Clone(pk)
 	b.version++
+	b.digest = b.computeDigest()
 	return nil
 }
 
@@ -73,10 +82,13 @@ func (b *block) Remove(slot int) error {
 	}
 	delete(b.keys, slot)
 	b.version++
+	b.digest = b.computeDigest()
 	return nil
 }
 
-func (b *block) Digest() []byte {
+func (b *block) Digest() []byte { return bytes.Clone(b.digest) }
+
+func (b *block) computeDigest() []byte {
 	slots := make([]int, 0, len(b.keys))
 	for s := range b.keys {
 		slots = append(slots, s)
