@@ -76,11 +76,11 @@ fuzz:
 fuzz-long:
 	@.ci/fuzz.sh 2m
 
-## perf-quick: the performance suite in quick mode (root, about 5 minutes: 4 min 35 s measured on a
-## shared 2-CPU VM); 6 rounds, each variant running only the workloads its ratios and goals use;
+## perf-quick: the performance suite in quick mode (root, about 6 minutes on a shared 2-CPU VM);
+## 8 rounds, each variant running only the workloads its ratios and goals use;
 ## writes perf/RESULTS.md
 perf-quick:
-	@$(MAKE) --no-print-directory perf-run PERF_MODE=quick PERF_BENCH_COUNT=6
+	@$(MAKE) --no-print-directory perf-run PERF_MODE=quick PERF_BENCH_COUNT=8
 
 ## perf: the full performance suite (root, about 1 hour 45 minutes, an estimate from quick mode's
 ## per-block times, not yet measured); 10 rounds of every workload, c=1,4,16,64 with and without jitter
