@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -210,6 +211,48 @@ func TestPluginRejectsUnknownCommand(t *testing.T) {
 	code, out := invoke(t, bin, "RESTART", "x", "/nonexistent")
 	if code == 0 || out["code"] != float64(codeInvalidEnv) {
 		t.Fatalf("unknown command = %d %v, want code %d", code, out, codeInvalidEnv)
+	}
+}
+
+// failingReader fails the test that reads from it.
+type failingReader struct{ t *testing.T }
+
+func (r failingReader) Read([]byte) (int, error) {
+	r.t.Error("the plugin read stdin before checking CNI_COMMAND")
+	return 0, io.EOF
+}
+
+func TestPluginMissingCommand(t *testing.T) {
+	var out bytes.Buffer
+	code := RunPlugin(func(string) string { return "" }, failingReader{t}, &out)
+	var res Error
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		t.Fatalf("decode CNI error %q: %v", out.String(), err)
+	}
+	if code == 0 {
+		t.Error("exit code = 0, want non-zero")
+	}
+	if res.Code != codeInvalidEnv {
+		t.Errorf("code = %d, want %d (invalid environment variables)", res.Code, codeInvalidEnv)
+	}
+	if !strings.Contains(res.Msg, "CNI_COMMAND") {
+		t.Errorf("message %q does not name CNI_COMMAND", res.Msg)
+	}
+}
+
+func TestPluginUndecodableConfig(t *testing.T) {
+	env := map[string]string{"CNI_COMMAND": "ADD"}
+	var out bytes.Buffer
+	code := RunPlugin(func(k string) string { return env[k] }, strings.NewReader("not json"), &out)
+	var res Error
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		t.Fatalf("decode CNI error %q: %v", out.String(), err)
+	}
+	if code == 0 {
+		t.Error("exit code = 0, want non-zero")
+	}
+	if res.Code != codeDecode {
+		t.Errorf("code = %d, want %d (failed to decode content)", res.Code, codeDecode)
 	}
 }
 

@@ -45,11 +45,14 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Msg + ": " + e.Details }
 
-// CNI error codes: 4 is "invalid network config", 7 "invalid environment
-// variables", 11 "try again later" (spec section "Error").
+// CNI error codes (spec section "Error"): 4 is "invalid necessary
+// environment variables", 5 "I/O failure", 6 "failed to decode content",
+// 7 "invalid network config" and 11 "try again later".
 const (
-	codeInvalidConfig = 4
-	codeInvalidEnv    = 7
+	codeInvalidEnv    = 4
+	codeIOFailure     = 5
+	codeDecode        = 6
+	codeInvalidConfig = 7
 	codeTryAgain      = 11
 )
 
@@ -77,13 +80,20 @@ func runPlugin(env func(string) string, stdin io.Reader, stdout io.Writer) error
 	if command == "VERSION" {
 		return json.NewEncoder(stdout).Encode(map[string]any{"cniVersion": "1.0.0", "supportedVersions": SupportedVersions})
 	}
+	switch command {
+	case "ADD", "DEL", "CHECK":
+	case "":
+		return &Error{Code: codeInvalidEnv, Msg: "missing CNI_COMMAND", Details: "the container runtime sets CNI_COMMAND to ADD, DEL, CHECK or VERSION; to install the plugin on a node, run mazu-cni install"}
+	default:
+		return &Error{Code: codeInvalidEnv, Msg: "unknown CNI_COMMAND", Details: fmt.Sprintf("%q; want ADD, DEL, CHECK or VERSION", command)}
+	}
 	raw, err := io.ReadAll(io.LimitReader(stdin, 1<<20))
 	if err != nil {
-		return &Error{Code: codeInvalidConfig, Msg: "read network configuration", Details: err.Error()}
+		return &Error{Code: codeIOFailure, Msg: "read network configuration", Details: err.Error()}
 	}
 	var conf NetConf
 	if err := json.Unmarshal(raw, &conf); err != nil {
-		return &Error{Code: codeInvalidConfig, Msg: "decode network configuration", Details: err.Error()}
+		return &Error{Code: codeDecode, Msg: "decode network configuration", Details: err.Error()}
 	}
 	args := parseArgs(env("CNI_ARGS"))
 	req := Request{
@@ -100,8 +110,6 @@ func runPlugin(env func(string) string, stdin io.Reader, stdout io.Writer) error
 		req.Op = OpDel
 	case "CHECK":
 		req.Op = OpCheck
-	default:
-		return &Error{CNIVersion: conf.CNIVersion, Code: codeInvalidEnv, Msg: "unknown CNI_COMMAND", Details: fmt.Sprintf("%q; want ADD, DEL, CHECK or VERSION", command)}
 	}
 	if req.Namespace == "" || req.Name == "" {
 		if command == "DEL" {
@@ -154,7 +162,7 @@ func writePrevResult(stdout io.Writer, conf NetConf) error {
 	}
 	var result map[string]any
 	if err := json.Unmarshal(conf.PrevResult, &result); err != nil {
-		return &Error{CNIVersion: conf.CNIVersion, Code: codeInvalidConfig, Msg: "decode prevResult", Details: err.Error()}
+		return &Error{CNIVersion: conf.CNIVersion, Code: codeDecode, Msg: "decode prevResult", Details: err.Error()}
 	}
 	result["cniVersion"] = conf.CNIVersion
 	return json.NewEncoder(stdout).Encode(result)
