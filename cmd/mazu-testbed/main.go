@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -48,7 +49,11 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mazu-testbed", flag.ContinueOnError)
-	dir := fs.String("dir", filepath.Join(os.TempDir(), "mazu-testbed"), "run folder holding the state, certificates, logs and kubeconfig")
+	defaultDir := os.Getenv(testbed.EnvTestbed)
+	if defaultDir == "" {
+		defaultDir = filepath.Join(os.TempDir(), "mazu-testbed")
+	}
+	dir := fs.String("dir", defaultDir, "run folder holding the state, certificates, logs and kubeconfig (default $"+testbed.EnvTestbed+" when set)")
 	istiod := fs.Bool("istiod", false, "also start istiod with ambient mode (up only)")
 	printUsage := func(w io.Writer) {
 		fmt.Fprint(w, usage)
@@ -101,9 +106,18 @@ func up(signalCtx, ctx context.Context, dir string, istiod bool, stdout, stderr 
 	if _, err := testbed.ReadState(dir); err == nil {
 		return fmt.Errorf("a testbed already uses %s; stop it with `mazu-testbed down -dir %s` or pick another -dir", dir, dir)
 	}
+	_, statErr := os.Stat(dir)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	tb, err := testbed.Start(ctx, testbed.Options{Dir: dir, Istiod: istiod, Detach: true, Logger: log})
 	if err != nil && signalCtx.Err() != nil {
+		// The folder holds the API server's and service-account keys, so
+		// remove it when this run created it.
+		if created {
+			if rmErr := os.RemoveAll(dir); rmErr != nil {
+				err = errors.Join(err, fmt.Errorf("remove run folder %s: %w", dir, rmErr))
+			}
+		}
 		return fmt.Errorf("up interrupted, so the components started so far were stopped: %w", err)
 	}
 	if err != nil {

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,6 +130,24 @@ func TestUpInterruptedStopsComponents(t *testing.T) {
 	}
 	if _, err := testbed.ReadState(dir); err == nil {
 		t.Error("the interrupted up left a state file, so a later up would refuse the folder")
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the interrupted up left its run folder %s with its keys (stat: %v)", dir, err)
+	}
+}
+
+// TestDirDefaultsToEnv checks that the subcommands use the folder that up
+// prints as MAZU_TESTBED when no -dir is given.
+func TestDirDefaultsToEnv(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "elsewhere")
+	t.Setenv(testbed.EnvTestbed, dir)
+	var stdout, stderr strings.Builder
+	err := run(context.Background(), []string{"kubeconfig"}, &stdout, &stderr)
+	if err == nil {
+		t.Fatal("kubeconfig succeeded for a folder without a testbed")
+	}
+	if !strings.Contains(err.Error(), dir) {
+		t.Errorf("error %q does not name the folder from %s", err, testbed.EnvTestbed)
 	}
 }
 
