@@ -108,9 +108,9 @@ func NodeConfigFromFlags(fs *flag.FlagSet, getenv func(string) string) (build fu
 	compat := fs.Bool("istiod-compat", compatDefault, "compatibility mode: also obtain istiod-issued certificates and use them only toward peers that trust only Istio's CA (MAZU_ISTIOD_COMPAT); off is strict mode")
 	var compatCfg CompatConfig
 	fs.StringVar(&compatCfg.CAAddress, "ca-address", env("CA_ADDRESS", "istiod.istio-system.svc:15012"), "istiod CA address host:port, compatibility mode only (CA_ADDRESS)")
-	fs.StringVar(&compatCfg.RootCertFile, "ca-root-cert", env("MAZU_ISTIO_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "Istio root certificate (istio-ca-root-cert ConfigMap), compatibility mode only")
+	fs.StringVar(&compatCfg.RootCertFile, "ca-root-cert", env("MAZU_ISTIO_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "Istio root certificate (istio-ca-root-cert ConfigMap), compatibility mode only (MAZU_ISTIO_ROOT_CERT)")
 	fs.StringVar(&compatCfg.CAServerName, "ca-server-name", "", "name in istiod's serving certificate; empty means the host of -ca-address")
-	fs.StringVar(&compatCfg.NodeTokenFile, "ca-node-token-file", env("MAZU_ISTIO_TOKEN_FILE", "/var/run/secrets/tokens/istio-token"), "the agent's own istio-ca token; CSRs then impersonate each pod's identity as ztunnel's do (istiod's CA_TRUSTED_NODE_ACCOUNTS must list the agent). Empty: each CSR carries a token bound to the pod")
+	fs.StringVar(&compatCfg.NodeTokenFile, "ca-node-token-file", env("MAZU_ISTIO_TOKEN_FILE", "/var/run/secrets/tokens/istio-token"), "the agent's own istio-ca token; CSRs then impersonate each pod's identity as ztunnel's do (istiod's CA_TRUSTED_NODE_ACCOUNTS must list the agent). Empty: each CSR carries a token bound to the pod (MAZU_ISTIO_TOKEN_FILE)")
 	fs.StringVar(&compatCfg.ClusterID, "cluster-id", env("ISTIO_META_CLUSTER_ID", "Kubernetes"), "cluster ID sent to istiod (ISTIO_META_CLUSTER_ID)")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level: debug, info, warn or error (LOG_LEVEL)")
 	logFormat := fs.String("log-format", env("LOG_FORMAT", "json"), "log format: json or text (LOG_FORMAT)")
