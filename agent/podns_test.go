@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -87,6 +88,28 @@ func TestFindPodNetnsFromCgroup(t *testing.T) {
 	if got := namedNetns("/var/run/netns", netns); got != pod.NetnsPath() {
 		t.Errorf("namedNetns(%s) = %s, want the runtime's file %s", netns, got, pod.NetnsPath())
 	}
+
+	// A restarted agent keeps a saved /proc path only while that namespace
+	// still has the pod's IP, because the PID may now belong to another
+	// process. The runtime's own files are kept as they are.
+	t.Run("saved namespace path", func(t *testing.T) {
+		a := &Agent{log: slog.New(slog.DiscardHandler)}
+		if !strings.HasPrefix(netns, "/proc/") {
+			t.Fatalf("NetnsFromCgroup = %s, want a /proc path", netns)
+		}
+		if !a.savedNetnsValid(obj, netns) {
+			t.Errorf("savedNetnsValid(%s) = false for the pod's own namespace", netns)
+		}
+		moved := obj.DeepCopy()
+		moved.Status.PodIP = "198.18.255.254"
+		moved.Status.PodIPs = []corev1.PodIP{{IP: "198.18.255.254"}}
+		if a.savedNetnsValid(moved, netns) {
+			t.Errorf("savedNetnsValid(%s) = true for a pod whose IP the namespace does not have", netns)
+		}
+		if !a.savedNetnsValid(moved, pod.NetnsPath()) {
+			t.Errorf("savedNetnsValid(%s) = false for the runtime's file", pod.NetnsPath())
+		}
+	})
 
 	// An agent in a PID namespace of its own reads the pod's PIDs as 0.
 	t.Run("own PID namespace", func(t *testing.T) {
