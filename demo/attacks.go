@@ -113,7 +113,7 @@ func (r *run) attackReplay(ctx context.Context) (bool, error) {
 	if hex.EncodeToString(id[:]) != registered {
 		return false, fmt.Errorf("harvested token has ID %x, but the client is registered under %s", id[:], registered)
 	}
-	r.say("  mallory (%s) harvests demo/client's certificate from its HBONE port: the registered token of ID %x... and a %d-byte stapled proof", mallory.IP, id[:8], len(leaked.Staple))
+	r.say("  mallory (%s) harvests demo/client's certificate from its HBONE port: the registered token of ID %x… and a %d-byte stapled proof", mallory.IP, id[:8], len(leaked.Staple))
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
