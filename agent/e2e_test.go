@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,11 +34,7 @@ const (
 )
 
 // clientReport is what the client role prints.
-type clientReport struct {
-	OK     int      `json:"ok"`
-	Errors []string `json:"errors"`
-	Bodies []string `json:"bodies"`
-}
+type clientReport = meshtest.ClientReport
 
 func runRole(role string) int {
 	switch role {
@@ -61,26 +56,7 @@ func runRole(role string) int {
 	case "http-client":
 		n, _ := strconv.Atoi(os.Getenv(envCount))
 		interval, _ := time.ParseDuration(os.Getenv(envInterval))
-		var report clientReport
-		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		for i := range n {
-			if i > 0 {
-				time.Sleep(interval)
-			}
-			resp, err := client.Get(os.Getenv(envTarget))
-			if err != nil {
-				report.Errors = append(report.Errors, err.Error())
-				continue
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				report.OK++
-				report.Bodies = append(report.Bodies, string(body))
-			} else {
-				report.Errors = append(report.Errors, resp.Status)
-			}
-		}
+		report := meshtest.GetRepeatedly(os.Getenv(envTarget), n, interval)
 		_ = json.NewEncoder(os.Stdout).Encode(report)
 		return 0
 	}

@@ -52,11 +52,7 @@ const (
 )
 
 // clientReport is the http-client role's output.
-type clientReport struct {
-	OK     int      `json:"ok"`
-	Errors []string `json:"errors"`
-	Bodies []string `json:"bodies"`
-}
+type clientReport = meshtest.ClientReport
 
 // runRole runs a role and returns the process exit code. The http-server
 // role replies to every request with "hello from <pod name>". The http-client
@@ -81,23 +77,7 @@ func runRole(role string) int {
 			fmt.Fprintf(os.Stderr, "%s=%q: want a request count from 1 to 1000\n", envCount, os.Getenv(envCount))
 			return 2
 		}
-		var report clientReport
-		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		for range n {
-			resp, err := client.Get(os.Getenv(envTarget))
-			if err != nil {
-				report.Errors = append(report.Errors, err.Error())
-				continue
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				report.OK++
-				report.Bodies = append(report.Bodies, string(body))
-			} else {
-				report.Errors = append(report.Errors, resp.Status)
-			}
-		}
+		report := meshtest.GetRepeatedly(os.Getenv(envTarget), n, 0)
 		_ = json.NewEncoder(os.Stdout).Encode(report)
 		return 0
 	}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -45,11 +44,7 @@ func TestMain(m *testing.M) {
 	testbed.Main(m, testbed.Options{Istiod: true})
 }
 
-type clientReport struct {
-	OK     int      `json:"ok"`
-	Errors []string `json:"errors"`
-	Bodies []string `json:"bodies"`
-}
+type clientReport = meshtest.ClientReport
 
 func runRole(role string) int {
 	switch role {
@@ -64,23 +59,7 @@ func runRole(role string) int {
 		return 0
 	case "http-client":
 		n, _ := strconv.Atoi(os.Getenv(envCount))
-		var report clientReport
-		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		for range n {
-			resp, err := client.Get(os.Getenv(envTarget))
-			if err != nil {
-				report.Errors = append(report.Errors, err.Error())
-				continue
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				report.OK++
-				report.Bodies = append(report.Bodies, string(body))
-			} else {
-				report.Errors = append(report.Errors, resp.Status)
-			}
-		}
+		report := meshtest.GetRepeatedly(os.Getenv(envTarget), n, 0)
 		_ = json.NewEncoder(os.Stdout).Encode(report)
 		return 0
 	}

@@ -2,8 +2,8 @@ package ambient_test
 
 import (
 	"bufio"
-	"flag"
 	"crypto/rand"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
