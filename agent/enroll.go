@@ -554,7 +554,7 @@ func (a *Agent) savedNetnsValid(pod *corev1.Pod, path string) bool {
 	}
 	has, err := netnsHasAddr(path, ip)
 	if err != nil || !has {
-		a.log.Info("saved network namespace no longer holds the pod's IP; looking in the pod's cgroup", "pod", pod.Namespace+"/"+pod.Name, "netns", path, "ip", ip, "error", err)
+		a.log.Info("saved network namespace is stale: the pod's IP was not found in it, so the agent searches the pod's cgroup", "pod", pod.Namespace+"/"+pod.Name, "netns", path, "ip", ip, "error", err)
 		return false
 	}
 	return true

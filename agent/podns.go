@@ -181,9 +181,8 @@ func netnsHasAddr(path string, ip netip.Addr) (bool, error) {
 
 // namedNetns returns the file in dir that is a bind mount of the network
 // namespace at path, or path when dir has none. Container runtimes such as
-// containerd and CRI-O keep each pod's namespace there, and that name stays
-// valid for the pod's life, while a PID may be reused once its process
-// exits.
+// containerd and CRI-O keep each pod's namespace there. That name stays valid
+// for the pod's life, but a PID may be reused once its process exits.
 func namedNetns(dir, path string) string {
 	entries, err := os.ReadDir(dir)
 	if err != nil {

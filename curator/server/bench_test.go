@@ -141,28 +141,7 @@ func BenchmarkRegister(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			e := newBenchLogScheme(b, 1024, c.sch, c.mk)
-			ctx := context.Background()
-			var wg sync.WaitGroup
-			next := make(chan int)
-			b.ResetTimer()
-			start := time.Now()
-			for range c.clients {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i := range next {
-						if _, err := e.register(ctx, i); err != nil {
-							b.Error(err)
-						}
-					}
-				}()
-			}
-			for i := 0; i < b.N; i++ {
-				next <- i
-			}
-			close(next)
-			wg.Wait()
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "registrations/s")
+			registerConcurrently(b, e, c.clients)
 		})
 	}
 }
@@ -255,12 +234,18 @@ func BenchmarkRegisterRaft(b *testing.B) {
 	der, _ := x509.MarshalPKIXPublicKey(k.Public())
 	e := &benchEnv{log: leader.Log(), tls: k, der: der, mk: fakeKey}
 
+	registerConcurrently(b, e, 64)
+}
+
+// registerConcurrently registers b.N identities from the given number of
+// clients at once and reports the rate.
+func registerConcurrently(b *testing.B, e *benchEnv, clients int) {
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	next := make(chan int)
 	b.ResetTimer()
 	start := time.Now()
-	for range 64 {
+	for range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -488,7 +488,7 @@ func TestCuratorRollsOnWitnessPolicy(t *testing.T) {
 	}
 }
 
-// TestCuratorAgentServiceAccount checks that the curator is told the agent's
+// TestCuratorAgentServiceAccount checks that the curator is given the agent's
 // ServiceAccount, so that its node check accepts no other pod's token as
 // the agent's.
 func TestCuratorAgentServiceAccount(t *testing.T) {
