@@ -29,25 +29,11 @@ const postTimeout = 2 * time.Minute
 // audit.FollowCeremony, so none of them trusts the curator.
 func runCeremony(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const usage = "usage: mazu-curator ceremony status|contribute|verify -url URL (-policy FILE | -log-key FILE [-witness-key VKEY ...]) [flags]"
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
-		return flag.ErrHelp
-	}
-	switch args[0] {
-	case "-h", "-help", "--help", "help":
-		fmt.Fprintln(stdout, usage)
-		return nil
-	}
-	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"status":     runCeremonyStatus,
-		"contribute": runCeremonyContribute,
-		"verify":     runCeremonyVerify,
-	}
-	f, ok := cmds[args[0]]
-	if !ok {
-		return fmt.Errorf("unknown ceremony subcommand %q: want status, contribute or verify", args[0])
-	}
-	return f(ctx, args[1:], stdout, stderr)
+	return dispatch(ctx, args, stdout, stderr, usage, "ceremony subcommand", []subcommand{
+		{"status", runCeremonyStatus},
+		{"contribute", runCeremonyContribute},
+		{"verify", runCeremonyVerify},
+	})
 }
 
 // logFollowFlags are the flags that name a log and the witnesses whose

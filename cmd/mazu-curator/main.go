@@ -35,6 +35,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -66,6 +67,26 @@ const usage = `usage: mazu-curator SUBCOMMAND [flags]
 Run "mazu-curator SUBCOMMAND -h" for its flags.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return dispatch(ctx, args, stdout, stderr, usage, "subcommand", []subcommand{
+		{"serve", runServe},
+		{"witness", runWitness},
+		{"audit", runAudit},
+		{"keygen", runKeygen},
+		{"crs", runCRS},
+		{"ceremony", runCeremony},
+	})
+}
+
+// A subcommand is a name and the function that runs it with the remaining
+// arguments.
+type subcommand struct {
+	name string
+	run  func(context.Context, []string, io.Writer, io.Writer) error
+}
+
+// dispatch runs the subcommand that args[0] names. With no arguments it
+// prints usage to stderr, and with -h it prints usage to stdout.
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, usage, kind string, cmds []subcommand) error {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return flag.ErrHelp
@@ -75,19 +96,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, usage)
 		return nil
 	}
-	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"serve":    runServe,
-		"witness":  runWitness,
-		"audit":    runAudit,
-		"keygen":   runKeygen,
-		"crs":      runCRS,
-		"ceremony": runCeremony,
+	names := make([]string, len(cmds))
+	for i, c := range cmds {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+		names[i] = c.name
 	}
-	f, ok := cmds[args[0]]
-	if !ok {
-		return fmt.Errorf("unknown subcommand %q: want serve, witness, audit, keygen, crs or ceremony", args[0])
-	}
-	return f(ctx, args[1:], stdout, stderr)
+	return fmt.Errorf("unknown %s %q: want %s or %s", kind, args[0], strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 }
 
 // logFlags are the logging flags every long-running subcommand takes.
