@@ -76,7 +76,7 @@ fuzz:
 fuzz-long:
 	@.ci/fuzz.sh 2m
 
-## perf-quick: the performance suite in quick mode (root, about 6 minutes on a shared 2-CPU VM);
+## perf-quick: the performance suite in quick mode (root, 5 min 12 s measured once on a shared 2-CPU VM);
 ## 8 rounds, each variant running only the workloads its ratios and goals use;
 ## writes perf/RESULTS.md
 perf-quick:
